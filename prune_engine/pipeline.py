@@ -1,0 +1,180 @@
+"""Layer-sequential SparseGPT: prune the decoder blocks in order, each calibrated on pruned outputs.
+
+Block l is calibrated on the outputs of the already pruned blocks < l, and inside a block each
+stage (q/k/v, then o, then gate/up, then down) is calibrated on the outputs of the already
+pruned stages before it. With the whole calibration set in one batch this costs a single
+forward per block: a pre-hook on the first linear of each stage accumulates the stage's
+Hessian from the input the forward hands it, prunes the stage in place, and lets the forward
+go on. With several batches (large models), each stage runs the block over all batches up to
+that stage, then prunes; a last pass computes the block's outputs.
+
+The vision tower, projector, embeddings, final norm and lm_head are never touched.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from prune_engine.models import BlockInputs, ModelAdapter, _StopForward
+from prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
+
+Ratios = dict[str, float]  # target sparsity per matrix name of one block
+
+
+@dataclass
+class PruneReport:
+    """Outcome of one sequential pass."""
+
+    loss: float  # mean next-token cross-entropy on the calibration (= proxy) tokens, pruned model
+    tokens: int
+    block_sq_norm: list[float]  # Σ ||Ŵ||_F² over the pruned matrices of each block
+    dense_sq_norm: list[float]  # the same for the dense weights
+    sparsity: list[dict[str, float]]  # achieved sparsity per block and matrix
+    seconds: float = 0.0
+    levels: dict = field(default_factory=dict)  # database mode: (block, name, ratio) -> Pruned
+
+    @property
+    def log_norm_ratio(self) -> list[float]:
+        """log(||Ŵ_k||_F / ||W_k||_F) per block: the terms of the SRM generalisation bound G."""
+        return [0.5 * math.log(p / d) if d > 0 else 0.0 for p, d in zip(self.block_sq_norm, self.dense_sq_norm)]
+
+    @property
+    def mean_sparsity(self) -> float:
+        return _weighted_mean(self.sparsity, self._counts)
+
+    _counts: list[dict[str, int]] = field(default_factory=list, repr=False)
+
+
+def _weighted_mean(values: list[dict[str, float]], counts: list[dict[str, int]]) -> float:
+    total = sum(c for block in counts for c in block.values())
+    return sum(values[b][n] * counts[b][n] for b in range(len(counts)) for n in counts[b]) / total
+
+
+def block_ratios(policy, adapter: ModelAdapter) -> list[Ratios]:
+    """Normalise a policy (one float, one float per block, or one dict per block) to per-matrix ratios."""
+    names = list(adapter.linears(0))
+    if isinstance(policy, (int, float)):
+        policy = [float(policy)] * adapter.num_blocks
+    if len(policy) != adapter.num_blocks:
+        raise ValueError(f"policy has {len(policy)} entries, the model has {adapter.num_blocks} decoder blocks")
+    out = []
+    for entry in policy:
+        ratios = {n: float(entry) for n in names} if isinstance(entry, (int, float)) else dict(entry)
+        missing = set(names) - set(ratios)
+        if missing:
+            raise ValueError(f"policy entry lacks ratios for {sorted(missing)}")
+        out.append({n: check_sparsity(ratios[n]) for n in names})
+    return out
+
+
+class SequentialPruner:
+    """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy."""
+
+    def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
+                 blocksize: int = 128, percdamp: float = 0.01, progress: bool = True):
+        self.adapter, self.pattern = adapter, pattern
+        self.blocksize, self.percdamp, self.progress = blocksize, percdamp, progress
+        self.dense = [{n: m.weight.detach().clone() for n, m in adapter.linears(i).items()}
+                      for i in range(adapter.num_blocks)]
+        self.dense_sq_norm = [sum(float(w.double().square().sum()) for w in block.values()) for block in self.dense]
+        self.counts = adapter.param_counts()
+        self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
+
+    def refresh_inputs(self, batches: list[dict]) -> None:
+        """Recompute block-0 inputs (after the projector changed)."""
+        self.inputs = [self.adapter.block_inputs(b) for b in batches]
+
+    def restore_dense(self) -> None:
+        for i, block in enumerate(self.dense):
+            for n, m in self.adapter.linears(i).items():
+                m.weight.data.copy_(block[n])
+
+    @torch.no_grad()
+    def prune(self, policy, levels: list[float] | None = None) -> PruneReport:
+        """Prune all blocks sequentially with `policy`, leaving the pruned weights in the model.
+
+        With `levels` (database mode) every matrix is additionally pruned at each of these ratios
+        from the same Hessian, returned in `report.levels`, while the forward carries on with
+        the policy's weights.
+        """
+        start = time.perf_counter()
+        ratios = block_ratios(policy, self.adapter)
+        hidden = [x.hidden for x in self.inputs]
+        report = PruneReport(0.0, 0, [], list(self.dense_sq_norm), [], _counts=self.counts)
+        bar = tqdm(range(self.adapter.num_blocks), desc="sparsegpt", unit="block", disable=not self.progress,
+                   leave=False)
+        for b in bar:
+            pruned = self._prune_block(b, hidden, ratios[b], levels)
+            hidden = pruned.pop("__outputs__")
+            report.block_sq_norm.append(sum(p.sq_norm for p in pruned.values() if isinstance(p, Pruned)))
+            report.sparsity.append({n: p.ratio for n, p in pruned.items() if isinstance(p, Pruned)})
+            report.levels.update({(b, n, r): p for (n, r), p in pruned.get("__levels__", {}).items()})
+        total, count = 0.0, 0
+        for h, x in zip(hidden, self.inputs):
+            s, c = self.adapter.loss(h, x.labels)
+            total, count = total + s, count + c
+        report.loss, report.tokens = total / max(count, 1), count
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> dict:
+        adapter, stages = self.adapter, self.adapter.stages(b)
+        for n, m in adapter.linears(b).items():  # start from the dense weights
+            m.weight.data.copy_(self.dense[b][n])
+        results: dict = {"__levels__": {}}
+        hessians = [Hessian(stage[0][1].in_features, device=stage[0][1].weight.device) for stage in stages]
+        done = [False] * len(stages)
+        single = len(hidden) == 1
+        state = {"mask": None, "target": -1}
+
+        def prune_stage(s: int) -> None:
+            names = [n for n, _ in stages[s]]
+            targets = [[ratios[n]] + [r for r in (levels or []) if r != ratios[n]] for n in names]
+            out = sparsegpt([self.dense[b][n] for n in names], hessians[s].matrix(),
+                            None if self.pattern.structured else targets, self.pattern,
+                            self.blocksize, self.percdamp)
+            for (n, module), per_ratio, want in zip(stages[s], out, targets):
+                module.weight.data.copy_(per_ratio[0].weight)
+                results[n] = per_ratio[0]
+                for r, p in zip(want, per_ratio):
+                    if levels is not None:
+                        results["__levels__"][(n, r)] = p
+            done[s] = True
+            hessians[s] = None  # free
+
+        def make_hook(s: int):
+            def hook(_module, args):
+                if done[s]:
+                    return
+                hessians[s].add(args[0], state["mask"])
+                if single:
+                    prune_stage(s)
+                elif s == state["target"]:
+                    raise _StopForward
+            return hook
+
+        handles = [stage[0][1].register_forward_pre_hook(make_hook(s)) for s, stage in enumerate(stages)]
+        try:
+            if not single:
+                for s in range(len(stages)):
+                    state["target"] = s
+                    for h, x in zip(hidden, self.inputs):
+                        state["mask"] = x.token_mask
+                        try:
+                            adapter.run_block(b, h, x.kwargs)
+                        except _StopForward:
+                            pass
+                    prune_stage(s)
+            outputs = []
+            for h, x in zip(hidden, self.inputs):
+                state["mask"] = x.token_mask
+                outputs.append(adapter.run_block(b, h, x.kwargs))
+        finally:
+            for handle in handles:
+                handle.remove()
+        results["__outputs__"] = outputs
+        return results
