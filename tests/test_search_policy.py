@@ -1,0 +1,203 @@
+"""Items 1-4: policy space, operators, fitness, neighbour weights. Acceptance (a):
+property tests over random settings."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from search import ConfigError, PolicySpace, SearchConfig, fitness, neighbour_weights, norm_term
+from search.operators import crossover, initial_population, mutate, next_generation, repair, select_elites
+
+
+def _all_policies(space: PolicySpace) -> np.ndarray:
+    return np.array(list(itertools.product(range(space.n_levels), repeat=space.size)), dtype=np.int64)
+
+
+def _feasible_count(space: PolicySpace) -> int:
+    means = space.levels[_all_policies(space)] @ space.weights
+    return int(np.sum((means >= space.band[0]) & (means <= space.band[1])))
+
+
+@st.composite
+def search_settings(draw):
+    granularity = draw(st.sampled_from(["block", "matrix"]))
+    blocks = draw(st.integers(1, 9 if granularity == "block" else 3))
+    size = blocks * (7 if granularity == "matrix" else 1)
+    counts = draw(st.lists(st.integers(1, 10**6), min_size=size, max_size=size))
+    step = draw(st.sampled_from([0.025, 0.05, 0.1]))
+    population = draw(st.integers(2, 20))
+    lo = draw(st.integers(0, 2))
+    kw = dict(
+        granularity=granularity, step=step, span=step * draw(st.sampled_from([0, 1, 1, 2, 2, 2, 3])),
+        target=draw(st.sampled_from([0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 0.9, 0.95])),
+        tolerance=draw(st.sampled_from([0.0, 0.003, 0.01, 0.01, 0.02, 0.05])),
+        population=population, elites=draw(st.integers(1, population - 1)),
+        mutation_switches=(lo, lo + draw(st.integers(0, 2))), seed=draw(st.integers(0, 2**32 - 1)),
+    )
+    return kw, np.array(counts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(search_settings())
+def test_generated_policies_are_feasible_distinct_and_start_uniform(args):
+    kw, counts = args
+    try:
+        cfg = SearchConfig(**kw)
+    except ConfigError as e:  # only level sets outside [0, 1) are refused here
+        assert "\n" not in str(e)
+        assert kw["target"] - kw["span"] < -1e-12 or kw["target"] + kw["span"] >= 1 - 1e-12
+        return
+    space = PolicySpace.from_config(cfg, counts)
+    assert np.all((space.levels >= 0) & (space.levels < 1)) and len(space.levels) == cfg.n_levels
+    try:
+        space.check_population(cfg.population)
+    except ConfigError as e:  # refused only when the feasible space really is too small
+        assert "\n" not in str(e) and "larger than the feasible space" in str(e)
+        if space.n_levels ** space.size <= 20_000:
+            assert _feasible_count(space) < cfg.population
+        return
+    rng = np.random.default_rng(cfg.seed)
+    try:
+        pop = initial_population(space, cfg.population, rng)
+    except ConfigError as e:  # tiny feasible space the bounded enumeration could not size up front
+        assert "\n" not in str(e) and "could not find" in str(e)
+        if space.n_levels ** space.size <= 20_000:
+            assert _feasible_count(space) < cfg.population
+        return
+    assert np.array_equal(pop[0], space.uniform())
+    for generation in range(4):
+        assert len(pop) == cfg.population
+        assert len({p.tobytes() for p in pop}) == len(pop), "duplicates in a generation"
+        for p in pop:
+            assert p.dtype.kind == "i" and p.shape == (space.size,)
+            assert p.min() >= 0 and p.max() < space.n_levels
+            assert space.is_feasible(p)
+            assert abs(space.mean_sparsity(p) - cfg.target) <= cfg.tolerance + 1e-9
+        f = rng.normal(size=len(pop))
+        elites = [pop[i] for i in select_elites(f, cfg.elites)]
+        pop = next_generation(elites, space, cfg.population, rng, cfg.mutation_switches)
+        assert all(np.array_equal(a, b) for a, b in zip(pop, elites)), "elites survive, in rank order"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=6), st.sampled_from([0.0, 0.01, 0.03]),
+       st.integers(1, 40), st.integers(0, 1000))
+def test_enumeration_matches_brute_force(counts, tolerance, limit, seed):
+    space = PolicySpace([0.4, 0.45, 0.5, 0.55, 0.6], counts, tolerance)
+    truth = {p.tobytes() for p in _all_policies(space) if space.is_feasible(p)}
+    for rng in (None, np.random.default_rng(seed)):
+        found, complete = space.enumerate_feasible(limit, rng)
+        assert complete
+        assert len(found) == min(limit, len(truth))
+        assert {p.tobytes() for p in found} <= truth and len({p.tobytes() for p in found}) == len(found)
+
+
+def test_policy_space_from_config():
+    cfg = SearchConfig(granularity="matrix", tolerance=0.005)
+    counts = np.tile([4, 1, 1, 4, 11, 11, 11], 3)
+    space = PolicySpace.from_config(cfg, counts)
+    assert np.allclose(space.levels, [0.4, 0.45, 0.5, 0.55, 0.6]) and space.target_level == 2
+    assert space.n_blocks == 3 and space.block_of_entry.tolist() == [b for b in range(3) for _ in range(7)]
+    u = space.uniform()
+    assert u.tolist() == [2] * 21 and space.mean_sparsity(u) == pytest.approx(0.5) and space.is_feasible(u)
+    p = u.copy()
+    p[4] = 4  # one big gate matrix to 0.6: weighted mean 0.5 + 0.1 * 11/129, outside 0.5 ± 0.005
+    assert space.ratios(p)[4] == pytest.approx(0.6)
+    assert space.mean_sparsity(p) == pytest.approx(0.5 + 0.1 * 11 / 129)
+    assert not space.is_feasible(p)
+    q = p.copy()
+    q[5] = 0  # and an equally big one to 0.4: back to 0.5
+    assert space.is_feasible(q)
+    assert not space.is_feasible(np.full(21, 5)) and not space.is_feasible(np.full(20, 2))
+
+
+@pytest.mark.parametrize("kw, counts, words", [
+    (dict(levels=[-0.1, 0.0, 0.1]), [1, 1], "[0, 1)"),
+    (dict(levels=[0.5, 1.0]), [1, 1], "[0, 1)"),
+    (dict(levels=[0.4, 0.5], target=0.45), [1, 1], "not one of the levels"),
+    (dict(levels=[0.4, 0.5, 0.6], tolerance=-0.1), [1, 1], "tolerance"),
+    (dict(levels=[0.4, 0.5, 0.6]), [1, 0], "param_counts"),
+    (dict(levels=[0.4, 0.5, 0.6], entries_per_block=7), [1] * 8, "blocks of 7"),
+])
+def test_policy_space_errors(kw, counts, words):
+    kw.setdefault("tolerance", 0.01)
+    with pytest.raises(ConfigError) as info:
+        PolicySpace(param_counts=counts, **kw)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_population_larger_than_feasible_space():
+    space = PolicySpace.from_config(SearchConfig(), [1000])  # one block: only the uniform policy
+    with pytest.raises(ConfigError, match=r"population 2 is larger than the feasible space: only 1"):
+        space.check_population(2)
+    two = PolicySpace.from_config(SearchConfig(tolerance=0.0), [5, 5])  # (2,2) (1,3) (3,1) (0,4) (4,0)
+    two.check_population(5)
+    with pytest.raises(ConfigError, match="only 5 policies"):
+        two.check_population(6)
+
+
+def test_operators():
+    rng = np.random.default_rng(0)
+    space = PolicySpace.from_config(SearchConfig(), np.ones(12))
+    a, b = np.zeros(12, dtype=np.int64), np.full(12, 4)
+    child = crossover(a, b, rng)
+    assert set(child.tolist()) == {0, 4}  # every entry from one parent, both parents used
+    m = mutate(space.uniform(), space, rng, (2, 2))
+    assert np.abs(m - 2).sum() in (2, 4) and m.sum() == 24  # level switches keep the mean (equal counts)
+    assert np.array_equal(mutate(m, space, rng, (0, 0)), m)
+    fixed = repair(np.full(12, 4), space, rng)
+    assert space.is_feasible(fixed) and fixed.max() <= 4
+    # counts (2, 3), offsets (-1, +1): 1 above the band, yet every single move down overshoots it
+    assert repair(np.array([1, 3]), PolicySpace.from_config(SearchConfig(tolerance=0.0), [2, 3]), rng) is None
+    assert select_elites(np.array([0.1, np.nan, 0.3, 0.3, -1.0]), 3).tolist() == [2, 3, 0]
+
+
+def test_operators_use_only_the_given_rng():
+    space = PolicySpace.from_config(SearchConfig(), np.arange(1, 31) * 1000)
+    runs = []
+    for _ in range(2):
+        rng = np.random.default_rng(42)
+        np.random.seed(None)  # the global RNG must not matter
+        pop = initial_population(space, 16, rng)
+        runs.append(next_generation(pop[:4], space, 16, rng))
+    assert all(np.array_equal(x, y) for x, y in zip(*runs))
+
+
+def test_fitness_is_minus_loss_minus_eta_g():
+    lnr = np.log([0.8, 0.9, 0.7])
+    assert norm_term(lnr) == pytest.approx(np.mean(lnr))
+    assert fitness(2.0, lnr, 0.5) == pytest.approx(-2.0 - 0.5 * np.mean(lnr))
+    assert fitness(2.0, lnr, 0.0) == -2.0  # 'Auto w/o Gen'
+    assert fitness(2.0, np.log([0.7, 0.7, 0.7]), 0.5) > fitness(2.0, lnr, 0.5)  # smaller norms are better
+
+
+def test_neighbour_weights_by_hand():
+    pol = np.array([[0, 0], [0, 1], [0, 3], [4, 4]])
+    # squared level-step distances; k=1 nearest: 1, 1, 4, 17; k=2: 1+9, 1+4, 4+9, 17+25
+    c = neighbour_weights(pol, k=1, temperature=1.0)
+    e = np.exp(-np.array([1.0, 1.0, 4.0, 17.0]))
+    assert np.allclose(c, e / e.sum())
+    e2 = np.exp(-np.array([10.0, 5.0, 13.0, 42.0]) / 4.0)
+    assert np.allclose(neighbour_weights(pol, k=2, temperature=4.0), e2 / e2.sum())
+    assert np.allclose(neighbour_weights(pol, k=5), neighbour_weights(pol, k=3))  # k capped at n-1
+    assert neighbour_weights(pol[:1]).tolist() == [1.0]
+    flat = neighbour_weights(pol, k=2, temperature=1e9)
+    assert np.allclose(flat, 0.25)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 20), st.integers(1, 12), st.integers(1, 6), st.floats(0.1, 10.0), st.integers(0, 10**6))
+def test_neighbour_weights_properties(n, size, k, temperature, seed):
+    rng = np.random.default_rng(seed)
+    pol = rng.integers(0, 5, size=(n, size))
+    c = neighbour_weights(pol, k, temperature)
+    assert c.shape == (n,) and np.all(c >= 0) and c.sum() == pytest.approx(1.0)
+    perm = rng.permutation(n)
+    assert np.allclose(neighbour_weights(pol[perm], k, temperature), c[perm])  # equivariant
+    d = np.array([np.sort([((p - q) ** 2).sum() for j, q in enumerate(pol) if j != i])[:k].sum()
+                  for i, p in enumerate(pol)])
+    assert np.all(np.diff(c[np.argsort(d, kind="stable")]) <= 1e-15)  # denser neighbourhood, larger weight
