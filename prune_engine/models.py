@@ -209,32 +209,42 @@ def _has_submodule(module: nn.Module, name: str) -> bool:
         return False
 
 
-def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None = None) -> tuple[ModelAdapter, object]:
-    """Load a model (directory, hub id, 'smollm2' or 'smol-llava') and its tokenizer/processor."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+def _config(spec: str):
+    from transformers import AutoConfig
 
     path = resolve_model_path(spec)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from None
-    if dtype == "auto":
-        dtype = torch.float32 if (device or "cpu") == "cpu" else torch.float16
-    if config.model_type == "llava":
-        from transformers import LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(path)
-    elif "ForCausalLM" in "".join(config.architectures or []):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        processor = AutoTokenizer.from_pretrained(path)
-    else:
+    if config.model_type != "llava" and "ForCausalLM" not in "".join(config.architectures or []):
         raise ModelError(f"'{spec}' is a {config.model_type} model ({', '.join(config.architectures or ['?'])}); "
                          "supported: LLaVA (LlavaForConditionalGeneration) and LLaMA-family causal LMs")
+    return path, config
+
+
+def load_processor(spec: str):
+    """The tokenizer (causal LMs) or processor (LLaVA) of a model, without loading its weights."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    path, config = _config(spec)
+    return AutoProcessor.from_pretrained(path) if config.model_type == "llava" else AutoTokenizer.from_pretrained(path)
+
+
+def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None = None,
+               processor=None) -> tuple[ModelAdapter, object]:
+    """Load a model (directory, hub id, 'smollm2' or 'smol-llava') and its tokenizer/processor."""
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    path, config = _config(spec)
+    if dtype == "auto":
+        dtype = torch.float32 if (device or "cpu") == "cpu" else torch.float16
+    cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=dtype)
     model.eval().requires_grad_(False)
     if device:
         model.to(device)
-    return ModelAdapter(model, name=spec), processor
+    return ModelAdapter(model, name=spec), processor or load_processor(spec)
 
 
 def model_identity(adapter: ModelAdapter, spec: str) -> dict:

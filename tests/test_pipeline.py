@@ -1,0 +1,164 @@
+"""The layer-sequential pipeline on tiny models loaded through the real loader."""
+import math
+
+import pytest
+import torch
+
+from prune_engine.calibration import text_batches, vqa_batches
+from prune_engine.data.vqa import load_easy_vqa
+from prune_engine.models import ModelError, load_model
+from prune_engine.pipeline import SequentialPruner
+from prune_engine.sparsegpt import Pattern
+
+TEXT = "wiki:calib"
+
+
+def zeros(adapter):
+    return [{n: int((m.weight == 0).sum()) for n, m in adapter.linears(i).items()} for i in range(adapter.num_blocks)]
+
+
+@pytest.fixture
+def llama(tiny_llama_dir):
+    adapter, tok = load_model(str(tiny_llama_dir))
+    return adapter, tok, text_batches(tok, TEXT, 8, 64, seed=0)
+
+
+def test_uniform_policy_exact_sparsity_and_untouched_rest(llama):
+    adapter, _, batches = llama
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    report = SequentialPruner(adapter, batches, progress=False).prune(0.5)
+    for i, counts in enumerate(zeros(adapter)):
+        for n, m in adapter.linears(i).items():
+            assert counts[n] == round(0.5 * m.weight.numel()), (i, n)
+    pruned_names = {f"model.layers.{i}.{n}.weight" for i in range(adapter.num_blocks) for n in adapter.linears(i)}
+    for k, v in adapter.model.state_dict().items():
+        if k not in pruned_names:
+            assert torch.equal(v, before[k]), k
+    assert report.mean_sparsity == pytest.approx(0.5, abs=1e-4)
+    assert all(r < 0 for r in report.log_norm_ratio)  # pruning shrinks the Frobenius norm
+
+
+def test_per_block_and_per_matrix_policy(llama):
+    adapter, _, batches = llama
+    names = list(adapter.linears(0))
+    policy = [0.3, {n: 0.1 * (j + 1) for j, n in enumerate(names)}, 0.7]
+    report = SequentialPruner(adapter, batches, progress=False).prune(policy)
+    counts = zeros(adapter)
+    for i, entry in enumerate(policy):
+        for n, m in adapter.linears(i).items():
+            ratio = entry if isinstance(entry, float) else entry[n]
+            assert counts[i][n] == round(ratio * m.weight.numel())
+            assert report.sparsity[i][n] == pytest.approx(counts[i][n] / m.weight.numel())
+
+
+def test_report_loss_is_the_pruned_models_loss(llama):
+    adapter, _, batches = llama
+    report = SequentialPruner(adapter, batches, progress=False).prune(0.6)
+    with torch.no_grad():
+        ids = batches[0]["input_ids"]
+        direct = adapter.model(input_ids=ids, labels=ids).loss.item()
+    assert report.loss == pytest.approx(direct, rel=1e-4)
+
+
+def test_pruner_restores_dense_between_policies(llama):
+    adapter, _, batches = llama
+    pruner = SequentialPruner(adapter, batches, progress=False)
+    first = pruner.prune(0.5)
+    pruner.prune(0.7)
+    again = pruner.prune(0.5)
+    assert again.loss == pytest.approx(first.loss, rel=1e-6)
+    dense = pruner.prune(0.0)
+    with torch.no_grad():
+        ids = batches[0]["input_ids"]
+        pruner.restore_dense()
+        assert dense.loss == pytest.approx(adapter.model(input_ids=ids, labels=ids).loss.item(), rel=1e-5)
+
+
+def test_batched_calibration_equals_single_batch(tiny_llama_dir):
+    adapter, tok = load_model(str(tiny_llama_dir))
+    one = SequentialPruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0), progress=False).prune(0.5)
+    w_one = [{n: m.weight.clone() for n, m in adapter.linears(i).items()} for i in range(adapter.num_blocks)]
+    four = SequentialPruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0, batch_size=2), progress=False).prune(0.5)
+    assert four.loss == pytest.approx(one.loss, rel=1e-4)
+    for i in range(adapter.num_blocks):
+        for n, m in adapter.linears(i).items():
+            assert torch.equal(m.weight == 0, w_one[i][n] == 0) or (m.weight != w_one[i][n]).float().mean() < 0.01
+            torch.testing.assert_close(m.weight, w_one[i][n], rtol=1e-3, atol=1e-4)
+
+
+def test_layer_sequential_calibration_uses_pruned_outputs(tiny_llama_dir):
+    """Block 1's Hessian must come from the outputs of the *pruned* block 0 (not the dense one)."""
+    adapter, tok = load_model(str(tiny_llama_dir))
+    batches = text_batches(tok, TEXT, 8, 64, seed=0)
+    pruner = SequentialPruner(adapter, batches, progress=False)
+    seen = []
+    handle = adapter.blocks[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    pruner.prune([0.8, 0.5, 0.5])
+    handle.remove()
+    x = pruner.inputs[0]
+    with torch.no_grad():
+        expected = adapter.run_block(0, x.hidden, x.kwargs)  # block 0 is pruned now
+        pruner.restore_dense()
+        dense = adapter.run_block(0, x.hidden, x.kwargs)
+    torch.testing.assert_close(seen[0], expected)
+    assert not torch.allclose(seen[0], dense, atol=1e-3)
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8"])
+def test_nm_pipeline(llama, spec):
+    adapter, _, batches = llama
+    p = Pattern.parse(spec)
+    SequentialPruner(adapter, batches, p, progress=False).prune(p.sparsity)
+    for i in range(adapter.num_blocks):
+        for n, m in adapter.linears(i).items():
+            groups = (m.weight != 0).view(m.weight.shape[0], -1, p.m).sum(-1)
+            assert torch.all(groups == p.n), (i, n)
+
+
+def test_database_levels_match_direct_pruning(llama):
+    adapter, _, batches = llama
+    pruner = SequentialPruner(adapter, batches, progress=False)
+    levels = [0.4, 0.5, 0.6]
+    report = pruner.prune(0.0, levels=levels)  # dense forward, every level pruned on dense inputs
+    assert {(b, r) for b, _, r in report.levels} == {(b, r) for b in range(3) for r in [0.0] + levels}
+    direct = pruner.prune(0.6)  # block 0 sees dense inputs in both runs
+    q = report.levels[(0, "self_attn.q_proj", 0.6)]
+    torch.testing.assert_close(q.weight, adapter.linears(0)["self_attn.q_proj"].weight, rtol=1e-4, atol=1e-5)
+    assert q.sq_norm == pytest.approx(float(adapter.linears(0)["self_attn.q_proj"].weight.double().square().sum()))
+    assert direct.loss > 0 and math.isfinite(direct.loss)
+
+
+def test_llava_prune_leaves_vision_projector_embeddings_head_bit_identical(tiny_llava_dir):
+    adapter, processor = load_model(str(tiny_llava_dir))
+    assert adapter.is_llava
+    batches = text_batches(processor, TEXT, 4, 32, seed=0) + vqa_batches(processor, load_easy_vqa("train", limit=6))
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    report = SequentialPruner(adapter, batches, progress=False).prune(0.5)
+    changed = {k for k, v in adapter.model.state_dict().items() if not torch.equal(v, before[k])}
+    lm = "model.language_model.layers."
+    assert changed and all(k.startswith(lm) and k.endswith("proj.weight") for k in changed)
+    assert any(k.startswith("model.vision_tower.") for k in before)
+    assert any(k.startswith("model.multi_modal_projector.") for k in before)
+    assert report.tokens > 0 and math.isfinite(report.loss)
+
+
+def test_llava_image_tokens_reach_the_blocks(tiny_llava_dir):
+    """block_inputs uses the model's own merge: image features differ from the image token's embedding."""
+    adapter, processor = load_model(str(tiny_llava_dir))
+    batch = vqa_batches(processor, load_easy_vqa("train", limit=2))[0]
+    inputs = adapter.block_inputs(batch)
+    image = batch["input_ids"] == adapter.model.config.image_token_id
+    emb = adapter.model.get_input_embeddings()(batch["input_ids"])
+    assert image.any()
+    assert not torch.allclose(inputs.hidden[image], emb[image])
+    torch.testing.assert_close(inputs.hidden[~image], emb[~image])
+
+
+def test_unsupported_model_is_a_one_line_error(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ModelError) as exc:
+        load_model(str(tmp_path))
+    assert "\n" not in str(exc.value) and "supported" in str(exc.value)
