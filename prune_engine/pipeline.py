@@ -35,7 +35,6 @@ class PruneReport:
     dense_sq_norm: list[float]  # the same for the dense weights
     sparsity: list[dict[str, float]]  # achieved sparsity per block and matrix
     seconds: float = 0.0
-    levels: dict = field(default_factory=dict)  # database mode: (block, name, ratio) -> Pruned
 
     @property
     def log_norm_ratio(self) -> list[float]:
@@ -72,23 +71,34 @@ def block_ratios(policy, adapter: ModelAdapter) -> list[Ratios]:
 
 
 class SequentialPruner:
-    """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy."""
+    """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy.
+
+    With `reuse_prefix`, the outputs of every block of the last policy are kept (a stack): a next
+    policy that shares its first L block ratios starts at block L, since blocks < L already hold
+    exactly those pruned weights. Sorting candidates lexicographically maximises the sharing.
+    """
 
     def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
-                 blocksize: int = 128, percdamp: float = 0.01, progress: bool = True):
+                 blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False):
         self.adapter, self.pattern = adapter, pattern
         self.blocksize, self.percdamp, self.progress = blocksize, percdamp, progress
+        self.reuse_prefix = reuse_prefix
         self.dense = [{n: m.weight.detach().clone() for n, m in adapter.linears(i).items()}
                       for i in range(adapter.num_blocks)]
         self.dense_sq_norm = [sum(float(w.double().square().sum()) for w in block.values()) for block in self.dense]
         self.counts = adapter.param_counts()
         self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
+        self.database: dict[tuple[int, str, float], Pruned] = {}
+        self._stack: list[tuple] = []  # per block of the last policy: (key, outputs, sq_norm, sparsity)
+        self.blocks_run = 0  # block passes actually computed (prefix reuse skips some)
 
     def refresh_inputs(self, batches: list[dict]) -> None:
-        """Recompute block-0 inputs (after the projector changed)."""
+        """Recompute block-0 inputs (after the projector changed); drops every cache built on the old ones."""
         self.inputs = [self.adapter.block_inputs(b) for b in batches]
+        self.database, self._stack = {}, []
 
     def restore_dense(self) -> None:
+        self._stack = []
         for i, block in enumerate(self.dense):
             for n, m in self.adapter.linears(i).items():
                 m.weight.data.copy_(block[n])
@@ -97,29 +107,63 @@ class SequentialPruner:
     def prune(self, policy, levels: list[float] | None = None) -> PruneReport:
         """Prune all blocks sequentially with `policy`, leaving the pruned weights in the model.
 
-        With `levels` (database mode) every matrix is additionally pruned at each of these ratios
-        from the same Hessian, returned in `report.levels`, while the forward carries on with
-        the policy's weights.
+        With `levels` every matrix is additionally pruned at each of these ratios from the same
+        Hessian and stored in `self.database` (see `build_database`).
         """
+        return self._run(policy, "seq", levels)
+
+    def build_database(self, levels: list[float]) -> None:
+        """Database mode: prune every block at every level once, from dense inputs (one Hessian each)."""
+        self.database = {}
+        self._run(0.0, "seq", list(levels))
+
+    @torch.no_grad()
+    def stitch(self, policy) -> PruneReport:
+        """Database mode: assemble the policy from the database and measure it (no pruning)."""
+        if not self.database:
+            raise RuntimeError("build_database() first")
+        return self._run(policy, "db", None)
+
+    def _level(self, b: int, name: str, ratio: float) -> Pruned:
+        try:
+            return self.database[(b, name, round(ratio, 6))]
+        except KeyError:
+            raise ValueError(f"ratio {ratio} of block {b} is not a database level") from None
+
+    def _run(self, policy, mode: str, levels) -> PruneReport:
         start = time.perf_counter()
         ratios = block_ratios(policy, self.adapter)
-        hidden = [x.hidden for x in self.inputs]
-        report = PruneReport(0.0, 0, [], list(self.dense_sq_norm), [], _counts=self.counts)
-        bar = tqdm(range(self.adapter.num_blocks), desc="sparsegpt", unit="block", disable=not self.progress,
-                   leave=False)
+        keys = [(mode, tuple(sorted(r.items()))) for r in ratios]
+        if levels is not None:
+            keys = [k + ("levels", tuple(levels)) for k in keys]
+        shared = 0
+        if self.reuse_prefix:
+            while shared < len(self._stack) and self._stack[shared][0] == keys[shared]:
+                shared += 1
+        self._stack = self._stack[:shared]
+        hidden = self._stack[-1][1] if shared else [x.hidden for x in self.inputs]
+        bar = tqdm(range(shared, self.adapter.num_blocks), desc="sparsegpt" if mode == "seq" else "stitch",
+                   unit="block", disable=not self.progress, leave=False)
         for b in bar:
-            pruned = self._prune_block(b, hidden, ratios[b], levels)
-            hidden = pruned.pop("__outputs__")
-            report.block_sq_norm.append(sum(p.sq_norm for p in pruned.values() if isinstance(p, Pruned)))
-            report.sparsity.append({n: p.ratio for n, p in pruned.items() if isinstance(p, Pruned)})
-            report.levels.update({(b, n, r): p for (n, r), p in pruned.get("__levels__", {}).items()})
+            if mode == "seq":
+                pruned = self._prune_block(b, hidden, ratios[b], levels)
+                hidden = pruned.pop("__outputs__")
+                for (n, r), p in pruned.pop("__levels__").items():
+                    self.database[(b, n, round(r, 6))] = p
+            else:
+                pruned = {n: self._level(b, n, r) for n, r in ratios[b].items()}
+                for n, m in self.adapter.linears(b).items():
+                    m.weight.data.copy_(pruned[n].weight)
+                hidden = [self.adapter.run_block(b, h, x.kwargs) for h, x in zip(hidden, self.inputs)]
+            self.blocks_run += 1
+            self._stack.append((keys[b], hidden if self.reuse_prefix else None,
+                                sum(p.sq_norm for p in pruned.values()), {n: p.ratio for n, p in pruned.items()}))
         total, count = 0.0, 0
         for h, x in zip(hidden, self.inputs):
             s, c = self.adapter.loss(h, x.labels)
             total, count = total + s, count + c
-        report.loss, report.tokens = total / max(count, 1), count
-        report.seconds = time.perf_counter() - start
-        return report
+        return PruneReport(total / max(count, 1), count, [e[2] for e in self._stack], list(self.dense_sq_norm),
+                           [e[3] for e in self._stack], time.perf_counter() - start, _counts=self.counts)
 
     def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> dict:
         adapter, stages = self.adapter, self.adapter.stages(b)
