@@ -91,6 +91,7 @@ class SequentialPruner:
         self.database: dict[tuple[int, str, float], Pruned] = {}
         self._stack: list[tuple] = []  # per block of the last policy: (key, outputs, sq_norm, sparsity)
         self.blocks_run = 0  # block passes actually computed (prefix reuse skips some)
+        self.timings = {"hessian": 0.0, "sparsegpt": 0.0}  # seconds spent, cumulative (the rest is forward)
 
     def refresh_inputs(self, batches: list[dict]) -> None:
         """Recompute block-0 inputs (after the projector changed); drops every cache built on the old ones."""
@@ -176,6 +177,7 @@ class SequentialPruner:
         state = {"mask": None, "target": -1}
 
         def prune_stage(s: int) -> None:
+            t0 = time.perf_counter()
             names = [n for n, _ in stages[s]]
             targets = [[ratios[n]] + [r for r in (levels or []) if r != ratios[n]] for n in names]
             out = sparsegpt([self.dense[b][n] for n in names], hessians[s].matrix(),
@@ -189,12 +191,15 @@ class SequentialPruner:
                         results["__levels__"][(n, r)] = p
             done[s] = True
             hessians[s] = None  # free
+            self.timings["sparsegpt"] += time.perf_counter() - t0
 
         def make_hook(s: int):
             def hook(_module, args):
                 if done[s]:
                     return
+                t0 = time.perf_counter()
                 hessians[s].add(args[0], state["mask"])
+                self.timings["hessian"] += time.perf_counter() - t0
                 if single:
                     prune_stage(s)
                 elif s == state["target"]:

@@ -126,11 +126,17 @@ def sparsegpt(weights: list[torch.Tensor], H: torch.Tensor, ratios: list[list[fl
             segments.append((i, check_sparsity(ratio), slice(start, start + W.shape[0])))
             stack.append(W)
             start += W.shape[0]
-    W = torch.cat([w.float() for w in stack]).to(H.device)
+    with _serial(H.device):  # small ops throughout: thread hand-offs would cost more than they save
+        return _prune_stack(weights, H, segments, torch.cat([w.float() for w in stack]).to(H.device), pattern,
+                            blocksize, percdamp)
+
+
+def _prune_stack(weights, H, segments, W, pattern: Pattern, blocksize: int, percdamp: float) -> list[list[Pruned]]:
     H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    cols = H.shape[0]
     U = _inverse_cholesky(H, percdamp)
 
     # Work on Wᵀ (cols x rows) so that a column of W is a contiguous vector.
@@ -146,15 +152,14 @@ def sparsegpt(weights: list[torch.Tensor], H: torch.Tensor, ratios: list[list[fl
         W1, U1 = Wt[i1:i2], U[i1:i2, i1:i2]
         d = torch.diag(U1)
         Err1 = torch.empty_like(W1)
-        with _serial(Wt.device):  # tiny ops: thread hand-offs would cost more than they save
-            for c in range(i2 - i1):
-                if pattern.structured and c % pattern.m == 0:  # per row, prune the M−N least salient
-                    score = W1[c:c + pattern.m].square() / d[c:c + pattern.m, None].square()
-                    idx = torch.topk(score, pattern.m - pattern.n, dim=0, largest=False).indices
-                    maskT[i1 + c:i1 + c + pattern.m].scatter_(0, idx, True)
-                err = Err1[c]
-                torch.mul(W1[c], maskT[i1 + c], out=err).div_(d[c])
-                W1[c + 1:].addr_(U1[c, c + 1:], err, alpha=-1.0)
+        for c in range(i2 - i1):
+            if pattern.structured and c % pattern.m == 0:  # per row, prune the M−N least salient
+                score = W1[c:c + pattern.m].square() / d[c:c + pattern.m, None].square()
+                idx = torch.topk(score, pattern.m - pattern.n, dim=0, largest=False).indices
+                maskT[i1 + c:i1 + c + pattern.m].scatter_(0, idx, True)
+            err = Err1[c]
+            torch.mul(W1[c], maskT[i1 + c], out=err).div_(d[c])
+            W1[c + 1:].addr_(U1[c, c + 1:], err, alpha=-1.0)
         W1.masked_fill_(maskT[i1:i2], 0.0)
         losses += Err1.square().sum(0) / 2
         Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1.0)
@@ -171,7 +176,7 @@ def sparsegpt(weights: list[torch.Tensor], H: torch.Tensor, ratios: list[list[fl
 
 @contextmanager
 def _serial(device: torch.device):
-    """Run the per-column loop on one CPU thread (no effect on GPUs)."""
+    """Run on one CPU thread (no effect on GPUs)."""
     if device.type != "cpu":
         yield
         return
