@@ -1,0 +1,62 @@
+"""`report` on a synthetic finished run directory."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prune_engine.report import ReportError, write_report
+
+
+def make_run(path, generations=3, population=4, blocks=5):
+    rows = []
+    for t in range(generations):
+        for m in range(population):
+            rows.append(dict(generation=t, candidate=m, policy=[(m + t + b) % 5 for b in range(blocks)],
+                             mean_sparsity=0.5, projector_version=t, l_proxy=3.0 - 0.1 * t - 0.01 * m,
+                             g=-0.02, fitness=-3.0 + 0.1 * t + 0.01 * m + 0.01, c_m=1 / population, seconds=1.0,
+                             cached=False, log_norm_ratio=[-0.02] * blocks))
+    path.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), path / "history.parquet")
+    (path / "policy.json").write_text(json.dumps({
+        "ratios": [0.5] * blocks, "levels": [2] * blocks, "level_values": [0.4, 0.45, 0.5, 0.55, 0.6],
+        "granularity": "block", "mean_sparsity": 0.5, "target": 0.5, "fitness": -2.76, "l_proxy": 2.77,
+        "g": -0.02, "eta": 0.5, "generations": generations, "projector_version": generations,
+        "projector_mode": "weighted", "model": "tiny"}))
+    return path
+
+
+def test_report_writes_markdown_html_and_plots(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = write_report(run)
+    for name in ("report.md", "report.html", "fitness.png", "policy_heatmap.png", "neighbour_weights.png"):
+        assert (out / name).stat().st_size > 0
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    md = (out / "report.md").read_text()
+    # best fitness per generation comes from the history: -3 + 0.1 t + 0.03 + 0.01
+    assert "| 2 | -2.7600 |" in md and "| 0 | -2.9600 |" in md
+    html = (out / "report.html").read_text()
+    assert html.count("<img") == 3 and "<table>" in html
+
+
+def test_report_includes_demo_table(tmp_path):
+    make_run(tmp_path / "demo" / "search")
+    (tmp_path / "demo" / "demo.json").write_text(json.dumps({"rows": {
+        "dense": {"sparsity": 0.0, "ppl": 16.7, "easy_vqa": 0.9, "fashion_mnist": 0.8},
+        "searched": {"sparsity": 0.5, "ppl": 30.1, "easy_vqa": 0.85, "fashion_mnist": 0.7}}}))
+    md = (write_report(tmp_path / "demo") / "report.md").read_text()
+    assert "| searched | 0.5000 | 30.1000 | 0.8500 | 0.7000 |" in md
+
+
+def test_report_errors_are_one_line(tmp_path):
+    with pytest.raises(ReportError, match="not a directory"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no policy.json"):
+        write_report(tmp_path / "empty")
+    run = make_run(tmp_path / "bad")
+    (run / "history.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ReportError) as exc:
+        write_report(run)
+    assert "\n" not in str(exc.value)
