@@ -63,9 +63,9 @@ class CandidateEvaluator:
         if spec.mm_calib:
             samples = load_vqa(spec.mm_calib, limit=spec.mm_samples, seed=spec.seed)
             self.mm = vqa_batches(processor, samples, spec.batch_size)
-        self.adapter, self.processor = load_model(spec.model, device=spec.device, processor=processor)
-        if state_dict is not None:  # weights shared through the object store
-            self.adapter.model.load_state_dict(state_dict, assign=False)
+        # state_dict: weights shared through the object store (then nothing is read from disk)
+        self.adapter, self.processor = load_model(spec.model, device=spec.device, processor=processor,
+                                                  state_dict=state_dict)
         if self.mm and not self.adapter.is_llava:
             raise ValueError(f"image-text proxy data needs a LLaVA model; {spec.model} is text-only")
         check_token_ids(self.text + self.mm, self.adapter.model.get_input_embeddings().num_embeddings)

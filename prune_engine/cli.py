@@ -101,6 +101,122 @@ def eval_ppl(
             json_out.write_text(json.dumps(result, indent=2))
 
 
+# ---- search / resume (Ray) ---------------------------------------------------------------
+@contextmanager
+def search_errors():
+    """one_line_errors, plus checkpoint errors and Ray's wrapping of errors raised in actors."""
+    from search.checkpoint import CheckpointError
+
+    with one_line_errors():
+        try:
+            yield
+        except CheckpointError as exc:
+            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            raise typer.Exit(2) from None
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def search(
+    out: str = typer.Option(..., help="Run directory (local path or a pyarrow.fs URI such as s3://bucket/run): "
+                            "checkpoints, then model/, policy.json, history.parquet."),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    target: Optional[float] = typer.Option(None, help="Target mean sparsity p0 (default: 0.5)."),
+    population: Optional[int] = typer.Option(None, help="Policies per generation (default: 16)."),
+    generations: Optional[int] = typer.Option(None, help="Generations tau (default: 10)."),
+    calib: Optional[str] = typer.Option(None, help="Proxy/calibration text (default: wiki:calib). " + TEXT_HELP),
+    mm_calib: Optional[str] = typer.Option(None, help="Image-text proxy data (LLaVA; enables the projector step): "
+                                           "easy-vqa[:split], fashion-mnist[:split], scienceqa, vizwiz, ..."),
+    eta: Optional[float] = typer.Option(None, help="SRM weight eta in F = -L_proxy - eta*G (default: 0.5); "
+                                        "0 = Auto w/o Gen."),
+    config: Optional[Path] = typer.Option(None, help="YAML/TOML with sections search:, engine:, ray: (flags win)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto', host:port or ray://...; "
+                                          "default: start a local cluster."),
+    actors: Optional[int] = typer.Option(None, help="Evaluator actors (default: one per GPU, else one per "
+                                         "--cpus-per-actor CPUs)."),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per evaluator actor, may be a fraction "
+                                                   "[1 when the cluster has GPUs, else 0]."),
+    cpus_per_actor: Optional[float] = typer.Option(None, help="CPUs per evaluator actor (default: 1)."),
+    max_restarts: Optional[int] = typer.Option(None, help="Restarts per actor after a crash (default: 3)."),
+    mode: Optional[str] = typer.Option(None, help="sequential | database (prune every block at every level once, "
+                                       "stitch candidates) (default: sequential)."),
+    nsamples: Optional[int] = typer.Option(None, help="Proxy text segments (default: 32)."),
+    seqlen: Optional[int] = typer.Option(None, help="Tokens per segment (default: 256)."),
+    mm_samples: Optional[int] = typer.Option(None, help="Image-text proxy samples (default: 32)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the search and of the proxy sample (default: 0)."),
+    granularity: Optional[str] = typer.Option(None, help="block | matrix (default: block)."),
+    projector_mode: Optional[str] = typer.Option(None, help="weighted | uniform | off (default: weighted)."),
+    projector_steps: Optional[int] = typer.Option(None, help="Projector optimizer steps per generation (default: 1)."),
+    projector_lr: Optional[float] = typer.Option(None, help="Projector learning rate (default: 1e-4)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads per actor (default: int(cpus_per_actor))."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local cluster (without --address)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any setting as section.key=value, "
+                                             "e.g. search.elites=2, engine.prefix_reuse=false (repeatable)."),
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+):
+    """Search per-block sparsity ratios (genetic search, SRM fitness, projector evolution) on Ray,
+    then prune the model with the best policy."""
+    with search_errors():
+        from actors.config import RunConfig
+        from actors.run import check_new_run_dir
+        from actors.storage import absolute
+
+        flags = {
+            "search.target": target, "search.population": population, "search.generations": generations,
+            "search.eta": eta, "search.seed": seed, "search.granularity": granularity,
+            "search.projector_mode": projector_mode, "search.projector_steps": projector_steps,
+            "search.projector_lr": projector_lr,
+            "engine.model": model, "engine.calib": calib, "engine.mm_calib": mm_calib, "engine.mode": mode,
+            "engine.nsamples": nsamples, "engine.seqlen": seqlen, "engine.mm_samples": mm_samples,
+            "engine.seed": seed, "engine.threads": threads,
+            "ray.address": address, "ray.actors": actors, "ray.gpus_per_actor": gpus_per_actor,
+            "ray.cpus_per_actor": cpus_per_actor, "ray.max_restarts": max_restarts, "ray.num_cpus": num_cpus,
+        }
+        run = RunConfig.load(config, flags, set_)
+        if model is None and not (config and "model" in _engine_keys(config, set_)):
+            raise ValueError("missing --model (or engine.model in --config)")
+        out = absolute(out)
+        check_new_run_dir(out)
+        from actors.run import run_search
+
+        run_search(run, out, progress=progress, log=_log)
+
+
+def _engine_keys(config: Path, sets: list[str] | None) -> set:
+    from actors.config import read_sections
+
+    keys = set((read_sections(config).get("engine") or {}).keys())
+    return keys | {s.partition("=")[0].removeprefix("engine.") for s in sets or [] if s.startswith("engine.")}
+
+
+@app.command()
+def resume(
+    run_dir: str = typer.Argument(..., help="Run directory of a stopped (or finished) `search`."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster (default: the saved one; none = local cluster)."),
+    actors: Optional[int] = typer.Option(None, help="Evaluator actors (does not change the result)."),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per evaluator actor."),
+    cpus_per_actor: Optional[float] = typer.Option(None, help="CPUs per evaluator actor."),
+    max_restarts: Optional[int] = typer.Option(None, help="Restarts per actor after a crash."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local cluster (without --address)."),
+    generations: Optional[int] = typer.Option(None, help="Run to this many generations instead of the saved number."),
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+):
+    """Continue a search from its last checkpoint (same result as an uninterrupted run), then
+    prune the model with the best policy."""
+    with search_errors():
+        from actors.run import resume_search
+        from actors.storage import absolute
+
+        overrides = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor,
+                     "cpus_per_actor": cpus_per_actor, "max_restarts": max_restarts, "num_cpus": num_cpus}
+        if generations is not None and generations < 1:
+            raise ValueError("--generations must be at least 1")
+        resume_search(absolute(run_dir), overrides, generations, progress=progress, log=_log)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="efficientllava")
 

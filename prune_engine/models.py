@@ -232,15 +232,28 @@ def load_processor(spec: str):
 
 
 def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None = None,
-               processor=None) -> tuple[ModelAdapter, object]:
-    """Load a model (directory, hub id, 'smollm2' or 'smol-llava') and its tokenizer/processor."""
+               processor=None, state_dict: dict | None = None) -> tuple[ModelAdapter, object]:
+    """Load a model (directory, hub id, 'smollm2' or 'smol-llava') and its tokenizer/processor.
+
+    With `state_dict` (e.g. weights shared through the Ray object store) the weights are not read
+    from disk: the model is built from its config without initialisation and the tensors are copied in.
+    """
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
     path, config = _config(spec)
     if dtype == "auto":
         dtype = torch.float32 if (device or "cpu") == "cpu" else torch.float16
     cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=dtype)
+    if state_dict is None:
+        model = cls.from_pretrained(path, dtype=dtype)
+    else:
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            model = cls._from_config(config, dtype=dtype) if cls is LlavaForConditionalGeneration \
+                else cls.from_config(config, dtype=dtype)
+        model.tie_weights()
+        model.load_state_dict(state_dict, strict=True)
     model.eval().requires_grad_(False)
     if device:
         model.to(device)

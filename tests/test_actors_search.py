@@ -1,0 +1,261 @@
+"""The search on a local Ray cluster (2 CPUs) with a tiny LLaVA: the acceptance criteria of the Ray
+layer. One cluster for the module (dashboard and metrics endpoint on); the 2-actor run is the
+reference that the 1-actor, fault-injected and killed-then-resumed runs must reproduce bit for bit.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from actors.observe import METRIC_NAMES  # noqa: E402
+from actors.run import run_search  # noqa: E402
+from actors.testing import (assert_same_outcome, free_port, language_model_sparsity, metric_value,  # noqa: E402
+                            outcome, probe_dashboard, tiny_run, tiny_sections, zeros_match_policy)
+from actors.workers import FAULT_ENV  # noqa: E402
+from search.events import GenerationFinished  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+ACTOR_METRICS = ("efficientllava_actor_candidates", "efficientllava_actor_blocks_pruned")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"
+    os.environ[FAULT_ENV] = str(fault)  # inherited by the workers of the cluster started below
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=True, namespace="efficientllava", _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
+    try:
+        yield {"address": ray.get_runtime_context().gcs_address, "metrics_port": port, "fault": fault}
+    finally:
+        ray.shutdown()
+        os.environ.pop(FAULT_ENV, None)
+
+
+class Recorder:
+    """Subscribes to a run: events, per-candidate summaries, the evaluator, and one dashboard probe."""
+
+    def __init__(self, metrics_port=None, probe_at=None):
+        self.events, self.candidates, self.evaluator, self.probe = [], [], None, None
+        self.metrics_port, self.probe_at = metrics_port, probe_at
+
+    def on_ready(self, evaluator):
+        self.evaluator = evaluator
+        self.names = evaluator.actor_names()
+
+    def on_candidate(self, summary):
+        self.candidates.append(summary)
+
+    def on_event(self, e):
+        self.events.append(e)
+        if isinstance(e, GenerationFinished) and e.generation == self.probe_at:
+            run = self.evaluator.run_name
+            try:  # while the run is going on: its actors are up, the driver is between generations
+                self.probe = probe_dashboard(
+                    self.metrics_port, self.names, METRIC_NAMES + ACTOR_METRICS,
+                    ready=lambda f: metric_value(f["efficientllava_generation"], run) == e.generation + 1)
+            except Exception as exc:  # reported by the dashboard test, does not break the reference run
+                self.probe = {"error": repr(exc)}
+
+    def hooks(self):
+        return dict(on_event=self.on_event, on_candidate=self.on_candidate, on_ready=self.on_ready)
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tiny_llava_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    rec = Recorder(cluster["metrics_port"], probe_at=1)
+    summary = run_search(tiny_run(tiny_llava_dir), str(out), progress=False, log=lambda m: None, **rec.hooks())
+    return out, summary, rec
+
+
+def test_two_actors_end_to_end(reference, tiny_llava_dir):
+    """(a) the run directory, a model that transformers loads, sparsity within the band, a changed projector."""
+    from transformers import LlavaForConditionalGeneration
+
+    out, summary, rec = reference
+    assert {"model", "policy.json", "history.parquet", "state.json", "config.yaml"} <= {p.name for p in out.iterdir()}
+    doc = json.loads((out / "policy.json").read_text())
+    assert len(doc["ratios"]) == 3 and abs(doc["mean_sparsity"] - 0.5) <= 0.01 + 1e-9
+    assert doc["achieved_mean_sparsity"] == pytest.approx(doc["mean_sparsity"], abs=1e-3)
+    history = outcome(out)["history"]
+    assert history.num_rows == 3 * 6
+    assert doc["fitness"] == max(history.filter(history["generation"].to_numpy() == 2)["fitness"].to_pylist())
+    pruned = LlavaForConditionalGeneration.from_pretrained(out / "model")
+    dense = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    assert abs(language_model_sparsity(pruned) - 0.5) <= 0.01 + 1e-6
+    assert zeros_match_policy(pruned, doc["ratios"])
+    changed = [(p - q).abs().max().item() for p, q in zip(pruned.model.multi_modal_projector.parameters(),
+                                                          dense.model.multi_modal_projector.parameters())]
+    assert min(changed) > 0, "every projector tensor was updated"
+    for p, q in zip(pruned.model.vision_tower.parameters(), dense.model.vision_tower.parameters()):
+        assert __import__("torch").equal(p, q)  # the vision tower is never touched
+    assert doc["projector_version"] == 3 and history["projector_version"].to_pylist() == [0] * 6 + [1] * 6 + [2] * 6
+    # both actors worked, each on its sorted chunk; prefix reuse skipped some block passes
+    assert {s["actor"] for s in rec.candidates} == {0, 1}
+    assert summary["stats"]["candidates"] == 18 and summary["stats"]["actor_failures"] == 0
+    assert summary["stats"]["blocks_run"] < 18 * 3
+
+
+def test_dashboard_shows_named_actors_and_custom_metrics(reference):
+    """(e) during the run: the named actors through the state API, the custom metrics on the
+    node's Prometheus endpoint (driver metrics tagged with the run, actor metrics per actor)."""
+    _, summary, rec = reference
+    probe = rec.probe
+    assert probe is not None and "error" not in probe, probe
+    run = summary["run_name"]
+    assert probe["actors"] == sorted([f"{run}.evaluator-0", f"{run}.evaluator-1", f"{run}.learner"])
+    missing = [m for m, lines in probe["metrics"].items() if not lines]
+    assert not missing, missing
+    assert metric_value(probe["metrics"]["efficientllava_generation"], run) == 2.0  # probed after generation 1
+    assert metric_value(probe["metrics"]["efficientllava_candidates_evaluated"], run) == 12.0
+    best = [e.best_fitness for e in rec.events if isinstance(e, GenerationFinished) and e.generation == 1]
+    assert metric_value(probe["metrics"]["efficientllava_best_fitness"], run) == pytest.approx(best[0])
+    assert metric_value(probe["metrics"]["efficientllava_seconds_per_candidate"], run) > 0
+
+
+def test_one_actor_gives_the_same_result(reference, tiny_llava_dir, tmp_path):
+    """(b) same seed, 1 actor instead of 2: bit-identical outcome."""
+    out = tmp_path / "run"
+    rec = Recorder()
+    summary = run_search(tiny_run(tiny_llava_dir, ray={"actors": 1}), str(out), progress=False,
+                         log=lambda m: None, **rec.hooks())
+    assert summary["actors"] == 1 and {s["actor"] for s in rec.candidates} == {0}
+    assert_same_outcome(outcome(out), outcome(reference[0]))
+
+
+def test_evaluator_killed_mid_candidate_gives_the_same_result(cluster, reference, tiny_llava_dir, tmp_path):
+    """(c) an evaluator dies (SIGKILL) in the middle of a candidate of generation 1: Ray restarts it,
+    the candidate is re-run on the other actor, the restarted actor installs the current projector."""
+    cluster["fault"].write_text("1")  # die at projector version >= 1
+    out = tmp_path / "run"
+    rec, logs = Recorder(), []
+    summary = run_search(tiny_run(tiny_llava_dir), str(out), progress=False, log=logs.append, **rec.hooks())
+    assert not cluster["fault"].exists(), "the fault was injected"
+    assert summary["stats"]["actor_failures"] == 1 and summary["stats"]["reruns"] == 1, logs
+    assert any("failed; its candidate runs elsewhere" in m for m in logs)
+    assert_same_outcome(outcome(out), outcome(reference[0]))
+
+
+def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir):
+    """(c) with one actor: kill it after a projector step; the candidate waits for the restart, and
+    the restarted actor (dense projector after its constructor) installs version 1 and gives the
+    same numbers as before the kill. Then the learner: lost gradients are recomputed, a killed
+    learner is restored, and the projector step comes out the same."""
+    import numpy as np
+    import torch
+
+    from actors.evaluator import RayEvaluator
+    from prune_engine.candidates import deserialise
+
+    ev = RayEvaluator(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
+    try:
+        seen = []
+        ev.on_candidate = seen.append
+        policies = [np.array([0.4, 0.5, 0.6]), np.array([0.6, 0.5, 0.4])]
+        ev.evaluate(policies, 0)
+        assert ev.projector_step(policies, np.array([0.5, 0.5]), 1, 1e-2) == 1
+        (before,) = ev.evaluate(policies[:1], 1)
+        ray.kill(ev.actors[0], no_restart=False)
+        (after,) = ev.evaluate(policies[:1], 1)
+        assert ev.stats["actor_failures"] >= 1 and seen[-1]["restarted"] and seen[-1]["projector_version"] == 1
+        assert after.l_proxy == before.l_proxy and np.array_equal(after.log_norm_ratio, before.log_norm_ratio)
+        assert not seen[-2]["restarted"]
+
+        # the learner: step 2 undisturbed ...
+        saved = ev.projector_state()
+        ev.evaluate(policies, 1)
+        assert ev.projector_step(policies, np.array([0.7, 0.3]), 2, 1e-2) == 2
+        undisturbed = deserialise(ev.projector_state())
+        # ... and again from the saved state, with the gradients gone and the learner killed
+        ev.load_projector_state(saved, 1)
+        ev._grads.clear()
+        ray.kill(ev.learner, no_restart=False)
+        assert ev.projector_step(policies, np.array([0.7, 0.3]), 2, 1e-2) == 2
+        assert ev.stats["gradient_recomputes"] == 2 and ev.stats["learner_restores"] == 1
+        again = deserialise(ev.projector_state())
+        for name in undisturbed["names"]:
+            assert torch.equal(undisturbed["params"][name], again["params"][name])
+        for k, state in undisturbed["optimizer"]["state"].items():
+            assert torch.equal(state["exp_avg_sq"], again["optimizer"]["state"][k]["exp_avg_sq"])
+    finally:
+        ev.shutdown()
+
+
+def test_driver_killed_then_resume_gives_the_same_result(cluster, reference, tiny_llava_dir, tmp_path):
+    """(c) SIGKILL the CLI driver after its first checkpoint, `efficientllava resume` on the same cluster."""
+    from typer.testing import CliRunner
+
+    from prune_engine.cli import app
+    from search.checkpoint import RunStore
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_sections(tiny_llava_dir)))
+    out = tmp_path / "run"
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prune_engine.cli", "search", "--config", str(config),
+                             "--out", str(out), "--address", cluster["address"], "--no-progress"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    store, deadline = RunStore(str(out)), time.monotonic() + 240
+    try:
+        while not (store.exists() and store.load()[0]["generation"] >= 1):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    generation = store.load()[0]["generation"]
+    assert generation < 3 and not (out / "model").exists()
+    result = CliRunner().invoke(app, ["resume", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming {out} at generation {generation}" in result.output
+    assert_same_outcome(outcome(out), outcome(reference[0]))
+
+
+def test_text_only_model_in_database_mode(cluster, tiny_llama_dir, tmp_path):
+    """A text-only model skips the projector step cleanly (no learner, projector version 0);
+    database mode searches, and the final model is still pruned sequentially."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    rec = Recorder()
+    run = tiny_run(tiny_llama_dir, engine={"mm_calib": None, "mode": "database"},
+                   search={"population": 4, "generations": 2})
+    summary = run_search(run, str(out), progress=False, log=lambda m: None, **rec.hooks())
+    assert not rec.evaluator.use_projector and all(not n.endswith(".learner") for n in rec.names)
+    o = outcome(out)
+    assert o["projector"] is None and set(o["history"]["projector_version"].to_pylist()) == {0}
+    assert o["doc"]["mode"] == "database" and o["doc"]["projector_version"] == 0
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert abs(language_model_sparsity(model) - 0.5) <= 0.01 + 1e-6
+    assert zeros_match_policy(model, o["doc"]["ratios"])
+    # database mode: one pass per block at every level per actor, then candidates are stitched
+    assert summary["stats"]["candidates"] == o["history"].num_rows - sum(o["history"]["cached"].to_pylist())
+
+
+def test_infeasible_population_is_one_error_and_writes_nothing(cluster, tiny_llava_dir, tmp_path):
+    """Feasibility needs the model's parameter counts (from the actors): still nothing is written."""
+    from search.config import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="larger than the feasible space"):
+        run_search(tiny_run(tiny_llava_dir, search={"population": 500, "elites": 4}), str(out), progress=False,
+                   log=lambda m: None)
+    assert not out.exists()
+    from ray.util.state import list_actors
+
+    for _ in range(20):  # and its actors are gone (ray.kill is asynchronous)
+        if not [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if (a.name or "").startswith("run-")]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("actors of the refused run are still alive")
