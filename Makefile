@@ -20,7 +20,7 @@ $(BIN)/efficientllava: pyproject.toml constraints.txt requirements-data.txt
 install: $(BIN)/efficientllava
 
 demo: install
-	$(BIN)/python -m prune_engine.demo
+	$(BIN)/efficientllava demo
 
 test: install
 	$(BIN)/python -m pytest -q

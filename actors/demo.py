@@ -25,7 +25,7 @@ class DemoConfig(BaseModel):
     calib: str = "wiki:calib"
     nsamples: int = 16
     seqlen: int = 128
-    mm_calib: str = "easy-vqa:train"
+    mm_calib: str | None = "easy-vqa:train"  # dropped for a text-only model
     mm_samples: int = 24
     mode: str = "database"
     projector_lr: float = 1e-4
@@ -49,8 +49,10 @@ def _evaluate(model_dir_or_spec: str, cfg: DemoConfig, log) -> dict:
     adapter, processor = load_model(model_dir_or_spec)
     segments = eval_segments(tokenizer_of(processor), load_text(cfg.eval_text), cfg.eval_segments, cfg.eval_seqlen)
     ppl = perplexity(adapter, segments, progress=False)["perplexity"]
-    row = {"ppl": ppl}
+    row = {"ppl": ppl, "easy_vqa": float("nan"), "fashion_mnist": float("nan")}
     for name, spec in (("easy_vqa", "easy-vqa:test"), ("fashion_mnist", "fashion-mnist:test")):
+        if not adapter.is_llava:
+            break
         samples = load_vqa(spec, limit=cfg.eval_vqa, seed=cfg.seed)
         row[name] = vqa_accuracy(adapter.model, processor, samples, progress=False)["accuracy"]
     counts = adapter.param_counts()
@@ -70,6 +72,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)
     check_new_run_dir(str(out))
+    from prune_engine.models import load_processor
+
+    if not hasattr(load_processor(cfg.model), "image_processor"):  # text-only model: no image-text data
+        cfg = cfg.model_copy(update={"mm_calib": None})
     run = RunConfig.load(overrides={
         "search.target": cfg.target, "search.population": cfg.population, "search.generations": cfg.generations,
         "search.elites": cfg.elites, "search.eta": cfg.eta, "search.seed": cfg.seed,

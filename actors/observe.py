@@ -73,7 +73,7 @@ class ConsoleProgress:
         self.t_gen = self.progress.add_task("generations", total=generations, completed=start_generation, info="")
         self.t_cand = self.progress.add_task("candidates", total=population, info="")
         self.t_block = self.progress.add_task("blocks", total=population * blocks, info="")
-        self._blocks_saved = 0
+        self._blocks_run = 0
 
     def __enter__(self) -> "ConsoleProgress":
         self.progress.start()
@@ -85,22 +85,23 @@ class ConsoleProgress:
     def on_candidate(self, summary: dict) -> None:
         self.progress.advance(self.t_cand)
         self.progress.update(self.t_block, advance=self.blocks,
-                             info=f"{summary['blocks_run']}/{self.blocks} run (prefix reuse)")
-        self._blocks_saved += self.blocks - summary["blocks_run"]
+                             info=f"last: {summary['blocks_run']} block passes")
+        self._blocks_run += summary["blocks_run"]
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, GenerationStarted):
             self.progress.reset(self.t_cand, total=e.candidates)
             self.progress.reset(self.t_block, total=e.candidates * self.blocks)
             self.progress.update(self.t_gen, info=f"generation {e.generation}, projector v{e.projector_version}")
-            self._blocks_saved = 0
+            self._blocks_run = 0
         elif isinstance(e, CandidateEvaluated) and e.cached:
             self.progress.advance(self.t_cand)
             self.progress.advance(self.t_block, self.blocks)
         elif isinstance(e, GenerationFinished):
             self.progress.advance(self.t_gen)
             self.log(f"generation {e.generation}: best F {e.best_fitness:.4f}, {e.evaluated} evaluated, "
-                     f"{self._blocks_saved} block passes saved by prefix reuse, projector v{e.projector_version}, "
+                     f"{self._blocks_run} block passes (prefix reuse skips shared ones; database mode counts its "
+                     f"build), projector v{e.projector_version}, "
                      f"{e.elapsed_s:.1f} s")
         elif isinstance(e, SearchFinished):
             self.log(f"search finished after {e.generations} generation(s) ({e.reason}): best F {e.best_fitness:.4f}")

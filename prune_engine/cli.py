@@ -217,6 +217,69 @@ def resume(
         resume_search(absolute(run_dir), overrides, generations, progress=progress, log=_log)
 
 
+
+
+@eval_app.command("vqa")
+def eval_vqa(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    data: str = typer.Option("easy-vqa:test", help="easy-vqa[:split], fashion-mnist[:split], scienceqa[:split], "
+                             "vizwiz, mmvet, llava-bench (multiple choice needs a closed answer set)."),
+    limit: Optional[int] = typer.Option(500, help="Samples (seeded subset); 0 for all."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("cpu"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+):
+    """VQA accuracy by constrained choice over the answer set, with a per-category breakdown."""
+    with one_line_errors():
+        from prune_engine.calibration import load_vqa
+        from prune_engine.eval_vqa import vqa_accuracy
+        from prune_engine.models import load_model
+
+        samples = load_vqa(data, limit=limit or None, seed=seed)
+        adapter, processor = load_model(model, device=device)
+        result = {"model": model, "data": data, **vqa_accuracy(adapter.model, processor, samples, batch_size)}
+        typer.echo(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['count']}) on {data}")
+        for category, r in sorted(result["per_category"].items()):
+            typer.echo(f"  {category:<24} {r['accuracy']:.4f} ({r['correct']}/{r['count']})")
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished search (or demo) run directory."),
+    out: Optional[Path] = typer.Option(None, help="Where to write (default RUN_DIR/report)."),
+):
+    """Markdown + HTML report of a search run: fitness curve, policy heatmap, neighbour weights, tables."""
+    with one_line_errors():
+        from prune_engine.report import write_report
+
+        typer.echo(f"wrote {write_report(run_dir, out) / 'report.md'} and report.html")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory of the demo."),
+    model: str = typer.Option("smol-llava", help=MODEL_HELP),
+    target: float = typer.Option(0.5, help="Target average sparsity."),
+    population: int = typer.Option(8),
+    generations: int = typer.Option(3),
+    mode: str = typer.Option("database", help="sequential | database"),
+    actors: Optional[int] = typer.Option(None, help="Evaluator actors (default: one per CPU / GPU)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    eval_vqa_samples: int = typer.Option(200, "--eval-vqa", help="Held-out questions per VQA set."),
+    overwrite: bool = typer.Option(False, help="Replace an existing demo run directory."),
+):
+    """The demo main job: search smol-llava, then compare dense / uniform / searched on held-out data."""
+    with one_line_errors(), search_errors():
+        from actors.demo import DemoConfig, run_demo
+
+        cfg = DemoConfig(out=out, model=model, target=target, population=population, generations=generations,
+                         mode=mode, actors=actors, address=address, eval_vqa=eval_vqa_samples, overwrite=overwrite)
+        run_demo(cfg, log=_log)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="efficientllava")
 
