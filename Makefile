@@ -20,7 +20,8 @@ $(BIN)/efficientllava: pyproject.toml constraints.txt requirements-data.txt
 install: $(BIN)/efficientllava
 
 demo: install
-	$(BIN)/efficientllava demo
+	# text-only until the smol-llava weights are committed (issue 5): a real search on the embedded SmolLM2
+	$(BIN)/efficientllava demo --model smollm2 --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

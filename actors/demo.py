@@ -112,7 +112,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
 def format_table(rows: dict[str, dict]) -> str:
     lines = ["| model | sparsity | held-out ppl | easy-vqa acc | Fashion-MNIST acc |", "|---|---|---|---|---|"]
+    acc = lambda v: "n/a (text-only)" if v != v else f"{v:.3f}"  # noqa: E731  (nan: not measured)
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['sparsity']:.3f} | {r['ppl']:.2f} | {r['easy_vqa']:.3f} | "
-                     f"{r['fashion_mnist']:.3f} |")
+        lines.append(f"| {name} | {r['sparsity']:.3f} | {r['ppl']:.2f} | {acc(r['easy_vqa'])} | "
+                     f"{acc(r['fashion_mnist'])} |")
     return "\n".join(lines)

@@ -144,7 +144,8 @@ def _prune_stack(weights, H, segments, W, pattern: Pattern, blocksize: int, perc
     del W
     losses = torch.zeros(Wt.shape[1], device=Wt.device)
     maskT = torch.zeros_like(Wt, dtype=torch.bool)
-    inner = max(32, pattern.m)  # columns updated eagerly; the rest lazily by one matmul per sub-block
+    # columns updated eagerly; the rest lazily by one matmul per sub-block (a whole number of N:M groups)
+    inner = -(-32 // pattern.m) * pattern.m if pattern.structured else 32
     for i1 in range(0, cols, inner):
         i2 = min(i1 + inner, cols)
         if i1 % blocksize == 0 and not pattern.structured:

@@ -109,13 +109,13 @@ def test_levels_and_stacking_equal_separate_runs():
             assert res.sq_norm == pytest.approx(float(alone.weight.double().square().sum()), rel=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4"])
-def test_nm_pattern_holds_in_every_group(spec):
+@pytest.mark.parametrize("spec, d", [("2:4", 64), ("4:8", 64), ("1:4", 64), ("1:3", 96), ("2:6", 96), ("3:12", 96)])
+def test_nm_pattern_holds_in_every_group(spec, d):
     p = Pattern.parse(spec)
-    X = correlated_inputs(d=64)
-    W = torch.randn(20, 64)
+    X = correlated_inputs(d=d)
+    W = torch.randn(20, d)
     (res,), = sparsegpt([W], hessian(X), pattern=p)
-    nonzero_per_group = (res.weight != 0).view(20, 64 // p.m, p.m).sum(-1)
+    nonzero_per_group = (res.weight != 0).view(20, d // p.m, p.m).sum(-1)
     assert torch.all(nonzero_per_group == p.n)
     assert res.ratio == pytest.approx(p.sparsity)
 
