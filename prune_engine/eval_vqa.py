@@ -3,8 +3,9 @@
 For every sample, each of ``sample.choices`` is scored by the summed log-likelihood of its
 tokens (exactly the answer tokens ``collate_vqa`` trains on, without the end-of-turn token)
 following the sample's prompt; the prediction is the argmax (first choice on ties). A batch
-of prompts is run once, left-padded, with the KV cache; the cache is then repeated once per
-choice and all choices of all samples are scored in one padded continuation forward.
+of prompts is run once, left-padded, with the KV cache (logits only at the last position);
+the cache is then repeated once per multi-token choice and the remaining tokens of all
+choices of all samples are scored in one padded continuation forward.
 """
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _split_head(model):
+    """(body, lm_head): body returns final hidden states, so logits are only computed where needed."""
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if body is None or head is None:
+        raise ValueError(f"{type(model).__name__}: expected a causal LM with .model and .lm_head")
+    return body, head
+
+
 @torch.no_grad()
 def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[float]]:
     """Summed log-likelihood of every choice of every sample (one list per sample)."""
     if not samples:
         return []
+    body, head = _split_head(model)
     device = _device(model)
     batch = collate_vqa(processor, samples, with_answer=False, padding_side="left")
     mask = batch["attention_mask"].to(device)
@@ -31,8 +41,8 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
     if "pixel_values" in batch:
         inputs["pixel_values"] = batch["pixel_values"].to(device, dtype=model.dtype)
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): the answer's first token
+    out = body(**inputs, use_cache=True)
+    first = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V): answer's 1st token
     prompt_len = mask.sum(-1)  # real tokens per row
 
     choice_ids = [[answer_ids(processor, c, end=False) for c in s.choices] for s in samples]
@@ -43,27 +53,31 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
         raise ValueError("a choice encodes to no tokens")
     rows = [ids for cs in choice_ids for ids in cs]
     owner = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
-    scores = first[owner.to(device), torch.tensor([ids[0] for ids in rows], device=device)]
-    longest = max(len(ids) for ids in rows)
-    if longest > 1:  # score the remaining tokens of multi-token choices with the cached prompt
-        cache = out.past_key_values
-        cache.reorder_cache(owner.to(device))  # one cache row per (sample, choice)
-        width = longest - 1
-        cont = torch.zeros((len(rows), width), dtype=torch.long)
-        cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            cont[i, : len(ids) - 1] = torch.tensor(ids[:-1])
-            cont_mask[i, : len(ids) - 1] = 1
+    scores = first[owner.to(device), torch.tensor([ids[0] for ids in rows], device=device)].clone()
+    multi = [i for i, ids in enumerate(rows) if len(ids) > 1]
+    if multi:  # the remaining tokens of multi-token choices, in one forward over the cached prompts
+        width = max(len(rows[i]) for i in multi) - 1
+        cont = torch.zeros((len(multi), width), dtype=torch.long)
+        cont_mask = torch.zeros((len(multi), width), dtype=torch.long)
+        for r, i in enumerate(multi):
+            cont[r, : len(rows[i]) - 1] = torch.tensor(rows[i][:-1])
+            cont_mask[r, : len(rows[i]) - 1] = 1
         cont, cont_mask = cont.to(device), cont_mask.to(device)
-        full_mask = torch.cat([mask[owner.to(device)], cont_mask], dim=1)
-        positions = prompt_len[owner.to(device)].unsqueeze(1) + torch.arange(width, device=device)
-        step = model(input_ids=cont, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True)
-        logp = torch.log_softmax(step.logits.float(), dim=-1)  # (R, width, V): predicts tokens 2..n
-        for i, ids in enumerate(rows):
-            if len(ids) > 1:
-                scores[i] += logp[i, torch.arange(len(ids) - 1, device=device),
-                                  torch.tensor(ids[1:], device=device)].sum()
+        src = owner[multi].to(device)
+        cache = out.past_key_values
+        cache.reorder_cache(src)  # one cache row per multi-token (sample, choice)
+        step = body(input_ids=cont, attention_mask=torch.cat([mask[src], cont_mask], dim=1),
+                    position_ids=prompt_len[src].unsqueeze(1) + torch.arange(width, device=device),
+                    past_key_values=cache, use_cache=False)
+        keep = cont_mask.bool()  # position j predicts token j+1 of the choice
+        targets = torch.zeros_like(cont)
+        for r, i in enumerate(multi):
+            targets[r, : len(rows[i]) - 1] = torch.tensor(rows[i][1:])
+        logp = torch.log_softmax(head(step.last_hidden_state[keep]).float(), dim=-1)
+        token_scores = logp.gather(1, targets[keep].unsqueeze(1)).squeeze(1)
+        per_row = torch.zeros((len(multi), width), dtype=token_scores.dtype, device=device)
+        per_row[keep] = token_scores
+        scores[torch.tensor(multi, device=device)] += per_row.sum(1)
     scores = scores.cpu().tolist()
     result, start = [], 0
     for n in counts:

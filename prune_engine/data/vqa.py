@@ -305,13 +305,11 @@ def prompt_text(processor, sample: VQASample) -> str:
 
 
 def encode_prompts(processor, samples: list[VQASample]) -> tuple[list[list[int]], object]:
-    """Token ids of each sample's prompt (image tokens expanded) and the batch's pixel values (or None)."""
+    """Token ids of each sample's prompt (image tokens expanded) and the pixel values of its images (or None)."""
     prompts = [prompt_text(processor, s) for s in samples]
-    with_image = [s.image is not None for s in samples]
-    if any(with_image) and not all(with_image):
-        raise DataError("collate_vqa: a batch mixes samples with and without images")
-    if all(with_image) and samples:
-        out = processor(text=prompts, images=[s.image for s in samples], add_special_tokens=False)
+    images = [s.image for s in samples if s.image is not None]
+    if images:  # pixel_values holds the images of the samples that have one, in order (LLaVA convention)
+        out = processor(text=prompts, images=images, add_special_tokens=False)
         return [list(ids) for ids in out["input_ids"]], _as_tensor(out["pixel_values"])
     tok = _tokenizer(processor)
     return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts], None
@@ -344,7 +342,9 @@ def collate_vqa(processor, samples: list[VQASample], with_answer: bool = True,
     <|im_start|>assistant\\n``) followed, when ``with_answer``, by the answer's tokens and the
     end-of-turn token. ``labels`` is -100 everywhere except those answer tokens (all -100
     without answers). Padding uses the tokenizer's pad token, on the right by default (use
-    ``padding_side="left"`` for generation). ``pixel_values`` is omitted for text-only samples.
+    ``padding_side="left"`` for generation). Samples without an image (``image=None``) get
+    no image tokens; ``pixel_values`` holds the images of the others in order, and is omitted
+    when no sample has one.
     """
     import torch
 
