@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prune_engine.candidates import EngineSpec
-from search.config import ConfigError, SearchConfig, parse_overrides
+from search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
 
 EMBEDDED_MODELS = ("smollm2", "smol-llava")
 SECTIONS = ("search", "engine", "ray")
@@ -223,21 +223,7 @@ def levels_of(search: SearchConfig) -> list[float]:
 
 
 def read_sections(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read run config {path}: {exc.strerror}") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except Exception as exc:
-        raise ConfigError(f"cannot parse run config {path}: {str(exc).splitlines()[0]}") from None
+    data = read_config_file(path, "run config")
     if not isinstance(data, dict):
         raise ConfigError(f"invalid run config {path}: expected a mapping with sections {', '.join(SECTIONS)}")
     if data and not set(data) & set(SECTIONS):  # a bare search config is accepted as the search section

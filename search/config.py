@@ -98,23 +98,7 @@ class SearchConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SearchConfig":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read search config {path}: {e.strerror}") from None
-        try:
-            if path.suffix.lower() == ".toml":
-                try:
-                    import tomllib
-                except ImportError:  # Python 3.10
-                    import tomli as tomllib  # type: ignore[no-redef]
-                data = tomllib.loads(text)
-            else:
-                data = yaml.safe_load(text) or {}
-        except Exception as e:  # parse errors of either format
-            raise ConfigError(f"cannot parse search config {path}: {str(e).splitlines()[0]}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path, "search config"))
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict | list[str] | None = None) -> "SearchConfig":
@@ -177,3 +161,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             parsed = value.strip()  # YAML 1.1 reads on/off/yes/no as booleans; keep the word
         out[key.strip()] = parsed
     return out
+
+
+def read_config_file(path: str | Path, what: str) -> object:
+    """Parse a YAML (default) or TOML file; unreadable or malformed files are one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            return tomllib.loads(text)
+        return yaml.safe_load(text) or {}
+    except Exception as e:  # parse errors of either format
+        raise ConfigError(f"cannot parse {what} {path}: {str(e).splitlines()[0]}") from None
