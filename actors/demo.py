@@ -40,25 +40,10 @@ class DemoConfig(BaseModel):
 
 
 def _evaluate(model_dir_or_spec: str, cfg: DemoConfig, log) -> dict:
-    from prune_engine.calibration import load_vqa, tokenizer_of
-    from prune_engine.data.text import eval_segments, load_text
-    from prune_engine.eval_vqa import vqa_accuracy
-    from prune_engine.evaluate import perplexity
-    from prune_engine.models import load_model
+    from prune_engine.evaluate import heldout_metrics
 
-    adapter, processor = load_model(model_dir_or_spec)
-    segments = eval_segments(tokenizer_of(processor), load_text(cfg.eval_text), cfg.eval_segments, cfg.eval_seqlen)
-    ppl = perplexity(adapter, segments, progress=False)["perplexity"]
-    row = {"ppl": ppl, "easy_vqa": float("nan"), "fashion_mnist": float("nan")}
-    for name, spec in (("easy_vqa", "easy-vqa:test"), ("fashion_mnist", "fashion-mnist:test")):
-        if not adapter.is_llava:
-            break
-        samples = load_vqa(spec, limit=cfg.eval_vqa, seed=cfg.seed)
-        row[name] = vqa_accuracy(adapter.model, processor, samples, progress=False)["accuracy"]
-    counts = adapter.param_counts()
-    zeros = sum(int((m.weight == 0).sum()) for i in range(adapter.num_blocks) for m in adapter.linears(i).values())
-    row["sparsity"] = zeros / sum(sum(c.values()) for c in counts)
-    return row
+    return heldout_metrics(model_dir_or_spec, cfg.eval_text, cfg.eval_segments, cfg.eval_seqlen,
+                           vqa_samples=cfg.eval_vqa, seed=cfg.seed)
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:

@@ -55,6 +55,10 @@ def prune(
     sparsity: float = typer.Option(0.5, help="Target sparsity of every pruned matrix, in [0, 1)."),
     pattern: Optional[str] = typer.Option(None, help="N:M semi-structured pattern, e.g. 2:4 (N non-zeros in M)."),
     policy: Optional[Path] = typer.Option(None, help="JSON policy: {\"ratios\": [one per block]} (from `search`)."),
+    owl: Optional[float] = typer.Option(None, metavar="LAMBDA",
+                                        help="OWL baseline: per-block ratios from the blocks' outlier ratios, "
+                                             "spanning 2*LAMBDA around --sparsity (OWL's default: 0.08)."),
+    owl_m: float = typer.Option(5.0, help="OWL outlier threshold M (score > M x the block's mean)."),
     calib: str = typer.Option("wiki:calib", help=TEXT_HELP),
     nsamples: int = typer.Option(32, help="Calibration segments."),
     seqlen: int = typer.Option(256, help="Tokens per calibration segment."),
@@ -70,8 +74,8 @@ def prune(
     with one_line_errors():
         from prune_engine.prune import PruneJob, run_prune
 
-        job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, calib=calib,
-                       nsamples=nsamples, seqlen=seqlen, mm_calib=mm_calib, mm_samples=mm_samples, seed=seed,
+        job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, owl=owl,
+                       owl_m=owl_m, calib=calib, nsamples=nsamples, seqlen=seqlen, mm_calib=mm_calib, mm_samples=mm_samples, seed=seed,
                        batch_size=batch_size, device=device, overwrite=overwrite)
         run_prune(job, log=lambda m: typer.echo(m, err=True))
 
@@ -217,6 +221,66 @@ def resume(
         resume_search(absolute(run_dir), overrides, generations, progress=progress, log=_log)
 
 
+
+
+@app.command()
+def tune(
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    eta: str = typer.Option("0,0.1,0.25,0.5,1.0", help="Comma-separated eta values: one trial (one search) each."),
+    storage: Path = typer.Option(Path("runs/tune"), help="Tune storage path (the experiment is STORAGE/NAME)."),
+    name: str = typer.Option("eta-sweep", help="Experiment name; running the same command again restores it."),
+    metric: str = typer.Option("ppl", help="What picks the best eta: ppl (held-out, min), easy_vqa or "
+                               "fashion_mnist (accuracy, max)."),
+    target: Optional[float] = typer.Option(None, help="Target mean sparsity p0 (default: 0.5)."),
+    population: Optional[int] = typer.Option(None, help="Policies per generation (default: 16)."),
+    generations: Optional[int] = typer.Option(None, help="Generations tau (default: 10)."),
+    mode: Optional[str] = typer.Option(None, help="sequential | database (default: sequential)."),
+    calib: Optional[str] = typer.Option(None, help="Proxy/calibration text (default: wiki:calib)."),
+    mm_calib: Optional[str] = typer.Option(None, help="Image-text proxy data (LLaVA), e.g. easy-vqa:train."),
+    nsamples: Optional[int] = typer.Option(None, help="Proxy text segments (default: 32)."),
+    seqlen: Optional[int] = typer.Option(None, help="Tokens per segment (default: 256)."),
+    mm_samples: Optional[int] = typer.Option(None, help="Image-text proxy samples (default: 32)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every trial's search (default: 0)."),
+    config: Optional[Path] = typer.Option(None, help="YAML/TOML run config (search:, engine:, ray:); flags win."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any setting as section.key=value (repeatable)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    actors: Optional[int] = typer.Option(None, help="Evaluator actors per trial."),
+    max_concurrent: int = typer.Option(1, help="Trials at once (each starts its own evaluator actors)."),
+    eval_segments: int = typer.Option(16, help="Held-out text segments of wiki:eval per trial."),
+    eval_seqlen: int = typer.Option(256, help="Tokens per held-out segment."),
+    eval_vqa: int = typer.Option(200, help="Held-out questions per VQA set (LLaVA models)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the trial table as JSON here."),
+):
+    """Tune eta with Ray Tune: one trial = one search run, scored on held-out data (resumable)."""
+    with search_errors():
+        import yaml
+
+        from actors.config import RunConfig
+        from actors.tune import TuneJob, format_rows, run_tune
+
+        try:
+            etas = tuple(float(e) for e in eta.split(",") if e.strip())
+        except ValueError:
+            raise ValueError(f"--eta: expected comma-separated numbers, got '{eta}'") from None
+        flags = {"search.target": target, "search.population": population, "search.generations": generations,
+                 "search.seed": seed, "engine.model": model, "engine.mode": mode, "engine.calib": calib,
+                 "engine.mm_calib": mm_calib, "engine.nsamples": nsamples, "engine.seqlen": seqlen,
+                 "engine.mm_samples": mm_samples, "engine.seed": seed, "ray.address": address, "ray.actors": actors}
+        run = RunConfig.load(config, flags, set_)
+        if model is None and not (config and "model" in _engine_keys(config, set_)):
+            raise ValueError("missing --model (or engine.model in --config)")
+        sections = yaml.safe_load(run.to_yaml())
+        sections["search"].pop("eta", None)
+        job = TuneJob(run=sections, etas=etas, storage=str(storage), name=name, metric=metric,
+                      max_concurrent=max_concurrent, eval_segments=eval_segments, eval_seqlen=eval_seqlen,
+                      eval_vqa=eval_vqa)
+        rows = run_tune(job, log=_log)
+        typer.echo(format_rows(rows, job.metric))
+        if json_out:
+            json_out.write_text(json.dumps(rows, indent=2))
+        if any(r["error"] for r in rows):
+            typer.echo("some trials failed; run the same command again to retry them", err=True)
+            raise typer.Exit(1)
 
 
 @eval_app.command("vqa")

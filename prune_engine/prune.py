@@ -21,6 +21,8 @@ class PruneJob(BaseModel):
     sparsity: float = 0.5
     pattern: str | None = None  # "2:4", "4:8"... (None = unstructured)
     policy: Path | None = None  # JSON with per-block ratios (overrides sparsity)
+    owl: float | None = None  # OWL baseline: per-block ratios around `sparsity` spanning 2*owl (lambda)
+    owl_m: float = 5.0  # OWL outlier threshold: score > owl_m x the block's mean score
     calib: str = "wiki:calib"
     nsamples: int = 32
     seqlen: int = 256
@@ -43,6 +45,13 @@ class PruneJob(BaseModel):
     @classmethod
     def _pattern(cls, v):
         Pattern.parse(v)
+        return v
+
+    @field_validator("owl")
+    @classmethod
+    def _owl(cls, v):
+        if v is not None and not 0 <= v < 0.5:
+            raise ValueError("OWL lambda must be in [0, 0.5)")
         return v
 
     @field_validator("nsamples", "seqlen", "mm_samples", "blocksize")
@@ -104,8 +113,10 @@ def save_model_dir(adapter, processor, out: Path, extra_files: dict[str, dict], 
 def run_prune(job: PruneJob, log=print) -> dict:
     pattern = Pattern.parse(job.pattern)
     policy = read_policy(job.policy) if job.policy else job.sparsity
-    if pattern.structured and job.policy:
-        raise PruneConfigError("an N:M pattern fixes the sparsity; do not combine it with --policy")
+    if pattern.structured and (job.policy or job.owl is not None):
+        raise PruneConfigError("an N:M pattern fixes the sparsity; do not combine it with --policy or --owl")
+    if job.policy and job.owl is not None:
+        raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
     check_out_dir(job.out, job.overwrite)
     processor = load_processor(job.model)  # data problems surface before the weights are loaded
     batches = text_batches(processor, job.calib, job.nsamples, job.seqlen, job.seed, job.batch_size)
@@ -115,9 +126,15 @@ def run_prune(job: PruneJob, log=print) -> dict:
         samples = load_vqa(job.mm_calib, limit=job.mm_samples, seed=job.seed)
         batches += vqa_batches(processor, samples, job.batch_size)
     adapter, processor = load_model(job.model, device=job.device, processor=processor)
-    ratios = block_ratios(policy, adapter)  # validates the policy length against the model
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
     log(f"calibration: {describe(batches)}")
+    if job.owl is not None:
+        from prune_engine.owl import outlier_ratios, owl_policy
+
+        outliers = outlier_ratios(adapter, batches, job.owl_m)
+        policy = owl_policy(outliers, job.sparsity, job.owl, [sum(c.values()) for c in adapter.param_counts()])
+        log(f"OWL ratios (lambda {job.owl}, M {job.owl_m}): " + " ".join(f"{r:.3f}" for r in policy))
+    ratios = block_ratios(policy, adapter)  # validates the policy length against the model
     pruner = SequentialPruner(adapter, batches, pattern, job.blocksize, job.percdamp, progress=job.progress)
     report = pruner.prune([r if not pattern.structured else {n: pattern.sparsity for n in r} for r in ratios])
     log(f"pruned {adapter.num_blocks} blocks in {report.seconds:.1f} s: mean sparsity {report.mean_sparsity:.4f}, "

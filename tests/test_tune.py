@@ -1,0 +1,53 @@
+"""`efficientllava tune`: an eta sweep as a Ray Tune experiment on a tiny LLaVA, then restored."""
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from actors.tune import TuneJob, format_rows
+from prune_engine.cli import app
+
+
+def test_tune_job_validation():
+    with pytest.raises(ValueError, match="distinct"):
+        TuneJob(run={}, etas=(0.5, 0.5))
+    with pytest.raises(ValueError, match=">= 0"):
+        TuneJob(run={}, etas=(-1.0,))
+    with pytest.raises(ValueError, match="metric"):
+        TuneJob(run={}, metric="bleu")
+    rows = [{"eta": 0.0, "error": None, "ppl": 20.0, "easy_vqa": 0.5, "fashion_mnist": None, "mean_sparsity": 0.5,
+             "fitness": -3.0, "l_proxy": 3.0, "g": -0.1},
+            {"eta": 0.5, "error": None, "ppl": 19.0, "easy_vqa": 0.4, "fashion_mnist": None, "mean_sparsity": 0.5,
+             "fitness": -3.1, "l_proxy": 3.05, "g": -0.1}]
+    assert "best ppl" in format_rows(rows, "ppl").splitlines()[3]
+    assert "best easy_vqa" in format_rows(rows, "easy_vqa").splitlines()[2]
+
+
+@pytest.mark.ray
+def test_tune_eta_sweep_and_restore(tiny_llava_dir, tmp_path):
+    runner = CliRunner()
+    args = ["tune", "--model", str(tiny_llava_dir), "--eta", "0,1", "--storage", str(tmp_path / "tune"),
+            "--name", "sweep", "--population", "3", "--generations", "1", "--set", "search.elites=1",
+            "--nsamples", "4", "--seqlen", "32", "--mm-calib", "easy-vqa:train", "--mm-samples", "4",
+            "--mode", "sequential", "--actors", "1", "--eval-segments", "2", "--eval-seqlen", "32",
+            "--eval-vqa", "4", "--json", str(tmp_path / "rows.json")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["eta"] for r in rows] == [0.0, 1.0]
+    for r in rows:
+        assert r["error"] is None
+        assert math.isfinite(r["ppl"]) and 0 <= r["easy_vqa"] <= 1
+        assert r["mean_sparsity"] == pytest.approx(0.5, abs=0.011)
+        doc = json.loads((tmp_path / "tune" / "sweep" / "searches" / f"eta={r['eta']:g}" / "policy.json").read_text())
+        assert doc["eta"] == r["eta"]  # each trial searched with its own eta
+        assert r["fitness"] == pytest.approx(-doc["l_proxy"] - r["eta"] * doc["g"])
+    stamp = (tmp_path / "tune" / "sweep" / "searches" / "eta=0" / "policy.json").stat().st_mtime_ns
+    # the same command again restores the experiment: the finished trials are not searched again
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "restoring" in second.output
+    again = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["eta"], r["ppl"]) for r in again] == [(r["eta"], r["ppl"]) for r in rows]
+    assert (tmp_path / "tune" / "sweep" / "searches" / "eta=0" / "policy.json").stat().st_mtime_ns == stamp
