@@ -129,13 +129,16 @@ class CandidateEvaluator:
                 for batch in self.mm:
                     batch = {k: v.to(self.adapter.device) for k, v in batch.items()}
                     labels = batch.pop("labels")
-                    logits = self.adapter.model(**batch, use_cache=False).logits[:, :-1].float()
+                    # lm_head only where a loss is taken (the answer tokens): the same loss, without
+                    # vocabulary-sized logits for every prompt and image position
+                    hidden = self.adapter.model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
                     targets = labels[:, 1:]
-                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                             targets.reshape(-1), ignore_index=-100, reduction="sum")
+                    keep = targets != -100
+                    logits = self.adapter.model.lm_head(hidden[keep]).float()
+                    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
                     loss.backward()
                     total += loss.item()
-                    count += int((targets != -100).sum())
+                    count += int(keep.sum())
         finally:
             for p in params:
                 p.requires_grad_(False)

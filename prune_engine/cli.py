@@ -314,12 +314,20 @@ def eval_vqa(
 def report(
     run_dir: Path = typer.Argument(..., help="A finished search (or demo) run directory."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default RUN_DIR/report)."),
+    benchmarks: Optional[Path] = typer.Option(None, help="Folder of benchmark results whose tables and plots "
+                                              "are appended (default: this repository's benchmarks/results)."),
+    no_benchmarks: bool = typer.Option(False, "--no-benchmarks", help="Leave the benchmark tables out."),
 ):
     """Markdown + HTML report of a search run: fitness curve, policy heatmap, neighbour weights, tables."""
     with one_line_errors():
         from prune_engine.report import write_report
 
-        typer.echo(f"wrote {write_report(run_dir, out) / 'report.md'} and report.html")
+        from prune_engine.report import DEFAULT_BENCHMARKS
+
+        if benchmarks is not None and not benchmarks.is_dir():
+            raise ValueError(f"--benchmarks {benchmarks}: not a directory")
+        folder = None if no_benchmarks else (benchmarks or DEFAULT_BENCHMARKS)
+        typer.echo(f"wrote {write_report(run_dir, out, folder) / 'report.md'} and report.html")
 
 
 @app.command()

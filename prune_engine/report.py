@@ -103,8 +103,36 @@ def _md_table(headers: list[str], rows: list[list]) -> str:
                      + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write report.md, report.html and the PNG plots into `out` (default RUN_DIR/report)."""
+BENCHMARKS = (("ablation", "Ablation (benchmark)"), ("accuracy_vs_sparsity", "Accuracy vs sparsity (benchmark)"),
+              ("eta_sweep", "eta sweep on Ray Tune (benchmark)"), ("search_cost", "Search cost (benchmark)"),
+              ("deepsparse_speed", "DeepSparse CPU speed (benchmark)"))
+DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def _benchmark_sections(results: Path, out_dir: Path) -> list[tuple[str, str]]:
+    """The tables (and plots) of the benchmark result files present in `results`."""
+    import shutil
+
+    sections = []
+    for name, title in BENCHMARKS:
+        md = results / f"{name}.md"
+        if not md.exists():
+            continue
+        body = "\n".join(line for line in md.read_text().splitlines() if not line.startswith("# ")).strip()
+        png = results / f"{name}.png"
+        if png.exists():
+            shutil.copyfile(png, out_dir / png.name)
+            body += f"\n\n![{name}]({png.name})"
+        sections.append((title, body))
+    return sections
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 benchmarks: str | Path | None = DEFAULT_BENCHMARKS) -> Path:
+    """Write report.md, report.html and the PNG plots into `out` (default RUN_DIR/report).
+
+    `benchmarks`: a folder of benchmark results (benchmarks/results of this repository by
+    default; None for none) whose tables and plots are appended."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: not a directory")
@@ -138,6 +166,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections.insert(1, ("Held-out comparison", _md_table(
             ["model", "sparsity", "held-out ppl", "easy-vqa acc", "Fashion-MNIST acc"],
             [[n, r["sparsity"], r["ppl"], r["easy_vqa"], r["fashion_mnist"]] for n, r in rows.items()])))
+    if benchmarks is not None and Path(benchmarks).is_dir():
+        sections += _benchmark_sections(Path(benchmarks), out_dir)
     md = [f"# EfficientLLaVA search report: {run_dir.name}", ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]

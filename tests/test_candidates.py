@@ -41,6 +41,17 @@ def test_projector_gradient_matches_finite_differences(evaluator):
             params[-1].view(-1)[idx] += eps
         assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[idx]), rel=0.05, abs=1e-4)
     assert loss > 0
+    # the loss is the model's own next-token loss over the answer tokens (full logits, no shortcuts)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in evaluator.mm:
+            batch = dict(batch)
+            labels = batch.pop("labels")
+            logits = evaluator.adapter.model(**batch).logits[:, :-1]
+            total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                                       reduction="sum").item()
+            count += int((labels[:, 1:] != -100).sum())
+    assert loss == pytest.approx(total / count, rel=1e-5)
 
 
 def test_learner_step_lowers_the_weighted_loss(evaluator):

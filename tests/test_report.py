@@ -28,7 +28,7 @@ def make_run(path, generations=3, population=4, blocks=5):
 
 def test_report_writes_markdown_html_and_plots(tmp_path):
     run = make_run(tmp_path / "run")
-    out = write_report(run)
+    out = write_report(run, benchmarks=None)
     for name in ("report.md", "report.html", "fitness.png", "policy_heatmap.png", "neighbour_weights.png"):
         assert (out / name).stat().st_size > 0
         if name.endswith(".png"):
@@ -47,6 +47,23 @@ def test_report_includes_demo_table(tmp_path):
         "searched": {"sparsity": 0.5, "ppl": 30.1, "easy_vqa": 0.85, "fashion_mnist": 0.7}}}))
     md = (write_report(tmp_path / "demo") / "report.md").read_text()
     assert "| searched | 0.5000 | 30.1000 | 0.8500 | 0.7000 |" in md
+
+
+def test_report_appends_benchmark_tables_and_plots(tmp_path):
+    run = make_run(tmp_path / "run")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ablation.md").write_text("# Ablation\n\n| target | variant |\n|---|---|\n| 0.5 | Full |\n\nnote\n")
+    (results / "deepsparse_speed.md").write_text("# DS\n\n| sparsity | ms |\n|---|---|\n| 0.5 | 12 |\n")
+    (results / "deepsparse_speed.png").write_bytes(b"\x89PNG fake")
+    (results / "unrelated.md").write_text("| not | included |")
+    out = write_report(run, benchmarks=results)
+    md = (out / "report.md").read_text()
+    assert "## Ablation (benchmark)" in md and "| 0.5 | Full |" in md and "| 0.5 | 12 |" in md
+    assert "not | included" not in md and "# Ablation\n" not in md
+    assert md.index("Ablation (benchmark)") < md.index("DeepSparse CPU speed")
+    assert (out / "deepsparse_speed.png").read_bytes() == b"\x89PNG fake"
+    assert (out / "report.html").read_text().count("<img") == 4
 
 
 def test_report_errors_are_one_line(tmp_path):

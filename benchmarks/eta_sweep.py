@@ -1,0 +1,78 @@
+"""The eta sweep (0, 0.1, 0.25, 0.5, 1.0) on smol-llava as a Ray Tune experiment.
+
+    .venv/bin/python benchmarks/eta_sweep.py [--population 8 --generations 3]
+
+A thin wrapper around the user-facing command (same code path, actors/tune.py):
+
+    efficientllava tune --model smol-llava --eta 0,0.1,0.25,0.5,1.0 --mode database \\
+        --population 8 --generations 3 --mm-calib easy-vqa:train --storage runs/tune --name eta-sweep
+
+One trial = one search run, scored on held-out data (Wikipedia perplexity, easy-vqa and
+Fashion-MNIST accuracy). Interrupted? Run the same command again: Tune restores the experiment
+(finished trials kept, an unfinished search resumed from its checkpoint). Writes
+benchmarks/results/eta_sweep.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import write_results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smol-llava")
+    ap.add_argument("--eta", default="0,0.1,0.25,0.5,1.0")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--population", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--elites", type=int, default=3)
+    ap.add_argument("--nsamples", type=int, default=16)
+    ap.add_argument("--seqlen", type=int, default=128)
+    ap.add_argument("--mm-samples", type=int, default=24)
+    ap.add_argument("--eval-segments", type=int, default=16)
+    ap.add_argument("--eval-vqa", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--storage", default="runs/tune")
+    ap.add_argument("--name", default="eta-sweep-benchmark")
+    args = ap.parse_args(argv)
+
+    from actors.config import RunConfig
+    from actors.tune import TuneJob, format_rows, run_tune
+
+    run = RunConfig.load(overrides={
+        "search.target": args.target, "search.population": args.population, "search.generations": args.generations,
+        "search.elites": args.elites, "search.seed": args.seed, "engine.model": args.model,
+        "engine.nsamples": args.nsamples, "engine.seqlen": args.seqlen, "engine.mm_calib": "easy-vqa:train",
+        "engine.mm_samples": args.mm_samples, "engine.mode": "database"})
+    import yaml
+
+    sections = yaml.safe_load(run.to_yaml())
+    sections["search"].pop("eta")
+    job = TuneJob(run=sections, etas=tuple(float(e) for e in args.eta.split(",")), storage=args.storage,
+                  name=args.name, eval_segments=args.eval_segments, eval_vqa=args.eval_vqa)
+    t0 = time.perf_counter()
+    rows = run_tune(job)
+    table = format_rows(rows, job.metric)
+    print("\n" + table)
+    ok = [r for r in rows if r["error"] is None]
+    best = {m: (min if m == "ppl" else max)(ok, key=lambda r: r[m])["eta"] for m in ("ppl", "easy_vqa", "fashion_mnist")}
+    notes = (f"Best eta by held-out perplexity: {best['ppl']:g}; by easy-vqa accuracy: {best['easy_vqa']:g}; "
+             f"by Fashion-MNIST accuracy: {best['fashion_mnist']:g}. Settings: {args.model}, target {args.target}, "
+             f"population {args.population}, {args.generations} generations, database mode, proxy "
+             f"{args.nsamples}x{args.seqlen} wiki:calib + {args.mm_samples} easy-vqa, held-out "
+             f"{args.eval_segments}x256 wiki:eval tokens and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
+             f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
+    print(notes)
+    write_results("eta_sweep", f"eta sweep on {args.model} (Ray Tune)", table,
+                  {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best,
+                   "seconds": time.perf_counter() - t0}, notes)
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
