@@ -20,8 +20,8 @@ $(BIN)/efficientllava: pyproject.toml constraints.txt requirements-data.txt
 install: $(BIN)/efficientllava
 
 demo: install
-	# text-only until the smol-llava weights are committed (issue 5): a real search on the embedded SmolLM2
-	$(BIN)/efficientllava demo --model smollm2 --overwrite
+	# the EfficientLLaVA search on the embedded smol-llava (real SmolLM2-135M + our vision tower), offline
+	$(BIN)/efficientllava demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

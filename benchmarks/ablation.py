@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import LABELS, SEARCHES, Settings, ray_started, run_variant  # noqa: E402
+from benchmarks.variants import LABELS, SEARCHES, Settings, ray_started, run_variant, seed_from_demo  # noqa: E402
 
 VARIANTS = ["uniform", "owl", *SEARCHES]
 
@@ -47,6 +47,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--actors", type=int, default=None, help="evaluator actors (default: one per CPU)")
     ap.add_argument("--work", type=Path, default=Path("runs/benchmarks"), help="run directories and the cache")
+    ap.add_argument("--from-demo", type=Path, default=None,
+                    help="reuse dense/uniform/searched of a finished `efficientllava demo` run with the same settings")
 
 
 def main(argv=None) -> int:
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = settings_from_args(args)
+    if args.from_demo:
+        seed_from_demo(args.from_demo, settings, args.work)
     ray_started(settings)
     t0 = time.perf_counter()
     print(f"ablation on {settings.model}: targets {targets}, variants {variants}")
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
     for t, by_variant in results.items():
         for v, r in by_variant.items():
             rows.append([t, LABELS[v], r["sparsity"], r["ppl"], r["easy_vqa"], r["fashion_mnist"],
-                         r.get("fitness", "-"), round(r["prune_seconds"])])
+                         r.get("fitness", "-"),
+                         "-" if r["prune_seconds"] != r["prune_seconds"] else round(r["prune_seconds"])])
     table = markdown_table(headers, rows)
     print("\n" + table)
     verdict = []

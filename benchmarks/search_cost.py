@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,17 @@ def main(argv=None) -> int:
     ap.add_argument("--mm-samples", type=int, default=24, help="easy-vqa proxy samples (LLaVA models only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("runs/benchmarks/search_cost"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the table and notes from benchmarks/results/search_cost.json (no runs)")
     args = ap.parse_args(argv)
+    if args.render_only:
+        import json
+
+        data = json.loads((RESULTS / "search_cost.json").read_text())
+        saved = argparse.Namespace(**data["settings"])
+        write(saved, data["one_pass_s"], data["runs"], saved.model == "smol-llava" or data.get("llava", False),
+              machine=data["machine"])
+        return 0
 
     import ray
 
@@ -87,13 +97,19 @@ def main(argv=None) -> int:
         print(f"{name}: {wall:.1f} s, {stats['candidates']} candidates evaluated, {stats['blocks_run']} block passes")
     ray.shutdown()
 
+    write(args, one_pass, runs, llava)
+    return 0
+
+
+def write(args, one_pass: float, runs: dict, llava: bool, machine: dict | None = None) -> None:
     blocks = 30 if args.model in ("smollm2", "smol-llava") else None
     rows = [["one sequential SparseGPT pass", round(one_pass, 1), 1, blocks or "-", 1.0, "-"]]
     for name, r in runs.items():
         rows.append([name, round(r["wall_s"], 1), r["candidates"], r["blocks_run"], r["wall_s"] / one_pass,
                      r["wall_s"] / r["candidates"]])
     table = markdown_table(["what", "wall s", "candidates", "block passes", "x one pass", "s per candidate"], rows)
-    naive, reuse, db = (runs[k]["wall_s"] for k in runs)
+    reuse, naive, db = (runs[k]["wall_s"] for k in ("sequential + prefix reuse", "sequential, no reuse (naive)",
+                                                     "database mode"))
     same = runs["sequential + prefix reuse"]["policy"] == runs["sequential, no reuse (naive)"]["policy"]
     notes = (f"{args.model}, target {args.target}, population {args.population}, {args.generations} generations, "
              f"proxy {args.nsamples}x{args.seqlen} wiki:calib tokens" + (f" + {args.mm_samples} easy-vqa samples "
@@ -106,8 +122,7 @@ def main(argv=None) -> int:
     print("\n" + table + "\n\n" + notes)
     write_results("search_cost", f"Search cost on {args.model}", table,
                   {"seed": args.seed, "settings": vars(args) | {"work": str(args.work)}, "one_pass_s": one_pass,
-                   "runs": runs}, notes)
-    return 0
+                   "runs": runs, "llava": llava, **({"machine": machine} if machine else {})}, notes)
 
 
 if __name__ == "__main__":

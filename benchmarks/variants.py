@@ -124,6 +124,40 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     return row
 
 
+DEMO_FIELDS = {"model": "model", "population": "population", "generations": "generations", "elites": "elites",
+               "mode": "mode", "calib": "calib", "nsamples": "nsamples", "seqlen": "seqlen", "mm_calib": "mm_calib",
+               "mm_samples": "mm_samples", "projector_lr": "projector_lr", "seed": "seed", "eval_text": "eval_text",
+               "eval_segments": "eval_segments", "eval_seqlen": "eval_seqlen", "eval_vqa": "eval_vqa"}
+
+
+def seed_from_demo(demo_dir: Path, settings: Settings, work: Path, log=print) -> list[str]:
+    """Reuse a finished `efficientllava demo` run whose settings are exactly these (dense, uniform and
+    full at its target are then the very same computations; results do not depend on the actor
+    count). Returns the variants taken; nothing when any setting differs."""
+    demo = json.loads((Path(demo_dir) / "demo.json").read_text())
+    cfg = demo["config"]
+    differs = [k for k, d in DEMO_FIELDS.items() if cfg.get(d) != getattr(settings, k)]
+    if differs or cfg.get("eta") != 0.5:
+        log(f"  not reusing {demo_dir}: its settings differ in {differs or ['eta']}")
+        return []
+    target, rows, doc = cfg["target"], demo["rows"], demo["policy"]
+    work.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for variant, row in (("dense", rows["dense"]), ("uniform", rows["uniform"]), ("full", rows["searched"])):
+        t = None if variant == "dense" else target
+        entry = {"variant": variant, "target": t, **row, "from_demo": str(demo_dir)}
+        if variant == "full":
+            entry.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
+                         prune_seconds=demo["search_seconds"])
+        cached = work / f"{settings.key(variant, t if t is not None else 0.0)}.json"
+        if not cached.exists():
+            cached.write_text(json.dumps({"prune_seconds": float("nan"), "eval_seconds": float("nan"), **entry},
+                                         indent=2))
+            taken.append(variant)
+    log(f"  reused from {demo_dir}: {taken}")
+    return taken
+
+
 def ray_started(settings: Settings):
     """One local Ray cluster for all the searches of a benchmark (run_search reuses a connection)."""
     import ray
