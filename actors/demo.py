@@ -1,6 +1,6 @@
 """The demo main job: an EfficientLLaVA search on the embedded smol-llava, then dense / uniform /
 searched compared on held-out data. `make demo` runs it with the reduced defaults below (about
-10 minutes on 2 cores); on a cluster the same command scales up by flags only.
+8 minutes on 2 cores); on a cluster the same command scales up by flags only.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class DemoConfig(BaseModel):
     model: str = "smol-llava"
     target: float = 0.5
     population: int = 8
-    generations: int = 3
+    generations: int = 2
     elites: int = 3
     eta: float = 0.5
     calib: str = "wiki:calib"

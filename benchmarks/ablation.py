@@ -25,6 +25,10 @@ VARIANTS = ["uniform", "owl", *SEARCHES]
 
 
 def settings_from_args(args) -> Settings:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return Settings(population=args.population, generations=args.generations, elites=args.elites, mode=args.mode,
                     nsamples=args.nsamples, seqlen=args.seqlen, mm_samples=args.mm_samples,
                     eval_segments=args.eval_segments, eval_seqlen=args.eval_seqlen, eval_vqa=args.eval_vqa, seed=args.seed, actors=args.actors,
@@ -46,6 +50,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-vqa", type=int, default=d.eval_vqa, help="held-out questions per VQA set")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--actors", type=int, default=None, help="evaluator actors (default: one per CPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of this process (pruning baselines, evaluation); default: torch's")
     ap.add_argument("--work", type=Path, default=Path("runs/benchmarks"), help="run directories and the cache")
     ap.add_argument("--from-demo", type=Path, default=None,
                     help="reuse dense/uniform/searched of a finished `efficientllava demo` run with the same settings")

@@ -1,11 +1,11 @@
 """The eta sweep (0, 0.1, 0.25, 0.5, 1.0) on smol-llava as a Ray Tune experiment.
 
-    .venv/bin/python benchmarks/eta_sweep.py [--population 8 --generations 3]
+    .venv/bin/python benchmarks/eta_sweep.py [--population 6 --generations 2 --eval-vqa 100]
 
 A thin wrapper around the user-facing command (same code path, actors/tune.py):
 
     efficientllava tune --model smol-llava --eta 0,0.1,0.25,0.5,1.0 --mode database \\
-        --population 8 --generations 3 --mm-calib easy-vqa:train --storage runs/tune --name eta-sweep
+        --population 6 --generations 2 --mm-calib easy-vqa:train --storage runs/tune --name eta-sweep
 
 One trial = one search run, scored on held-out data (Wikipedia perplexity, easy-vqa and
 Fashion-MNIST accuracy). Interrupted? Run the same command again: Tune restores the experiment
@@ -28,15 +28,17 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smol-llava")
     ap.add_argument("--eta", default="0,0.1,0.25,0.5,1.0")
     ap.add_argument("--target", type=float, default=0.5)
-    ap.add_argument("--population", type=int, default=8)
-    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--population", type=int, default=6)
+    ap.add_argument("--generations", type=int, default=2)
     ap.add_argument("--elites", type=int, default=3)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=128)
     ap.add_argument("--mm-samples", type=int, default=24)
     ap.add_argument("--eval-segments", type=int, default=16)
-    ap.add_argument("--eval-vqa", type=int, default=200)
+    ap.add_argument("--eval-vqa", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--actors", type=int, default=None, help="evaluator actors per trial (default: one per CPU)")
+    ap.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
     ap.add_argument("--storage", default="runs/tune")
     ap.add_argument("--name", default="eta-sweep-benchmark")
     args = ap.parse_args(argv)
@@ -48,13 +50,13 @@ def main(argv=None) -> int:
         "search.target": args.target, "search.population": args.population, "search.generations": args.generations,
         "search.elites": args.elites, "search.seed": args.seed, "engine.model": args.model,
         "engine.nsamples": args.nsamples, "engine.seqlen": args.seqlen, "engine.mm_calib": "easy-vqa:train",
-        "engine.mm_samples": args.mm_samples, "engine.mode": "database"})
+        "engine.mm_samples": args.mm_samples, "engine.mode": "database", "ray.actors": args.actors})
     import yaml
 
     sections = yaml.safe_load(run.to_yaml())
     sections["search"].pop("eta")
     job = TuneJob(run=sections, etas=tuple(float(e) for e in args.eta.split(",")), storage=args.storage,
-                  name=args.name, eval_segments=args.eval_segments, eval_vqa=args.eval_vqa)
+                  name=args.name, max_concurrent=args.max_concurrent, eval_segments=args.eval_segments, eval_vqa=args.eval_vqa)
     t0 = time.perf_counter()
     rows = run_tune(job)
     table = format_rows(rows, job.metric)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ class Settings(BaseModel):
 
     model: str = "smol-llava"
     population: int = 8
-    generations: int = 3
+    generations: int = 2
     elites: int = 3
     mode: str = "database"
     calib: str = "wiki:calib"
@@ -163,5 +164,8 @@ def ray_started(settings: Settings):
     import ray
 
     if not ray.is_initialized():
-        ray.init(namespace="efficientllava", include_dashboard=False, log_to_driver=False)
+        if os.environ.get("RAY_ADDRESS"):  # join a running cluster (several benchmarks sharing one machine)
+            ray.init(namespace="efficientllava", log_to_driver=False)
+        else:
+            ray.init(namespace="efficientllava", include_dashboard=False, log_to_driver=False)
     return ray

@@ -336,7 +336,7 @@ def demo(
     model: str = typer.Option("smol-llava", help=MODEL_HELP),
     target: float = typer.Option(0.5, help="Target average sparsity."),
     population: int = typer.Option(8),
-    generations: int = typer.Option(3),
+    generations: int = typer.Option(2),
     mode: str = typer.Option("database", help="sequential | database"),
     actors: Optional[int] = typer.Option(None, help="Evaluator actors (default: one per CPU / GPU)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
