@@ -101,6 +101,12 @@ def main(argv=None) -> int:
              f"held-out: {settings.eval_segments}x{settings.eval_seqlen} tokens of {settings.eval_text}, "
              f"{settings.eval_vqa} questions per VQA set (seed {settings.seed}). 'seconds' = search (or prune) wall "
              f"time incl. the final sequential prune.\n\n" + "\n".join(verdict))
+    reused = sorted({f"{v} at {t}" for t, by in results.items() for v, r in by.items() if r.get("from_demo")})
+    if reused or dense.get("from_demo"):
+        notes += (f"\n\nTaken from the `efficientllava demo` run with identical settings (same computation; 2 actors, "
+                  f"so its seconds are not comparable with the 1-actor runs): dense, {', '.join(reused)}.")
+    notes += ("\n\nF = -L_proxy - eta*G is comparable only between runs with the same eta. Identical rows for "
+              "Auto w/o Gen and Full mean both searches chose the same policy and projector.")
     print("\n" + "\n".join(verdict))
     write_results("ablation", f"Ablation on {settings.model} (Tables 1-2)", table,
                   {"seed": settings.seed, "settings": settings.model_dump(), "dense": dense,
