@@ -120,7 +120,8 @@ def test_committed_asset_assembles_with_the_real_smollm2():
     for key, value in lm.model.state_dict().items():  # SmolLM2 exactly, plus the merged LoRA deltas if any
         lora = "model.language_model." + key[: -len(".weight")]
         if lora + ".lora_A" in tensors:
-            value = value + arch["lora_scale"] * (tensors[lora + ".lora_B"] @ tensors[lora + ".lora_A"])
+            delta = tensors[lora + ".lora_B"].float() @ tensors[lora + ".lora_A"].float()  # fp16 on disk
+            value = value + arch["lora_scale"] * delta
             torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
         else:
             assert torch.equal(ours[key], value), key
