@@ -15,6 +15,7 @@ benchmarks/results/eta_sweep.md and .json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -63,8 +64,12 @@ def main(argv=None) -> int:
     print("\n" + table)
     ok = [r for r in rows if r["error"] is None]
     best = {m: (min if m == "ppl" else max)(ok, key=lambda r: r[m])["eta"] for m in ("ppl", "easy_vqa", "fashion_mnist")}
+    tied = [m for m in ("ppl", "easy_vqa", "fashion_mnist") if len({r[m] for r in ok}) == 1]
+    policies = {tuple(json.loads(Path(r["run_dir"], "policy.json").read_text())["levels"]) for r in ok}
     notes = (f"Best eta by held-out perplexity: {best['ppl']:g}; by easy-vqa accuracy: {best['easy_vqa']:g}; "
-             f"by Fashion-MNIST accuracy: {best['fashion_mnist']:g}. Settings: {args.model}, target {args.target}, "
+             f"by Fashion-MNIST accuracy: {best['fashion_mnist']:g}"
+             + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
+             + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"population {args.population}, {args.generations} generations, database mode, proxy "
              f"{args.nsamples}x{args.seqlen} wiki:calib + {args.mm_samples} easy-vqa, held-out "
              f"{args.eval_segments}x256 wiki:eval tokens and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
