@@ -51,6 +51,20 @@ from prune_engine.pipeline import SequentialPruner  # noqa: E402
 TARGET = 1.6  # prefill speed-up at 50% over dense DeepSparse, from the issue
 
 
+def check_and_time(kind: str, engine, inputs: list, reference, torch_fn, row: dict, failures: list,
+                   sparsity: float, args) -> None:
+    """Compare the engine's logits with PyTorch's, then time both; results go into `row` under `kind`."""
+    agree = compare_logits(engine.run(inputs)[0], reference)
+    row[f"{kind}_max_abs_diff"], row[f"{kind}_argmax_agree"] = agree.max_abs_diff, agree.argmax_agree
+    if agree.max_abs_diff > args.atol:  # an argmax flip alone can be a near tie: reported, not fatal
+        failures.append(f"{kind} at {sparsity:.0%}: {agree}")
+    ds = timed(lambda: engine.run(inputs), args.warmup, args.iterations)
+    with torch.no_grad():
+        pt = timed(torch_fn, args.warmup, args.iterations)
+    row[f"ds_{kind}_ms"], row[f"pt_{kind}_ms"] = ds["median_ms"], pt["median_ms"]
+    row[f"ds_{kind}_all_ms"], row[f"pt_{kind}_all_ms"] = ds["all_ms"], pt["all_ms"]
+
+
 def timed(fn, warmup: int, iterations: int) -> dict:
     for _ in range(warmup):
         fn()
@@ -198,15 +212,8 @@ def main() -> None:
             t0 = time.perf_counter()
             engine = OnnxRunner(path, "deepsparse", num_cores=args.cores)
             row["compile_s"] = time.perf_counter() - t0
-            agree = compare_logits(engine.run([ids.numpy()])[0], ref_logits)
-            row["prefill_max_abs_diff"], row["prefill_argmax_agree"] = agree.max_abs_diff, agree.argmax_agree
-            if agree.max_abs_diff > args.atol:  # an argmax flip alone can be a near tie: reported, not fatal
-                failures.append(f"prefill at {sparsity:.0%}: {agree}")
-            ds = timed(lambda: engine.run([ids.numpy()]), args.warmup, args.iterations)
-            with torch.no_grad():
-                pt = timed(lambda: prefill(ids), args.warmup, args.iterations)
-            row["ds_prefill_ms"], row["pt_prefill_ms"] = ds["median_ms"], pt["median_ms"]
-            row["ds_prefill_all_ms"], row["pt_prefill_all_ms"] = ds["all_ms"], pt["all_ms"]
+            check_and_time("prefill", engine, [ids.numpy()], ref_logits, lambda: prefill(ids), row, failures,
+                           sparsity, args)
             del engine
             gc.collect()
             if tmp is not None:
@@ -219,15 +226,8 @@ def main() -> None:
                 export_decode(adapter, path, args.tokens)
                 engine = OnnxRunner(path, "deepsparse", num_cores=args.cores)
                 inputs = [next_id.numpy()] + [t.numpy() for t in past]
-                agree = compare_logits(engine.run(inputs)[0], full_next)
-                row["decode_max_abs_diff"], row["decode_argmax_agree"] = agree.max_abs_diff, agree.argmax_agree
-                if agree.max_abs_diff > args.atol:
-                    failures.append(f"decode at {sparsity:.0%}: {agree}")
-                ds = timed(lambda: engine.run(inputs), args.warmup, args.iterations)
-                with torch.no_grad():
-                    pt = timed(lambda: decode(next_id, *past), args.warmup, args.iterations)
-                row["ds_decode_ms"], row["pt_decode_ms"] = ds["median_ms"], pt["median_ms"]
-                row["ds_decode_all_ms"], row["pt_decode_all_ms"] = ds["all_ms"], pt["all_ms"]
+                check_and_time("decode", engine, inputs, full_next, lambda: decode(next_id, *past), row, failures,
+                               sparsity, args)
                 del engine
                 gc.collect()
                 if tmp is not None:

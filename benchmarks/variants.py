@@ -125,10 +125,8 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     return row
 
 
-DEMO_FIELDS = {"model": "model", "population": "population", "generations": "generations", "elites": "elites",
-               "mode": "mode", "calib": "calib", "nsamples": "nsamples", "seqlen": "seqlen", "mm_calib": "mm_calib",
-               "mm_samples": "mm_samples", "projector_lr": "projector_lr", "seed": "seed", "eval_text": "eval_text",
-               "eval_segments": "eval_segments", "eval_seqlen": "eval_seqlen", "eval_vqa": "eval_vqa"}
+DEMO_FIELDS = ("model", "population", "generations", "elites", "mode", "calib", "nsamples", "seqlen", "mm_calib",
+               "mm_samples", "projector_lr", "seed", "eval_text", "eval_segments", "eval_seqlen", "eval_vqa")
 
 
 def seed_from_demo(demo_dir: Path, settings: Settings, work: Path, log=print) -> list[str]:
@@ -137,7 +135,7 @@ def seed_from_demo(demo_dir: Path, settings: Settings, work: Path, log=print) ->
     count). Returns the variants taken; nothing when any setting differs."""
     demo = json.loads((Path(demo_dir) / "demo.json").read_text())
     cfg = demo["config"]
-    differs = [k for k, d in DEMO_FIELDS.items() if cfg.get(d) != getattr(settings, k)]
+    differs = [k for k in DEMO_FIELDS if cfg.get(k) != getattr(settings, k)]
     if differs or cfg.get("eta") != 0.5:
         log(f"  not reusing {demo_dir}: its settings differ in {differs or ['eta']}")
         return []
