@@ -27,6 +27,22 @@ from search.config import ConfigError, SearchConfig, parse_overrides, read_confi
 EMBEDDED_MODELS = ("smollm2", "smol-llava")
 SECTIONS = ("search", "engine", "ray")
 
+#: Named starting points for a new run (a config file, --set and flags override them).
+#: paper: the paper's search (16 policies x 10 generations, eta 0.5, k = 5), every candidate on all
+#:   proxy data, in database mode (a level database built once, candidates stitched).
+#: none: the built-in default of every setting (SearchConfig, EngineSpec).
+#: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
+#:   many children screened per generation on a small slice of the proxy data, survivors on all of it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "paper": {"search.population": 16, "search.generations": 10, "search.elites": 5, "search.eta": 0.5,
+              "search.offspring": 0, "engine.mode": "database"},
+    "default": {"search.population": 8, "search.generations": 6, "search.elites": 3, "search.eta": 0.5,
+                "search.offspring": 32, "engine.mode": "database", "engine.screen_nsamples": 2,
+                "engine.screen_mm_samples": 8, "engine.nsamples": 16, "engine.seqlen": 128,
+                "engine.mm_samples": 32},
+}
+
 
 def _validation_message(section: str, err: ValidationError) -> str:
     e = err.errors()[0]
@@ -72,14 +88,22 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
     from prune_engine.data.text import DataError, parse_text_spec
     from prune_engine.sparsegpt import Pattern
 
+    from prune_engine.calibration import check_calibration_data, mm_specs
+
     if engine.mode not in ("sequential", "database"):
         raise ConfigError(f"invalid engine config: mode must be 'sequential' or 'database', got '{engine.mode}'")
     if engine.granularity != search.granularity:
         raise ConfigError(f"invalid engine config: granularity '{engine.granularity}' differs from the search's "
                           f"'{search.granularity}' (set it once, in the search section)")
-    for key in ("nsamples", "seqlen", "mm_samples"):
+    for key in ("nsamples", "seqlen", "mm_samples", "projector_batch"):
         if getattr(engine, key) < 1:
             raise ConfigError(f"invalid engine config: {key} must be a positive integer")
+    for key in ("screen_nsamples", "screen_mm_samples"):
+        if getattr(engine, key) < 0:
+            raise ConfigError(f"invalid engine config: {key} must be 0 or a positive integer")
+    if search.offspring and engine.mode != "database":
+        raise ConfigError("invalid run config: search.offspring (screening children on a slice of the proxy data) "
+                          "needs engine.mode database; sequential mode prunes every candidate on all the data")
     if engine.batch_size is not None and engine.batch_size < 1:
         raise ConfigError("invalid engine config: batch_size must be a positive integer")
     if engine.threads is not None and engine.threads < 1:
@@ -100,10 +124,16 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
     if engine.mm_calib is not None:
         from prune_engine.data.hub import BENCHMARKS
 
-        name = engine.mm_calib.partition(":")[0]
-        if name not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
-            raise ConfigError(f"invalid engine config: mm_calib: unknown image-text data '{engine.mm_calib}' (use "
-                              f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))})")
+        for part in mm_specs(engine.mm_calib) or [engine.mm_calib]:
+            name = part.partition(":")[0]
+            if name not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
+                raise ConfigError(f"invalid engine config: mm_calib: unknown image-text data '{part}' (use "
+                                  f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))}; "
+                                  "a comma-separated mix is allowed)")
+    try:
+        check_calibration_data(engine.calib, engine.mm_calib, engine.allow_eval_split)
+    except ValueError as exc:
+        raise ConfigError(f"invalid engine config: {exc}") from None
     model = engine.model
     if model in EMBEDDED_MODELS:
         is_llava = model == "smol-llava"
@@ -171,13 +201,19 @@ class RunConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-             sets: list[str] | None = None) -> "RunConfig":
-        """File sections first, then ``sets`` (``["search.elites=2", "engine.nsamples=8"]``), then
-        ``overrides`` (dotted keys, None values ignored, as for unset CLI flags)."""
+             sets: list[str] | None = None, preset: str | None = None) -> "RunConfig":
+        """A preset's settings (PRESETS) first, then the file's sections, then ``sets``
+        (``["search.elites=2", "engine.nsamples=8"]``), then ``overrides`` (dotted keys, None values
+        ignored, as for unset CLI flags)."""
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}' (choose one of {', '.join(PRESETS)})")
         data: dict[str, Any] = {}
         if path is not None:
             data = read_sections(Path(path))
-        for key, value in list(parse_overrides(sets or []).items()) + list((overrides or {}).items()):
+        layers = list(PRESETS[preset].items()) if preset else []
+        file_keys = {f"{sec}.{k}" for sec, body in data.items() if isinstance(body, dict) for k in body}
+        layers = [(k, v) for k, v in layers if k not in file_keys]  # the file wins over the preset
+        for key, value in layers + list(parse_overrides(sets or []).items()) + list((overrides or {}).items()):
             if value is None:
                 continue
             section, dot, leaf = key.replace("-", "_").partition(".")

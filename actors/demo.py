@@ -17,18 +17,14 @@ class DemoConfig(BaseModel):
 
     out: Path = Path("runs/demo")
     model: str = "smol-llava"
+    preset: str = "default"  # search settings (actors.config.PRESETS); the fields below override them
     target: float = 0.5
-    population: int = 8
-    generations: int = 2
-    elites: int = 3
-    eta: float = 0.5
+    population: int | None = None
+    generations: int | None = None
+    eta: float | None = None
     calib: str = "wiki:calib"
-    nsamples: int = 16
-    seqlen: int = 128
-    mm_calib: str | None = "easy-vqa:train"  # dropped for a text-only model
-    mm_samples: int = 24
-    mode: str = "database"
-    projector_lr: float = 1e-4
+    mm_calib: str | None = "easy-vqa:train,fashion-mnist:train"  # dropped for a text-only model
+    mode: str | None = None
     actors: int | None = None
     address: str | None = None
     seed: int = 0
@@ -61,38 +57,50 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
     if not hasattr(load_processor(cfg.model), "image_processor"):  # text-only model: no image-text data
         cfg = cfg.model_copy(update={"mm_calib": None})
-    run = RunConfig.load(overrides={
+    run = RunConfig.load(preset=cfg.preset, overrides={
         "search.target": cfg.target, "search.population": cfg.population, "search.generations": cfg.generations,
-        "search.elites": cfg.elites, "search.eta": cfg.eta, "search.seed": cfg.seed,
-        "search.projector_lr": cfg.projector_lr,
-        "engine.model": cfg.model, "engine.calib": cfg.calib, "engine.nsamples": cfg.nsamples,
-        "engine.seqlen": cfg.seqlen, "engine.mm_calib": cfg.mm_calib, "engine.mm_samples": cfg.mm_samples,
-        "engine.mode": cfg.mode, "ray.actors": cfg.actors, "ray.address": cfg.address,
+        "search.eta": cfg.eta, "search.seed": cfg.seed, "engine.model": cfg.model, "engine.calib": cfg.calib,
+        "engine.mm_calib": cfg.mm_calib, "engine.mode": cfg.mode, "ray.actors": cfg.actors,
+        "ray.address": cfg.address,
     })
+    s, e = run.search, run.engine
     t0 = time.perf_counter()
-    log(f"[1/3] EfficientLLaVA search on {cfg.model}: population {cfg.population}, {cfg.generations} generations, "
-        f"target {cfg.target}, {cfg.mode} mode")
+    log(f"[1/3] EfficientLLaVA search on {cfg.model} (preset {cfg.preset}): population {s.population}, "
+        f"{s.generations} generations, {s.offspring} screened children per generation, target {s.target}, "
+        f"{e.mode} mode, proxy data {e.nsamples}x{e.seqlen} text tokens + {e.mm_samples if e.mm_calib else 0} "
+        f"image-text samples ({e.mm_calib or 'none'}), fitness {e.loss}")
     summary = run_search(run, str(out / "search"), log=log)
     search_s = time.perf_counter() - t0
     log(f"[2/3] uniform SparseGPT at {cfg.target} with the same proxy data")
-    run_prune(PruneJob(model=cfg.model, out=out / "uniform", sparsity=cfg.target, calib=cfg.calib,
-                       nsamples=cfg.nsamples, seqlen=cfg.seqlen, mm_calib=cfg.mm_calib, mm_samples=cfg.mm_samples,
-                       seed=cfg.seed, progress=False), log=log)
+    run_prune(PruneJob(model=cfg.model, out=out / "uniform", sparsity=cfg.target, calib=e.calib,
+                       nsamples=e.nsamples, seqlen=e.seqlen, mm_calib=e.mm_calib, mm_samples=e.mm_samples,
+                       seed=e.seed, progress=False), log=log)
     log(f"[3/3] held-out evaluation: {cfg.eval_segments}x{cfg.eval_seqlen} tokens of {cfg.eval_text}, "
         f"{cfg.eval_vqa} easy-vqa and {cfg.eval_vqa} Fashion-MNIST test questions per model")
     rows = {}
     for name, spec in (("dense", cfg.model), ("uniform", str(out / "uniform")),
                        ("searched", summary["model_dir"])):
+        t1 = time.perf_counter()
         rows[name] = _evaluate(spec, cfg, log)
-        log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
-    result = {"config": json.loads(cfg.model_dump_json()), "search_seconds": search_s,
-              "total_seconds": time.perf_counter() - t0, "rows": rows, "policy": summary["policy"]}
+        log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items())
+            + f" ({time.perf_counter() - t1:.0f} s)")
+    stats = summary.get("stats", {})
+    result = {"config": json.loads(cfg.model_dump_json()), "run": json.loads(json.dumps(yaml_sections(run))),
+              "search_seconds": search_s, "total_seconds": time.perf_counter() - t0, "rows": rows,
+              "policy": summary["policy"], "candidates": stats.get("candidates"), "screened": stats.get("screened")}
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     table = format_table(rows)
     (out / "demo.md").write_text(table + "\n")
     log("\n" + table)
-    log(f"\nsearch {search_s:.0f} s, total {result['total_seconds']:.0f} s; outputs in {out}")
+    log(f"\nsearch {search_s:.0f} s ({stats.get('candidates')} candidate evaluations, {stats.get('screened')} of "
+        f"them screened on the slice), total {result['total_seconds']:.0f} s; outputs in {out}")
     return result
+
+
+def yaml_sections(run) -> dict:
+    import yaml
+
+    return yaml.safe_load(run.to_yaml())
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -7,11 +7,11 @@ store, the evaluator actors are built from them inside a placement group (one bu
 * ``evaluate``: duplicates are evaluated once; candidates are sorted lexicographically and cut into
   contiguous chunks per actor (prefix reuse), idle actors steal; a candidate whose actor died is
   re-run on another actor (a restarted actor first installs the current projector).
-* gradients stay in the object store: the driver keeps their references, keyed by (policy,
-  projector version), and hands them in candidate order to the learner; a missing one (after a
-  resume, or lost with a node) is recomputed.
-* ``projector_step``: the learner steps, its new projector state is one object that every actor
-  installs (``set_projector``) before the next generation.
+* ``projector_step``: several mini-batch steps; for each, the drawn candidates' gradients are
+  computed on the actors (same pool, same fault handling), the learner combines them in draw
+  order and steps, and its new projector state is one object that every actor installs
+  (``set_projector``: only the image-text block inputs are redone) before the next step. The
+  drawn candidates' answer-token loss is measured before and after the update.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.config import ConfigError, RunConfig
 from actors.pool import Schedule
 from actors.workers import EvaluatorActor, LearnerActor, load_dense
-from search.evaluator import Evaluation
+from search.evaluator import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,8 @@ class RayEvaluator:
         self.log = log_fn or (lambda m: log.info(m))
         self.levels = run.levels
         self.projector_version = 0
-        self.stats = {"candidates": 0, "deduplicated": 0, "actor_failures": 0, "reruns": 0, "blocks_run": 0,
-                      "gradient_recomputes": 0, "learner_restores": 0}
-        self._grads: dict[tuple[bytes, int], ray.ObjectRef] = {}
+        self.stats = {"candidates": 0, "screened": 0, "deduplicated": 0, "actor_failures": 0, "reruns": 0,
+                      "blocks_run": 0, "gradients": 0, "learner_restores": 0}
         self._projector_ref: ray.ObjectRef | None = None  # None: the dense model's projector (version 0)
         self._pending_sync: list[ray.ObjectRef] = []
         self._saved: tuple[bytes, int] | None = None  # last projector state the driver holds
@@ -113,13 +112,18 @@ class RayEvaluator:
         self.live = list(range(n))
         facts = []
         deadline = time.monotonic() + self.opts.ready_timeout_s
+        self.log(f"starting {n} evaluator actor(s): each loads the model and its proxy data"
+                 + (" and builds its level database" if self.run.engine.mode == "database" else ""))
         for i, a in enumerate(self.actors):
+            ref = a.facts.remote()
+            while not ray.wait([ref], timeout=min(20.0, max(0.1, deadline - time.monotonic())))[0]:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"evaluator actor {i} was not ready after {self.opts.ready_timeout_s:g} s")
+                self.log(f"  ... evaluator actors starting ({time.perf_counter() - t0:.0f} s)")
             try:
-                facts.append(ray.get(a.facts.remote(), timeout=max(1.0, deadline - time.monotonic())))
+                facts.append(ray.get(ref))
             except ray.exceptions.RayTaskError as exc:
                 raise user_error(exc) from None
-            except ray.exceptions.GetTimeoutError:
-                raise RuntimeError(f"evaluator actor {i} was not ready after {self.opts.ready_timeout_s:g} s") from None
         first = facts[0]
         for f in facts[1:]:
             if f["identity"] != first["identity"] or f["param_counts"] != first["param_counts"]:
@@ -185,15 +189,16 @@ class RayEvaluator:
             if not self.live:
                 raise RuntimeError("all evaluator actors died") from None
 
-    def _run(self, ratios: list[np.ndarray], version: int, with_gradient: bool) -> list[tuple[dict, object]]:
-        """Evaluate distinct candidates over the live actors: [(summary, gradient ref)] in input order."""
+    def _run(self, ratios: list[np.ndarray], call: Callable[[object, int], object], what: str = "candidate") -> list:
+        """`call(actor, m)` for every item m over the live actors (items sorted by their ratios, for
+        prefix reuse); an item whose actor died is re-run elsewhere. Results in input order."""
         self._settle_sync()
         schedule = Schedule(ratios, list(self.live))
         results: list = [None] * len(ratios)
-        inflight: dict = {}  # summary ref -> (actor, candidate, gradient ref)
+        done = [False] * len(ratios)
+        inflight: dict = {}  # result ref -> (actor, item)
         busy: set[int] = set()
         failures = [0] * len(ratios)
-        projector = [self._projector_ref]  # nested: resolved by an actor only when it needs it
 
         def fill() -> None:
             probing = set(self._probing.values())
@@ -203,8 +208,7 @@ class RayEvaluator:
                 m = schedule.next_for(a)
                 if m is None:
                     continue
-                s_ref, g_ref = self.actors[a].evaluate.remote(ratios[m], version, projector, with_gradient)
-                inflight[s_ref] = (a, m, g_ref)
+                inflight[call(self.actors[a], m)] = (a, m)
                 busy.add(a)
 
         fill()
@@ -214,76 +218,82 @@ class RayEvaluator:
                 self._probed(ref, schedule)
                 fill()
                 continue
-            a, m, g_ref = inflight.pop(ref)
+            a, m = inflight.pop(ref)
             busy.discard(a)
             try:
-                summary = ray.get(ref)
+                results[m] = ray.get(ref)
             except ACTOR_FAILURES:
                 failures[m] += 1
                 self.stats["reruns"] += 1
                 if failures[m] > self.opts.candidate_retries:
-                    raise RuntimeError(f"candidate {ratios[m].tolist()} was lost {failures[m]} times with its "
+                    raise RuntimeError(f"{what} {ratios[m].tolist()} was lost {failures[m]} times with its "
                                        "evaluator actor; giving up") from None
                 schedule.failed(m, a)
                 self._lost(a)
             except ray.exceptions.RayTaskError as exc:
                 raise user_error(exc) from None
             else:
-                results[m] = (summary, g_ref if with_gradient else None)
-                self.stats["candidates"] += 1
-                self.stats["blocks_run"] += summary["blocks_run"]
-                if self.on_candidate is not None:
-                    self.on_candidate(summary)
+                done[m] = True
+                if what == "candidate":
+                    self.stats["candidates"] += 1
+                    self.stats["blocks_run"] += results[m]["blocks_run"]
+                    if results[m]["fidelity"] == "screen":
+                        self.stats["screened"] += 1
+                    if self.on_candidate is not None:
+                        self.on_candidate(results[m])
             fill()
-        if not schedule.empty() or any(r is None for r in results):
-            raise RuntimeError("evaluator pool stopped with candidates left")
+        if not schedule.empty() or not all(done):
+            raise RuntimeError("evaluator pool stopped with work left")
         return results
 
     # ---- the Evaluator protocol --------------------------------------------------------------
-    def evaluate(self, ratios: list[np.ndarray], projector_version: int) -> list[Evaluation]:
+    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full") -> list[Evaluation]:
         if projector_version != self.projector_version:
             raise RuntimeError(f"driver asks for projector version {projector_version}, "
                                f"the evaluators hold {self.projector_version}")
         keys = [_key(r) for r in ratios]
         unique = list(dict.fromkeys(keys))
         self.stats["deduplicated"] += len(keys) - len(unique)
-        first = {k: np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in unique}
-        done = self._run([first[k] for k in unique], projector_version, self.use_projector)
+        first = [np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in unique]
+        projector = [self._projector_ref]  # nested: resolved by an actor only when it needs it
+        done = self._run(first, lambda actor, m: actor.evaluate.remote(first[m], projector_version, projector,
+                                                                        fidelity))
         by_key = dict(zip(unique, done))
-        if self.use_projector:
-            for k, (_, g_ref) in by_key.items():
-                self._grads[(k, projector_version)] = g_ref
-        return [Evaluation(by_key[k][0]["l_proxy"], np.asarray(by_key[k][0]["log_norm_ratio"]), by_key[k][0]["seconds"])
-                for k in keys]
+        return [Evaluation(by_key[k]["l_text"], np.asarray(by_key[k]["log_norm_ratio"]), by_key[k]["seconds"],
+                           by_key[k]["l_mm"]) for k in keys]
 
-    def _gradients(self, ratios: list[np.ndarray]) -> list:
-        v = self.projector_version
-        keys = [_key(r) for r in ratios]
-        missing = [k for k in dict.fromkeys(keys) if (k, v) not in self._grads]
-        if missing:  # e.g. candidates memoised before a resume: re-evaluate them with a gradient
-            self.stats["gradient_recomputes"] += len(missing)
-            first = {k: np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in missing}
-            for k, (_, g_ref) in zip(missing, self._run([first[k] for k in missing], v, True)):
-                self._grads[(k, v)] = g_ref
-        return [self._grads[(k, v)] for k in keys]
+    def _answer_losses(self, ratios: list[np.ndarray]) -> list[float]:
+        v, projector = self.projector_version, [self._projector_ref]
+        return self._run(ratios, lambda actor, m: actor.answer_loss.remote(ratios[m], v, projector), "answer loss")
 
-    def projector_step(self, ratios: list[np.ndarray], weights: np.ndarray, steps: int, lr: float) -> int:
+    def projector_step(self, ratios: list[np.ndarray], draws: list[list[int]], lr: float) -> ProjectorUpdate:
+        """One mini-batch step per entry of `draws` (candidate indices into `ratios`, drawn by the
+        driver by neighbour weight): the mean of the drawn candidates' gradients on that step's
+        mini-batch drives one AdamW step of the learner."""
         if not self.use_projector:
             raise RuntimeError("this run has no projector step")
-        weights = np.asarray(weights, dtype=np.float64)
-        for attempt in range(2):
-            grads = self._gradients(ratios)
-            try:
-                version, state_ref = self._learner(lambda: self.learner.step.remote(weights, steps, lr, *grads))
-                break
-            except ray.exceptions.ObjectLostError:
-                if attempt:
-                    raise
-                self.log("a candidate gradient was lost; recomputing this generation's gradients")
-                self._grads = {k: g for k, g in self._grads.items() if k[1] != self.projector_version}
-        self._replay.append((weights, steps, lr, grads))
-        self._publish(state_ref, version)
-        return version
+        ratios = [np.asarray(r, dtype=np.float64) for r in ratios]
+        drawn = sorted({m for d in draws for m in d})
+        counts = np.array([sum(d.count(m) for d in draws) for m in drawn], dtype=np.float64)
+        share = counts / counts.sum()  # the drawn candidates' weights in the before/after record
+        before = float(share @ np.array(self._answer_losses([ratios[m] for m in drawn])))
+        self._learner(lambda: self.learner.mark.remote())
+        step_losses = []
+        for draw in draws:
+            step = self.projector_version  # one version per step: the mini-batch cycle resumes exactly
+            v, projector = self.projector_version, [self._projector_ref]
+            items = [ratios[m] for m in draw]
+            out = self._run(items, lambda actor, j: actor.gradient.remote(items[j], v, projector, step), "gradient")
+            self.stats["gradients"] += len(out)
+            step_losses.append(float(np.mean([loss for loss, _ in out])))
+            grads = [g for _, g in out]
+            weights = np.full(len(draw), 1.0 / len(draw))
+            version, state_ref = self._learner(lambda: self.learner.step.remote(weights, 1, lr, *grads))
+            self._replay.append((weights, 1, lr, grads))
+            self._publish(state_ref, version)
+        change = float(self._learner(lambda: self.learner.change_since_mark.remote()))
+        after = float(share @ np.array(self._answer_losses([ratios[m] for m in drawn])))
+        return ProjectorUpdate(self.projector_version, before, after, change, step_losses)
 
     def _learner(self, call: Callable[[], object]):
         """Run a learner call; if the learner died, bring the restarted one back to our state and retry."""
@@ -309,7 +319,6 @@ class RayEvaluator:
         self._projector_ref = state_ref
         self.projector_version = int(version)
         self._pending_sync = [self.actors[a].set_projector.remote(state_ref, version) for a in self.live]
-        self._grads = {k: g for k, g in self._grads.items() if k[1] == self.projector_version}
 
     def projector_state(self) -> bytes:
         data = self._learner(lambda: self.learner.to_bytes.remote())
@@ -367,4 +376,4 @@ class RayEvaluator:
             except Exception:
                 pass
             self.pg = None
-        self._grads, self._pending_sync, self._replay, self._probing = {}, [], [], {}
+        self._pending_sync, self._replay, self._probing = [], [], {}

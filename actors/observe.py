@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from search.events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, SearchFinished
+from search.events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted, ProjectorStepped,
+                           SearchFinished)
 
 METRIC_NAMES = ("efficientllava_generation", "efficientllava_best_fitness", "efficientllava_candidates_evaluated",
                 "efficientllava_seconds_per_candidate")
@@ -56,33 +57,65 @@ class SearchMetrics:
 
 
 class ConsoleProgress:
-    """rich progress bars (generations, candidates, blocks) plus one line per generation."""
+    """rich progress bars (generations, candidates, blocks) on a terminal; in a piped log, plain
+    lines instead: one per generation and per projector update, and a status line whenever
+    nothing was printed for `heartbeat_s` seconds (so a log never goes quiet for long)."""
 
     def __init__(self, generations: int, population: int, blocks: int, start_generation: int = 0,
-                 enabled: bool = True, log: Callable[[str], None] | None = None):
+                 enabled: bool = True, log: Callable[[str], None] | None = None, heartbeat_s: float = 20.0):
+        import threading
+        import time
+
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True)
-        self.log = log or (lambda m: self.console.print(m, highlight=False))
-        self.population, self.blocks = population, blocks
-        self.enabled = enabled
+        self._log = log or (lambda m: self.console.print(m, highlight=False))
+        self.population, self.blocks, self.generations = population, blocks, generations
+        self.interactive = enabled and self.console.is_terminal
         self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                                 disable=not enabled, transient=True)
+                                 disable=not self.interactive, transient=True)
         self.t_gen = self.progress.add_task("generations", total=generations, completed=start_generation, info="")
         self.t_cand = self.progress.add_task("candidates", total=population, info="")
         self.t_block = self.progress.add_task("blocks", total=population * blocks, info="")
         self._blocks_run = 0
+        self._generation, self._done, self._screened, self._full = start_generation, 0, 0, 0
+        self._clock = time.monotonic
+        self._start = self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.heartbeat_s = heartbeat_s
+        self._thread = threading.Thread(target=self._beat, daemon=True) if enabled and not self.interactive else None
+
+    def log(self, message: str) -> None:
+        with self._lock:
+            self._last = self._clock()
+        self._log(message)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            if self._clock() - self._last >= self.heartbeat_s:
+                self.log(f"  ... generation {self._generation}: {self._full} evaluated on all proxy data, "
+                         f"{self._screened} screened, {self._clock() - self._start:.0f} s elapsed")
 
     def __enter__(self) -> "ConsoleProgress":
         self.progress.start()
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
         self.progress.stop()
 
     def on_candidate(self, summary: dict) -> None:
+        if summary.get("fidelity") == "screen":
+            self._screened += 1
+        else:
+            self._full += 1
         self.progress.advance(self.t_cand)
         self.progress.update(self.t_block, advance=self.blocks,
                              info=f"last: {summary['blocks_run']} block passes")
@@ -93,15 +126,17 @@ class ConsoleProgress:
             self.progress.reset(self.t_cand, total=e.candidates)
             self.progress.reset(self.t_block, total=e.candidates * self.blocks)
             self.progress.update(self.t_gen, info=f"generation {e.generation}, projector v{e.projector_version}")
-            self._blocks_run = 0
+            self._blocks_run, self._generation, self._screened, self._full = 0, e.generation, 0, 0
         elif isinstance(e, CandidateEvaluated) and e.cached:
             self.progress.advance(self.t_cand)
             self.progress.advance(self.t_block, self.blocks)
+        elif isinstance(e, ProjectorStepped):
+            self.log(f"generation {e.generation}: projector -> v{e.projector_version}, sum c_m L_m "
+                     f"{e.loss_before:.4f} -> {e.loss_after:.4f}, relative change {e.change:.4f}")
         elif isinstance(e, GenerationFinished):
             self.progress.advance(self.t_gen)
-            self.log(f"generation {e.generation}: best F {e.best_fitness:.4f}, {e.evaluated} evaluated, "
-                     f"{self._blocks_run} block passes (prefix reuse skips shared ones; database mode counts its "
-                     f"build), projector v{e.projector_version}, "
-                     f"{e.elapsed_s:.1f} s")
+            self.log(f"generation {e.generation + 1}/{self.generations}: best F {e.best_fitness:.4f}, "
+                     f"{e.evaluated} evaluated + {e.screened} screened, 1/sum(c^2) {e.effective_candidates:.2f}, "
+                     f"{self._blocks_run} block passes, projector v{e.projector_version}, {e.elapsed_s:.1f} s")
         elif isinstance(e, SearchFinished):
             self.log(f"search finished after {e.generations} generation(s) ({e.reason}): best F {e.best_fitness:.4f}")

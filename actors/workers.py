@@ -7,10 +7,11 @@ Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateEval
   which live in the object store (zero-copy reads on the node, one transfer per other node).
 * ``EvaluatorActor``: builds the model from those shared weights (nothing read from disk),
   holds the proxy batches, the layer-sequential pruner and its prefix stack / database; for a
-  policy it returns L_proxy, the per-block log-norm ratios, G, F and (with the projector on) the
-  gradient of its multimodal loss with respect to the projector as a separate object.
-* ``LearnerActor``: owns the projector and its optimizer; combines the candidates' gradients
-  with the weights c_m in candidate order and steps.
+  policy it returns L_text, L_mm and the per-block log-norm ratios (at full or screening
+  fidelity); for the projector step, a candidate's answer-token loss on one mini-batch and its
+  gradient with respect to the projector.
+* ``LearnerActor``: owns the projector (fp32) and its optimizer; combines the drawn candidates'
+  gradients in a fixed order and steps.
 
 Every evaluation names the projector version it needs and carries (unresolved) the object
 holding that projector, so an actor that was restarted catches up before it evaluates.
@@ -140,15 +141,14 @@ class EvaluatorActor:
         self.ev.set_projector(unpack_tensors(state), version)
         return version
 
-    @ray.method(num_returns=2)
-    def evaluate(self, ratios: np.ndarray, version: int, projector: list, with_gradient: bool):
-        """Prune with `ratios` under projector `version`: (summary, gradient or None)."""
-        from search.fitness import fitness, norm_term
+    def evaluate(self, ratios: np.ndarray, version: int, projector: list, fidelity: str = "full") -> dict:
+        """Score `ratios` under projector `version` at `fidelity` ("full" or "screen")."""
+        from search.fitness import norm_term
 
         self._check()
         self._sync(version, projector)
         cpu = time.process_time()
-        r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), with_gradient)
+        r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), fidelity)
         cpu = time.process_time() - cpu
         self._maybe_fail(version)
         self.candidates += 1
@@ -157,13 +157,26 @@ class EvaluatorActor:
             self.m_blocks.inc(float(r.blocks_run), self._tags)
         self.m_seconds.set(float(r.seconds), self._tags)
         lnr = np.asarray(r.log_norm_ratio, dtype=np.float64)
-        summary = {"l_proxy": float(r.l_proxy), "log_norm_ratio": lnr.tolist(), "g": norm_term(lnr),
-                   "fitness": fitness(float(r.l_proxy), lnr, self.eta), "seconds": float(r.seconds),
-                   "cpu_seconds": cpu,
-                   "mean_sparsity": float(r.mean_sparsity), "blocks_run": int(r.blocks_run),
-                   "mm_loss": r.mm_loss, "actor": self.index, "pid": os.getpid(), "restarted": self.restarted,
-                   "projector_version": version}
-        return summary, r.gradient
+        mm = "-" if r.l_mm is None else f"{r.l_mm:.4f}"
+        print(f"[{self.run} evaluator {self.index}] candidate {self.candidates} ({fidelity}, projector v{version}): "
+              f"L_text {r.l_text:.4f}, L_mm {mm}, G {norm_term(lnr):.4f}, sparsity {r.mean_sparsity:.4f}, "
+              f"{r.blocks_run} blocks, {r.seconds:.2f} s", flush=True)
+        return {"l_text": float(r.l_text), "l_mm": None if r.l_mm is None else float(r.l_mm),
+                "log_norm_ratio": lnr.tolist(), "g": norm_term(lnr), "seconds": float(r.seconds), "cpu_seconds": cpu,
+                "mean_sparsity": float(r.mean_sparsity), "blocks_run": int(r.blocks_run), "fidelity": fidelity,
+                "actor": self.index, "pid": os.getpid(), "restarted": self.restarted, "projector_version": version}
+
+    def gradient(self, ratios: np.ndarray, version: int, projector: list, step: int) -> tuple[float, list]:
+        """The candidate's answer-token loss on projector mini-batch `step` and its projector gradient."""
+        self._check()
+        self._sync(version, projector)
+        return self.ev.projector_gradient(np.asarray(ratios, dtype=np.float64), step)
+
+    def answer_loss(self, ratios: np.ndarray, version: int, projector: list) -> float:
+        """The candidate's answer-token loss over all image-text proxy samples (no gradient)."""
+        self._check()
+        self._sync(version, projector)
+        return self.ev.answer_loss(np.asarray(ratios, dtype=np.float64))
 
     def _maybe_fail(self, version: int) -> None:
         """Fault injection for tests: when the file named by $EFFICIENTLLAVA_FAULT_FILE exists (its
@@ -237,11 +250,18 @@ class LearnerActor:
 
     @ray.method(num_returns=2)
     def step(self, weights: np.ndarray, steps: int, lr: float, *gradients) -> tuple[int, dict]:
-        """gradients[m]: candidate m's gradient (resolved from the evaluators' objects), in candidate order."""
+        """gradients[m]: drawn candidate m's gradient, in draw order."""
         if any(g is None for g in gradients):
             raise RuntimeError("a candidate gradient is missing")
         version = self.learner.step(list(gradients), np.asarray(weights, dtype=np.float64), steps, lr)
         return version, self._state()
+
+    def mark(self) -> int:
+        self.learner.mark()
+        return self.learner.version
+
+    def change_since_mark(self) -> float:
+        return self.learner.change_since_mark()
 
     def state(self) -> dict:
         return self._state()

@@ -10,6 +10,54 @@ def tokenizer_of(processor):
     return getattr(processor, "tokenizer", processor)
 
 
+EVALUATION_SPLITS = ("test", "val", "validation", "valid", "dev", "eval", "evaluation")
+#: benchmarks that are evaluation sets as a whole (no training split exists)
+EVALUATION_ONLY = ("mmvet", "llava-bench")
+
+
+def check_calibration_data(text: str | None, mm: str | None, allow_eval_split: bool = False) -> None:
+    """Calibration (= proxy) data must come from training splits: an evaluation split, or a
+    benchmark that only exists for evaluation, is refused unless the user forces it."""
+    if allow_eval_split:
+        return
+    from prune_engine.data.text import parse_text_spec
+
+    hint = "; calibrating on evaluation data leaks it into the pruned model (force with --allow-eval-split)"
+    if text:
+        spec = parse_text_spec(text)
+        if spec.kind == "wiki" and spec.part != "calib":
+            raise DataError(f"calibration text '{text}' contains the held-out Wikipedia articles: use wiki:calib{hint}")
+        if spec.kind == "hf" and spec.split.lower() in EVALUATION_SPLITS:
+            raise DataError(f"calibration text '{text}' is an evaluation split ({spec.split}){hint}")
+    for part in mm_specs(mm):
+        name, _, split = part.partition(":")
+        if name in EVALUATION_ONLY:
+            raise DataError(f"image-text calibration '{part}': {name} is an evaluation benchmark{hint}")
+        if (split or "train").lower() in EVALUATION_SPLITS:
+            raise DataError(f"image-text calibration '{part}' is an evaluation split{hint}")
+
+
+def mm_specs(spec: str | None) -> list[str]:
+    """'easy-vqa:train,fashion-mnist:train' -> its parts (a mix: the samples are split evenly)."""
+    return [p.strip() for p in (spec or "").split(",") if p.strip()]
+
+
+def calibration_vqa(spec: str, limit: int, seed: int = 0) -> list[VQASample]:
+    """Image-text calibration samples: a seeded draw of `limit` samples from the training split of
+    each part of `spec` (a comma-separated mix gets an even share per part), interleaved."""
+    parts = mm_specs(spec)
+    shares = [limit // len(parts) + (1 if i < limit % len(parts) else 0) for i in range(len(parts))]
+    drawn = []
+    for part, n in zip(parts, shares):
+        name, _, split = part.partition(":")
+        drawn.append(load_vqa(f"{name}:{split or 'train'}", limit=n, seed=seed))
+    mixed = [s for group in zip(*drawn) for s in group] if len(drawn) > 1 else drawn[0]
+    if len(drawn) > 1:  # the longer groups' tails
+        shortest = min(len(g) for g in drawn)
+        mixed += [s for g in drawn for s in g[shortest:]]
+    return mixed
+
+
 def load_vqa(spec: str, limit: int | None = None, seed: int = 0) -> list[VQASample]:
     """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split], or a benchmark name[:split]."""
     from prune_engine.data.hub import BENCHMARKS, load_benchmark
@@ -21,7 +69,13 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0) -> list[VQASamp
     if name == "fashion-mnist":
         return load_fashion_mnist(split or "train", limit=limit, seed=seed)
     if name in BENCHMARKS:
-        return load_benchmark(name, split=split or None, limit=limit)
+        samples = load_benchmark(name, split=split or None)
+        if limit is not None and limit < len(samples):  # a seeded draw, not the first rows
+            import numpy as np
+
+            keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
+            samples = [samples[i] for i in keep]
+        return samples
     raise DataError(f"unknown image-text data '{spec}': use easy-vqa[:split], fashion-mnist[:split] "
                     f"or one of {', '.join(sorted(BENCHMARKS))}")
 

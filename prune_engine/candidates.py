@@ -1,22 +1,30 @@
-"""Evaluate candidate policies on one device: prune, measure L_proxy and G, and the projector gradient.
+"""Evaluate candidate policies on one device: prune, measure L_text / L_mm and G, projector gradients.
 
-This is what one evaluator actor holds (no Ray here): the dense model, the calibration (= proxy)
-batches, a `SequentialPruner` with prefix reuse, and, in database mode, the per-level cache.
+This is what one evaluator actor holds (no Ray here): the dense model, the proxy (= calibration)
+batches — text and image-text, each split into a screening slice and the rest, for multi-fidelity
+selection — a `SequentialPruner` with prefix reuse and, in database mode, the level database
+(built once at start from the dense model with its original projector, kept off the device).
 """
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from prune_engine.calibration import check_token_ids, load_vqa, text_batches, vqa_batches
+from prune_engine.calibration import calibration_vqa, check_token_ids, text_batches, vqa_batches
 from prune_engine.models import load_model, load_processor, model_identity
 from prune_engine.pipeline import SequentialPruner
 from prune_engine.sparsegpt import Pattern
+
+
+class ProjectorError(RuntimeError):
+    """A non-finite projector loss, gradient or weight (one line: which, and what to change)."""
 
 
 class EngineSpec(BaseModel):
@@ -28,7 +36,7 @@ class EngineSpec(BaseModel):
     calib: str = "wiki:calib"
     nsamples: int = 32
     seqlen: int = 256
-    mm_calib: str | None = None
+    mm_calib: str | None = None  # image-text proxy data from training splits; a comma-separated mix is allowed
     mm_samples: int = 32
     seed: int = 0
     pattern: str | None = None
@@ -38,17 +46,31 @@ class EngineSpec(BaseModel):
     prefix_reuse: bool = True
     device: str = "cpu"
     threads: int | None = None  # torch threads in this evaluator (None: torch's default)
+    loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
+    screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
+    screen_mm_samples: int = 0  # image-text samples of the screening slice
+    projector_batch: int = 8  # image-text samples per projector mini-batch step
+    allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
 
 
 @dataclass
 class CandidateResult:
-    l_proxy: float
+    l_text: float  # mean token loss on the text proxy targets (NaN: no text batch was scored)
+    l_mm: float | None  # ... on the answer tokens of the image-text samples (None: no image-text data)
     log_norm_ratio: np.ndarray  # (K,)
     seconds: float
     mean_sparsity: float
     blocks_run: int  # blocks actually pruned/run (prefix reuse skips the rest)
-    mm_loss: float | None = None  # candidate's multimodal loss L_m (answer tokens), with a gradient
-    gradient: list[np.ndarray] | None = None  # dL_m / d(projector parameters)
+
+
+def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], list[dict]]:
+    """Cut a text batch into segments [0, first) and [first, n), each in batches of `size` segments."""
+    n = len(batch["input_ids"])
+    out = []
+    for lo, hi in ((0, first), (first, n)):
+        step = size or max(hi - lo, 1)
+        out.append([{k: v[i:min(i + step, hi)] for k, v in batch.items()} for i in range(lo, hi, step)])
+    return out[0], out[1]
 
 
 class CandidateEvaluator:
@@ -58,26 +80,42 @@ class CandidateEvaluator:
             torch.set_num_threads(spec.threads)
         self.spec, self.levels = spec, levels
         processor = load_processor(spec.model)
-        self.text = text_batches(processor, spec.calib, spec.nsamples, spec.seqlen, spec.seed, spec.batch_size)
-        self.mm: list[dict] = []
-        if spec.mm_calib:
-            samples = load_vqa(spec.mm_calib, limit=spec.mm_samples, seed=spec.seed)
-            self.mm = vqa_batches(processor, samples, spec.batch_size)
+        text = text_batches(processor, spec.calib, spec.nsamples, spec.seqlen, spec.seed)[0]
+        screen_text = min(spec.screen_nsamples, spec.nsamples) if spec.screen_nsamples else 0
+        text_screen, text_rest = _split_text(text, screen_text, spec.batch_size)
+        samples = calibration_vqa(spec.mm_calib, spec.mm_samples, spec.seed) if spec.mm_calib else []
+        screen_mm = min(spec.screen_mm_samples, len(samples)) if spec.screen_mm_samples else 0
+        mm_screen = vqa_batches(processor, samples[:screen_mm], spec.batch_size)
+        mm_rest = vqa_batches(processor, samples[screen_mm:], spec.batch_size)
+        self.samples = samples
         # state_dict: weights shared through the object store (then nothing is read from disk)
         self.adapter, self.processor = load_model(spec.model, device=spec.device, processor=processor,
                                                   state_dict=state_dict)
-        if self.mm and not self.adapter.is_llava:
+        if samples and not self.adapter.is_llava:
             raise ValueError(f"image-text proxy data needs a LLaVA model; {spec.model} is text-only")
-        check_token_ids(self.text + self.mm, self.adapter.model.get_input_embeddings().num_embeddings)
+        self.batches = text_screen + text_rest + mm_screen + mm_rest
+        n_text = len(text_screen) + len(text_rest)
+        self.kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
+        self.mm_indices = [i for i, k in enumerate(self.kinds) if k == "mm"]
+        # the screening slice (multi-fidelity selection): the sliced batches of each kind; a kind
+        # without a slice is scored whole; no slice at all means screening uses everything
+        screen = (list(range(len(text_screen))) if screen_text else list(range(n_text))) \
+            + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else self.mm_indices)
+        self.screen = screen if (screen_text or screen_mm) else None
+        check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
+        self.projector_batches = [vqa_batches(processor, samples[i:i + spec.projector_batch])[0]
+                                  for i in range(0, len(samples), spec.projector_batch)]
         self.pattern = Pattern.parse(spec.pattern)
-        self.pruner = SequentialPruner(self.adapter, self.text + self.mm, self.pattern, progress=progress,
-                                       reuse_prefix=spec.prefix_reuse)
+        self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
+                                       reuse_prefix=spec.prefix_reuse, kinds=self.kinds, loss=spec.loss)
         self.projector_version = 0
+        if spec.mode == "database":  # once, from the dense model with its original projector
+            self.pruner.build_database(self.levels)
 
     # --- facts the search needs ------------------------------------------------------
     @property
     def has_projector(self) -> bool:
-        return self.adapter.is_llava and bool(self.mm)
+        return self.adapter.is_llava and bool(self.samples)
 
     def param_counts(self) -> np.ndarray:
         counts = self.adapter.param_counts()
@@ -89,7 +127,9 @@ class CandidateEvaluator:
         s = self.spec
         return {**model_identity(self.adapter, s.model), "calib": s.calib, "nsamples": s.nsamples,
                 "seqlen": s.seqlen, "mm_calib": s.mm_calib, "mm_samples": s.mm_samples, "seed": s.seed,
-                "pattern": str(self.pattern), "granularity": s.granularity}
+                "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
+                "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
+                "mode": s.mode}
 
     def policy(self, ratios: np.ndarray) -> list:
         ratios = [round(float(r), 6) for r in np.asarray(ratios)]
@@ -99,65 +139,90 @@ class CandidateEvaluator:
         return [dict(zip(names, ratios[i:i + len(names)])) for i in range(0, len(ratios), len(names))]
 
     # --- evaluation ------------------------------------------------------------------
-    def evaluate(self, ratios: np.ndarray, with_gradient: bool = False) -> CandidateResult:
+    def evaluate(self, ratios: np.ndarray, fidelity: str = "full") -> CandidateResult:
+        """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
+        screening slice only (database mode; sequential pruning always needs all the data)."""
         start = time.perf_counter()
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
         if self.spec.mode == "database":
-            if not self.pruner.database:
-                self.pruner.build_database(self.levels or sorted({r for r in np.asarray(ratios)}))
-            report = self.pruner.stitch(policy)
+            report = self.pruner.stitch(policy, self.screen if fidelity == "screen" else None)
         else:
             report = self.pruner.prune(policy)
-        result = CandidateResult(report.loss, np.array(report.log_norm_ratio), 0.0, report.mean_sparsity,
-                                 self.pruner.blocks_run - before)
-        if with_gradient and self.has_projector:
-            result.mm_loss, result.gradient = self.projector_gradient()
-        result.seconds = time.perf_counter() - start
-        return result
+        l_text = report.loss_text if report.loss_text is not None else math.nan
+        return CandidateResult(l_text, report.loss_mm, np.array(report.log_norm_ratio),
+                               time.perf_counter() - start, report.mean_sparsity, self.pruner.blocks_run - before)
 
-    def projector_gradient(self) -> tuple[float, list[np.ndarray]]:
-        """Mean answer-token loss of the current (pruned) model on the image-text samples, and its
-        gradient with respect to the projector; the language model stays frozen."""
+    def _install(self, ratios: np.ndarray) -> None:
+        """Put the candidate's pruned weights into the model (stitched, or pruned sequentially)."""
+        policy = self.policy(ratios)
+        if self.spec.mode == "database":
+            self.pruner.install(policy)
+        else:
+            self.pruner.prune(policy)
+
+    def _answer_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """Summed answer-token cross-entropy of one image-text batch through the whole model."""
+        batch = {k: v.to(self.adapter.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        # lm_head only where a loss is taken (the answer tokens): the same loss, without
+        # vocabulary-sized logits for every prompt and image position
+        hidden = self.adapter.model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.adapter.model.lm_head(hidden[keep]).float()
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+
+    def projector_gradient(self, ratios: np.ndarray, step: int) -> tuple[float, list[np.ndarray]]:
+        """Mean answer-token loss of the candidate on projector mini-batch `step` (cycling over the
+        image-text proxy samples) and its gradient with respect to the projector; the pruned language
+        model stays frozen. Non-finite values are a ProjectorError."""
+        if not self.projector_batches:
+            raise RuntimeError("no image-text proxy samples: there is no projector gradient")
+        self._install(ratios)
         params = list(self.adapter.projector.parameters())
         for p in params:
             p.requires_grad_(True)
             p.grad = None
-        total, count = 0.0, 0
         try:
             with torch.enable_grad():
-                for batch in self.mm:
-                    batch = {k: v.to(self.adapter.device) for k, v in batch.items()}
-                    labels = batch.pop("labels")
-                    # lm_head only where a loss is taken (the answer tokens): the same loss, without
-                    # vocabulary-sized logits for every prompt and image position
-                    hidden = self.adapter.model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
-                    targets = labels[:, 1:]
-                    keep = targets != -100
-                    logits = self.adapter.model.lm_head(hidden[keep]).float()
-                    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-                    loss.backward()
-                    total += loss.item()
-                    count += int(keep.sum())
+                loss, count = self._answer_loss(self.projector_batches[step % len(self.projector_batches)])
+                loss = loss / max(count, 1)
+                loss.backward()
         finally:
             for p in params:
                 p.requires_grad_(False)
-        grads = [(p.grad / max(count, 1)).detach().cpu().numpy() for p in params]
+        grads = [p.grad.detach().float().cpu().numpy() for p in params]
         for p in params:
             p.grad = None
-        return total / max(count, 1), grads
+        value = float(loss.item())
+        if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
+            raise ProjectorError(f"non-finite projector {'loss' if not math.isfinite(value) else 'gradient'} at "
+                                 f"projector step {step} (candidate mean sparsity {float(np.mean(ratios)):.3f}); "
+                                 "lower search.projector_lr or check the model's dtype")
+        return value, grads
+
+    @torch.no_grad()
+    def answer_loss(self, ratios: np.ndarray) -> float:
+        """Mean answer-token cross-entropy of the candidate over all image-text proxy samples."""
+        self._install(ratios)
+        total, count = 0.0, 0
+        for batch in self.projector_batches:
+            loss, n = self._answer_loss(batch)
+            total, count = total + float(loss), count + n
+        return total / max(count, 1)
 
     # --- the projector ---------------------------------------------------------------
     def projector_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.adapter.projector.state_dict().items()}
 
     def set_projector(self, state: dict[str, torch.Tensor], version: int) -> None:
-        """Install a new projector: the image-text block inputs and every cache built on them are redone."""
+        """Install a new projector: only the image-text batches' block inputs (and what was built on
+        them) are redone; text batches never see the projector, and the level database is kept."""
         if version == self.projector_version:
             return
         self.adapter.projector.load_state_dict(state)
-        self.pruner.restore_dense()
-        self.pruner.refresh_inputs(self.text + self.mm)
+        self.pruner.refresh_inputs([self.batches[i] for i in self.mm_indices], self.mm_indices)
         self.projector_version = version
 
 

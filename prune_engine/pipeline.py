@@ -12,6 +12,7 @@ The vision tower, projector, embeddings, final norm and lm_head are never touche
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ Ratios = dict[str, float]  # target sparsity per matrix name of one block
 class PruneReport:
     """Outcome of one sequential pass."""
 
-    loss: float  # mean next-token cross-entropy on the calibration (= proxy) tokens, pruned model
+    loss: float  # mean token loss (cross-entropy, or KL to the dense model) on all calibration (= proxy) targets
     tokens: int
     block_sq_norm: list[float]  # Σ ||Ŵ||_F² over the pruned matrices of each block
     dense_sq_norm: list[float]  # the same for the dense weights
     sparsity: list[dict[str, float]]  # achieved sparsity per block and matrix
     seconds: float = 0.0
+    loss_text: float | None = None  # the same over the text batches' targets only (None: no text batch)
+    loss_mm: float | None = None  # ... over the image-text batches' answer tokens only
 
     @property
     def log_norm_ratio(self) -> list[float]:
@@ -70,40 +73,116 @@ def block_ratios(policy, adapter: ModelAdapter) -> list[Ratios]:
     return out
 
 
+LOSS_KINDS = ("ce", "kl")
+
+
 class SequentialPruner:
     """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy.
 
+    Batches have a kind ("text" or "mm") so that losses are reported per modality. The loss is
+    next-token cross-entropy to the labels ("ce") or the KL divergence from the dense model's
+    next-token distribution ("kl"; the dense log-probabilities are computed once, off the device).
+
     With `reuse_prefix`, the outputs of every block of the last policy are kept (a stack): a next
     policy that shares its first L block ratios starts at block L, since blocks < L already hold
-    exactly those pruned weights. Sorting candidates lexicographically maximises the sharing.
+    exactly those pruned weights. Sorting candidates lexicographically maximises the sharing. In
+    database mode (`stitch`) the stacks are per batch, so a candidate scored on a subset of the
+    batches (screening) and later on all of them shares the work.
     """
 
     def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
-                 blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False):
+                 blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False,
+                 kinds: list[str] | None = None, loss: str = "ce"):
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"loss must be one of {', '.join(LOSS_KINDS)}, got '{loss}'")
         self.adapter, self.pattern = adapter, pattern
         self.blocksize, self.percdamp, self.progress = blocksize, percdamp, progress
         self.reuse_prefix = reuse_prefix
+        self.kinds = list(kinds) if kinds is not None else ["text"] * len(batches)
+        if len(self.kinds) != len(batches):
+            raise ValueError(f"{len(self.kinds)} kinds for {len(batches)} batches")
+        self.loss_kind = loss
         self.dense = [{n: m.weight.detach().clone() for n, m in adapter.linears(i).items()}
                       for i in range(adapter.num_blocks)]
         self.dense_sq_norm = [sum(float(w.double().square().sum()) for w in block.values()) for block in self.dense]
         self.counts = adapter.param_counts()
         self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
-        self.database: dict[tuple[int, str, float], Pruned] = {}
-        self._stack: list[tuple] = []  # per block of the last policy: (key, outputs, sq_norm, sparsity)
+        self.database: dict[tuple[int, str, float], Pruned] = {}  # off the device (CPU memory)
+        self._stack: list[tuple] = []  # sequential mode, per block of the last policy: (key, outputs, sq_norm, sparsity)
+        self._stacks: dict[int, list[tuple]] = {}  # database mode, per batch: [(block key, output)]
+        self._installed: list = [None] * adapter.num_blocks  # database mode: the level key held by each block
         self.blocks_run = 0  # block passes actually computed (prefix reuse skips some)
         self.timings = {"hessian": 0.0, "sparsegpt": 0.0}  # seconds spent, cumulative (the rest is forward)
+        self.teacher = self._dense_logprobs() if loss == "kl" else None
 
-    def refresh_inputs(self, batches: list[dict]) -> None:
-        """Recompute block-0 inputs (after the projector changed); drops every cache built on the old ones."""
-        self.inputs = [self.adapter.block_inputs(b) for b in batches]
-        self.database, self._stack = {}, []
+    # ---- inputs and state ---------------------------------------------------------------
+    def refresh_inputs(self, batches: list[dict], indices: list[int] | None = None) -> None:
+        """Recompute the block-0 inputs of the batches at `indices` (default: all), e.g. the image-text
+        batches after the projector changed; caches built on them are dropped, the rest is kept."""
+        indices = list(range(len(self.inputs))) if indices is None else list(indices)
+        if len(batches) != len(indices):
+            raise ValueError(f"{len(batches)} batches for {len(indices)} indices")
+        for i, batch in zip(indices, batches):
+            self.inputs[i] = self.adapter.block_inputs(batch)
+            self._stacks.pop(i, None)
+        self._stack = []
 
     def restore_dense(self) -> None:
-        self._stack = []
+        self._stack, self._stacks = [], {}
+        self._installed = [None] * self.adapter.num_blocks
         for i, block in enumerate(self.dense):
             for n, m in self.adapter.linears(i).items():
                 m.weight.data.copy_(block[n])
 
+    # ---- losses -------------------------------------------------------------------------
+    def _targets(self, i: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final-norm hidden states at the positions that predict a labelled token, and those tokens."""
+        labels = self.inputs[i].labels
+        h = self.adapter.decoder.norm(hidden)[:, :-1].reshape(-1, hidden.shape[-1])
+        targets = labels[:, 1:].reshape(-1)
+        keep = targets != -100
+        return h[keep], targets[keep]
+
+    @torch.no_grad()
+    def _dense_logprobs(self, chunk: int = 512) -> list[torch.Tensor]:
+        """The dense model's next-token log-probabilities at every target of every batch (CPU, fp16)."""
+        out = []
+        for i, x in enumerate(self.inputs):
+            h = x.hidden
+            for b in range(self.adapter.num_blocks):
+                h = self.adapter.run_block(b, h, x.kwargs)
+            h, _ = self._targets(i, h)
+            out.append(torch.cat([torch.log_softmax(self.adapter.model.lm_head(h[s:s + chunk]).float(), -1)
+                                  .to("cpu", torch.float16) for s in range(0, len(h), chunk)]
+                                 or [torch.zeros(0, 0, dtype=torch.float16)]))
+        return out
+
+    def _batch_loss(self, i: int, hidden: torch.Tensor, chunk: int = 512) -> tuple[float, int]:
+        """Summed token loss of batch i (cross-entropy or KL to dense) and its number of targets."""
+        h, targets = self._targets(i, hidden)
+        total = 0.0
+        for s in range(0, len(targets), chunk):
+            logp = torch.log_softmax(self.adapter.model.lm_head(h[s:s + chunk]).float(), dim=-1)
+            if self.teacher is None:
+                total += -logp.gather(1, targets[s:s + chunk, None]).sum().item()
+            else:
+                t = self.teacher[i][s:s + chunk].to(logp.device, torch.float32)
+                total += (t.exp() * (t - logp)).sum().item()
+        return total, int(len(targets))
+
+    def _report(self, losses: dict[int, tuple[float, int]], sq_norms: list[float], sparsity: list[dict],
+                start: float) -> PruneReport:
+        def mean(kind: str | None) -> float | None:
+            picked = [v for i, v in losses.items() if kind is None or self.kinds[i] == kind]
+            count = sum(c for _, c in picked)
+            return sum(s for s, _ in picked) / count if picked and count else None
+
+        total = mean(None)
+        return PruneReport(total if total is not None else 0.0, sum(c for _, c in losses.values()), sq_norms,
+                           list(self.dense_sq_norm), sparsity, time.perf_counter() - start,
+                           loss_text=mean("text"), loss_mm=mean("mm"), _counts=self.counts)
+
+    # ---- sequential pruning ---------------------------------------------------------------
     @torch.no_grad()
     def prune(self, policy, levels: list[float] | None = None) -> PruneReport:
         """Prune all blocks sequentially with `policy`, leaving the pruned weights in the model.
@@ -111,30 +190,19 @@ class SequentialPruner:
         With `levels` every matrix is additionally pruned at each of these ratios from the same
         Hessian and stored in `self.database` (see `build_database`).
         """
-        return self._run(policy, "seq", levels)
+        return self._run(policy, levels)
 
     def build_database(self, levels: list[float]) -> None:
         """Database mode: prune every block at every level once, from dense inputs (one Hessian each)."""
         self.database = {}
-        self._run(0.0, "seq", list(levels))
+        self._run(0.0, list(levels))
+        self.restore_dense()
 
-    @torch.no_grad()
-    def stitch(self, policy) -> PruneReport:
-        """Database mode: assemble the policy from the database and measure it (no pruning)."""
-        if not self.database:
-            raise RuntimeError("build_database() first")
-        return self._run(policy, "db", None)
-
-    def _level(self, b: int, name: str, ratio: float) -> Pruned:
-        try:
-            return self.database[(b, name, round(ratio, 6))]
-        except KeyError:
-            raise ValueError(f"ratio {ratio} of block {b} is not a database level") from None
-
-    def _run(self, policy, mode: str, levels) -> PruneReport:
+    def _run(self, policy, levels) -> PruneReport:
         start = time.perf_counter()
         ratios = block_ratios(policy, self.adapter)
-        keys = [(mode, tuple(sorted(r.items()))) for r in ratios]
+        self._stacks, self._installed = {}, [None] * self.adapter.num_blocks  # the weights change
+        keys = [("seq", tuple(sorted(r.items()))) for r in ratios]
         if levels is not None:
             keys = [k + ("levels", tuple(levels)) for k in keys]
         shared = 0
@@ -143,28 +211,69 @@ class SequentialPruner:
                 shared += 1
         self._stack = self._stack[:shared]
         hidden = self._stack[-1][1] if shared else [x.hidden for x in self.inputs]
-        bar = tqdm(range(shared, self.adapter.num_blocks), desc="sparsegpt" if mode == "seq" else "stitch",
-                   unit="block", disable=not self.progress, leave=False)
+        bar = tqdm(range(shared, self.adapter.num_blocks), desc="sparsegpt", unit="block",
+                   disable=not self.progress, leave=False)
         for b in bar:
-            if mode == "seq":
-                pruned = self._prune_block(b, hidden, ratios[b], levels)
-                hidden = pruned.pop("__outputs__")
-                for (n, r), p in pruned.pop("__levels__").items():
-                    self.database[(b, n, round(r, 6))] = p
-            else:
-                pruned = {n: self._level(b, n, r) for n, r in ratios[b].items()}
-                for n, m in self.adapter.linears(b).items():
-                    m.weight.data.copy_(pruned[n].weight)
-                hidden = [self.adapter.run_block(b, h, x.kwargs) for h, x in zip(hidden, self.inputs)]
+            pruned = self._prune_block(b, hidden, ratios[b], levels)
+            hidden = pruned.pop("__outputs__")
+            for (n, r), p in pruned.pop("__levels__").items():
+                self.database[(b, n, round(r, 6))] = dataclasses.replace(p, weight=p.weight.to("cpu"))
             self.blocks_run += 1
             self._stack.append((keys[b], hidden if self.reuse_prefix else None,
                                 sum(p.sq_norm for p in pruned.values()), {n: p.ratio for n, p in pruned.items()}))
-        total, count = 0.0, 0
-        for h, x in zip(hidden, self.inputs):
-            s, c = self.adapter.loss(h, x.labels)
-            total, count = total + s, count + c
-        return PruneReport(total / max(count, 1), count, [e[2] for e in self._stack], list(self.dense_sq_norm),
-                           [e[3] for e in self._stack], time.perf_counter() - start, _counts=self.counts)
+        losses = {i: self._batch_loss(i, h) for i, h in enumerate(hidden)}
+        return self._report(losses, [e[2] for e in self._stack], [e[3] for e in self._stack], start)
+
+    # ---- database mode --------------------------------------------------------------------
+    def _level(self, b: int, name: str, ratio: float) -> Pruned:
+        try:
+            return self.database[(b, name, round(ratio, 6))]
+        except KeyError:
+            raise ValueError(f"ratio {ratio} of block {b} is not a database level") from None
+
+    def install(self, policy) -> list[tuple]:
+        """Database mode: put the policy's level weights into the model (only blocks whose level
+        changed are copied). Returns the per-block keys."""
+        if not self.database:
+            raise RuntimeError("build_database() first")
+        ratios = block_ratios(policy, self.adapter)
+        keys = [("db", tuple(sorted(r.items()))) for r in ratios]
+        self._stack = []  # the sequential stack no longer matches the weights
+        for b, (key, r) in enumerate(zip(keys, ratios)):
+            if self._installed[b] != key:
+                for n, m in self.adapter.linears(b).items():
+                    m.weight.data.copy_(self._level(b, n, r[n]).weight)
+                self._installed[b] = key
+        return keys
+
+    @torch.no_grad()
+    def stitch(self, policy, batches: list[int] | None = None) -> PruneReport:
+        """Database mode: assemble the policy from the database and measure it on `batches` (indices;
+        default all), running each batch from the first block where it differs from what that
+        batch last ran."""
+        start = time.perf_counter()
+        keys = self.install(policy)
+        ratios = block_ratios(policy, self.adapter)
+        indices = range(len(self.inputs)) if batches is None else batches
+        losses, deepest = {}, 0
+        for i in indices:
+            stack = self._stacks.setdefault(i, [])
+            shared = 0
+            if self.reuse_prefix:
+                while shared < len(stack) and stack[shared][0] == keys[shared]:
+                    shared += 1
+            del stack[shared:]
+            h = stack[-1][1] if shared else self.inputs[i].hidden
+            for b in range(shared, self.adapter.num_blocks):
+                h = self.adapter.run_block(b, h, self.inputs[i].kwargs)
+                if self.reuse_prefix:
+                    stack.append((keys[b], h))
+            deepest = max(deepest, self.adapter.num_blocks - shared)
+            losses[i] = self._batch_loss(i, h)
+        self.blocks_run += deepest
+        levels = [{n: self._level(b, n, r[n]) for n in r} for b, r in enumerate(ratios)]
+        return self._report(losses, [sum(p.sq_norm for p in block.values()) for block in levels],
+                            [{n: p.ratio for n, p in block.items()} for block in levels], start)
 
     def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> dict:
         adapter, stages = self.adapter, self.adapter.stages(b)

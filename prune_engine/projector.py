@@ -1,17 +1,18 @@
 """Search-space evolution: the projector W_p and its optimizer (what the learner actor owns).
 
-One step minimises Σ_m c_m · L_m(W_p): the candidates' gradients, each taken through that
-candidate's pruned and frozen language model, are combined with the neighbour weights c_m in
-candidate order (so the result does not depend on which evaluator finished first), then AdamW
-steps. With `steps` > 1 the same combined gradient drives several AdamW steps [choice: the
-candidates are not re-pruned between steps of one generation; steps = 1 is the exact update].
+A generation's update minimises Σ_m c_m · L_m(W_p) by several mini-batch steps: each step
+combines the gradients of the candidates drawn for it (each taken through that candidate's pruned
+and frozen language model on one mini-batch of image-text samples) with their weights in a fixed
+order (so the result does not depend on which evaluator finished first), then AdamW steps.
+The parameters are fp32 master weights whatever the evaluators' dtype; a non-finite gradient or
+weight is a ProjectorError, never a silently poisoned projector.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from prune_engine.candidates import deserialise, serialise
+from prune_engine.candidates import ProjectorError, deserialise, serialise
 
 
 class ProjectorLearner:
@@ -20,6 +21,17 @@ class ProjectorLearner:
         self.params = [torch.nn.Parameter(state_dict[n].detach().clone().float()) for n in self.names]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.version = 0
+        self._mark = self.state_dict()
+
+    def mark(self) -> None:
+        """Remember the current weights (the start of a generation's update)."""
+        self._mark = self.state_dict()
+
+    def change_since_mark(self) -> float:
+        """||W_p - W_p,marked|| / ||W_p,marked|| over all projector parameters."""
+        diff = sum(float((p.detach() - self._mark[n]).double().square().sum()) for n, p in zip(self.names, self.params))
+        base = sum(float(w.double().square().sum()) for w in self._mark.values())
+        return (diff / base) ** 0.5 if base > 0 else float("nan")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in zip(self.names, self.params)}
@@ -37,10 +49,15 @@ class ProjectorLearner:
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+        if not all(torch.isfinite(g).all() for g in combined):
+            raise ProjectorError("non-finite combined projector gradient; lower search.projector_lr")
         for _ in range(steps):
             for p, g in zip(self.params, combined):
                 p.grad = g.clone()
             self.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise ProjectorError(f"the projector became non-finite after an optimizer step at lr "
+                                 f"{self.optimizer.param_groups[0]['lr']:g}; lower search.projector_lr")
         self.version += 1
         return self.version
 
@@ -56,4 +73,5 @@ class ProjectorLearner:
             for p, n in zip(self.params, self.names):
                 p.copy_(state["params"][n])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._mark = self.state_dict()
         self.version = state["version"] if version is None else version

@@ -5,9 +5,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import model_validator, BaseModel, ConfigDict, field_validator
 
-from prune_engine.calibration import check_token_ids, describe, load_vqa, text_batches, vqa_batches
+from prune_engine.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
 from prune_engine.models import MATRIX_NAMES, ModelError, load_model, load_processor
 from prune_engine.pipeline import SequentialPruner, block_ratios
 from prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
@@ -35,6 +35,7 @@ class PruneJob(BaseModel):
     device: str = "cpu"
     overwrite: bool = False
     progress: bool = True
+    allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
 
     @field_validator("sparsity")
     @classmethod
@@ -53,6 +54,13 @@ class PruneJob(BaseModel):
         if v is not None and not 0 <= v < 0.5:
             raise ValueError("OWL lambda must be in [0, 0.5)")
         return v
+
+    @model_validator(mode="after")
+    def _training_splits(self):
+        from prune_engine.calibration import check_calibration_data
+
+        check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
+        return self
 
     @field_validator("nsamples", "seqlen", "mm_samples", "blocksize")
     @classmethod
@@ -123,7 +131,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     if job.mm_calib:
         if not hasattr(processor, "image_processor"):
             raise ModelError(f"--mm-calib needs a LLaVA model; {job.model} is text-only")
-        samples = load_vqa(job.mm_calib, limit=job.mm_samples, seed=job.seed)
+        samples = calibration_vqa(job.mm_calib, job.mm_samples, job.seed)
         batches += vqa_batches(processor, samples, job.batch_size)
     adapter, processor = load_model(job.model, device=job.device, processor=processor)
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT = 1
+FORMAT = 2  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history
 STATE = "state.json"
 CONFIG = "config.yaml"
 
@@ -33,13 +33,22 @@ HISTORY_SCHEMA = pa.schema(
         ("policy", pa.list_(pa.int16())),
         ("mean_sparsity", pa.float64()),
         ("projector_version", pa.int64()),
-        ("l_proxy", pa.float64()),
-        ("g", pa.float64()),
+        ("fidelity", pa.string()),  # "full" (the generation's population) or "screen" (a screened child)
+        ("l_proxy", pa.float64()),  # L = (1 - w) L_text + w L_mm
+        ("l_text", pa.float64()),
+        ("l_mm", pa.float64()),  # null without image-text proxy data
+        ("g", pa.float64()),  # G = sum_k log(||W_hat_k|| / ||W_k||)
+        ("srm_scale", pa.float64()),  # s in F = -L - eta * s * G (fixed per run)
         ("fitness", pa.float64()),
-        ("c_m", pa.float64()),
+        ("c_m", pa.float64()),  # neighbour weight (null for screened children)
         ("seconds", pa.float64()),
         ("cached", pa.bool_()),
         ("log_norm_ratio", pa.list_(pa.float64())),
+        # per generation (the same on every row of a generation): search-space evolution
+        ("effective_candidates", pa.float64()),  # 1 / sum c_m^2
+        ("projector_loss_before", pa.float64()),  # sum c_m L_m before the projector update
+        ("projector_loss_after", pa.float64()),  # ... and after it
+        ("projector_change", pa.float64()),  # ||delta W_p|| / ||W_p||
     ]
 )
 
@@ -139,7 +148,8 @@ class RunStore:
         if checksum != _sha256(_canonical(body).encode()):
             raise CheckpointError(f"corrupt {where}: {STATE} checksum mismatch")
         if body.get("format") != FORMAT:
-            raise CheckpointError(f"unsupported {where}: format {body.get('format')!r}, expected {FORMAT}")
+            raise CheckpointError(f"unsupported {where}: format {body.get('format')!r}, expected {FORMAT} (made by "
+                                  "another version of efficientllava: start a new run)")
         files = {"history": None, "projector": None}
         for key in files:
             ref = body.get(key)

@@ -47,14 +47,21 @@ class SearchConfig(BaseModel):
     time_budget_s: Optional[float] = Field(None, gt=0.0)
     mutation_switches: tuple[int, int] = (1, 3)
     seed: int = Field(0, ge=0)
+    # multi-fidelity selection (§4a): children screened on a slice of the proxy data per generation
+    offspring: int = Field(0, ge=0, description="children screened per generation (0: no screening, the paper's GA)")
     # fitness (§3)
     eta: float = Field(0.5, ge=0.0, description="SRM weight; 0 = 'Auto w/o Gen'")
+    mm_weight: float = Field(0.5, ge=0.0, le=1.0,
+                             description="w: L = (1 - w) L_text + w L_mm when image-text proxy samples exist")
+    srm_scale: Optional[float] = Field(None, gt=0.0,
+                                       description="factor putting G on L's scale (None: sd(L)/sd(G) of generation 0)")
     # neighbour weights and search-space evolution (§4 steps 4-5)
     neighbours: int = Field(5, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature, in units of the median distance d_m")
     projector_mode: Literal["weighted", "uniform", "off"] = "weighted"
-    projector_steps: int = Field(1, ge=1)
-    projector_lr: float = Field(1e-4, gt=0.0)
+    projector_steps: int = Field(4, ge=1, description="projector mini-batch steps per generation")
+    projector_candidates: int = Field(2, ge=1, description="candidates drawn (by neighbour weight) per projector step")
+    projector_lr: float = Field(1e-3, gt=0.0)
     # settings owned by other components; never read by search/
     extra: dict[str, Any] = Field(default_factory=dict)
 

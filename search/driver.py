@@ -1,16 +1,20 @@
 """The search loop (DESIGN §4, Algorithm 1). Per generation t:
 
-    evaluate G_t (memoised by policy and projector version) -> fitness F
-    select the top-k elites -> vary: G_{t+1} = elites + children
-    neighbour weights c_m over G_t -> projector step (weighted by c_m, or 1/n, or none)
+    evaluate G_t on the full proxy data (memoised by policy and projector version) -> fitness F
+    select the top-k elites
+    neighbour weights c_m over G_t -> projector step (mini-batch steps on candidates drawn by c_m,
+                                                    or drawn uniformly, or none)
+    vary: G_{t+1} = elites + children; with `offspring`, many children are screened on a slice
+          of the proxy data under the new projector and the best fill G_{t+1} (multi-fidelity)
     checkpoint (state after the variation step)
 
-until tau generations are done or the wall-clock budget is spent. The result is the
-best policy of the last evaluated generation (elites survive, so with a fixed
-projector it is also the best ever seen). The driver never holds a model.
+until tau generations are done or the wall-clock budget is spent. The result is the best
+policy of the last evaluated generation. The SRM scale s (F = -L - eta s G) is fixed from
+generation 0's spreads and checkpointed. The driver never holds a model.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,10 +25,10 @@ import yaml
 
 from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compatible, normalise
 from .config import SearchConfig
-from .evaluator import Evaluation, Evaluator, has_projector
-from .events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, SearchFinished
-from .fitness import fitness, norm_term
-from .neighbours import neighbour_weights
+from .evaluator import Evaluation, Evaluator, ProjectorUpdate, has_projector
+from .events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, ProjectorStepped, SearchFinished
+from .fitness import fitness, norm_term, proxy_loss, srm_scale
+from .neighbours import effective_candidates, neighbour_weights
 from .operators import initial_population, next_generation, select_elites
 from .policy import feasible_space
 
@@ -63,9 +67,10 @@ class SearchDriver:
         self.population: list[np.ndarray] = []
         self.projector_version = int(getattr(evaluator, "projector_version", 0))
         self.elapsed_s = 0.0
+        self.srm_scale: float | None = config.srm_scale
         self.best: dict | None = None
         self.rows: list[dict] = []  # the history, one row per candidate per generation
-        self._memo: dict[tuple[bytes, int], Evaluation] = {}
+        self._memo: dict[tuple[bytes, int, str], Evaluation] = {}
         self._config_record = config.to_dict()
         self._started = False
 
@@ -95,6 +100,7 @@ class SearchDriver:
         driver.rng.bit_generator.state = state["rng"]
         driver.projector_version = state["projector_version"]
         driver.elapsed_s = state["elapsed_s"]
+        driver.srm_scale = state["srm_scale"]
         driver.best = state["best"]
         driver.rows = history.to_pylist()
         if driver.use_projector:
@@ -103,8 +109,8 @@ class SearchDriver:
             evaluator.load_projector_state(projector, driver.projector_version)
         for r in driver.rows:  # memo: what was evaluated under the current projector version
             if not r["cached"] and r["projector_version"] == driver.projector_version:
-                key = (np.array(r["policy"], dtype=np.int64).tobytes(), r["projector_version"])
-                driver._memo[key] = Evaluation(r["l_proxy"], np.array(r["log_norm_ratio"]), r["seconds"])
+                key = (np.array(r["policy"], dtype=np.int64).tobytes(), r["projector_version"], r["fidelity"])
+                driver._memo[key] = Evaluation(r["l_text"], np.array(r["log_norm_ratio"]), r["seconds"], r["l_mm"])
         driver._started = True
         return driver
 
@@ -135,38 +141,77 @@ class SearchDriver:
     def _generation(self, clock: Callable[[], float]) -> None:
         cfg, t, pop, version = self.config, self.generation, self.population, self.projector_version
         self._emit(GenerationStarted(t, len(pop), version))
-        evals, cached = self._evaluate(pop, version)
-        f = np.array([fitness(e.l_proxy, e.log_norm_ratio, cfg.eta) for e in evals])
+        evals, cached = self._evaluate(pop, version, "full")
+        losses = np.array([self._loss(e) for e in evals])
+        if self.srm_scale is None:  # fixed once per run, from generation 0
+            self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+        f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
+        first_row = len(self.rows)
         for m, (p, e) in enumerate(zip(pop, evals)):
-            g = norm_term(e.log_norm_ratio)
-            seconds = 0.0 if cached[m] else float(e.seconds)
-            self.rows.append(dict(
-                generation=t, candidate=m, policy=p.tolist(), mean_sparsity=self.space.mean_sparsity(p),
-                projector_version=version, l_proxy=float(e.l_proxy), g=g, fitness=float(f[m]), c_m=float(c[m]),
-                seconds=seconds, cached=cached[m], log_norm_ratio=np.asarray(e.log_norm_ratio, dtype=np.float64).tolist(),
-            ))
-            self._emit(CandidateEvaluated(t, m, p, float(e.l_proxy), g, float(f[m]), cached[m], seconds))
+            self._record(t, m, p, version, "full", e, losses[m], f[m], c[m], cached[m])
         b = int(select_elites(f, 1)[0])
-        self.best = dict(generation=t, policy=pop[b].tolist(), fitness=float(f[b]),
-                         l_proxy=float(evals[b].l_proxy), g=norm_term(evals[b].log_norm_ratio))
+        self.best = dict(generation=t, policy=pop[b].tolist(), fitness=float(f[b]), l_proxy=float(losses[b]),
+                         g=norm_term(evals[b].log_norm_ratio))
         elites = [pop[i] for i in select_elites(f, cfg.elites)]
-        self.population = next_generation(elites, self.space, cfg.population, self.rng, cfg.mutation_switches)
+        update = ProjectorUpdate(version)
         if self.use_projector:  # search-space evolution
             w = c if cfg.projector_mode == "weighted" else np.full(len(pop), 1.0 / len(pop))
-            ratios = [self.space.ratios(p) for p in pop]
-            self.projector_version = int(self.evaluator.projector_step(ratios, w, cfg.projector_steps, cfg.projector_lr))
+            draws = [self.rng.choice(len(pop), size=cfg.projector_candidates, p=w).tolist()
+                     for _ in range(cfg.projector_steps)]
+            update = self.evaluator.projector_step([self.space.ratios(p) for p in pop], draws, cfg.projector_lr)
+            self.projector_version = int(update.version)
+            self._emit(ProjectorStepped(t, self.projector_version, update.loss_before, update.loss_after, update.change))
+        for row in self.rows[first_row:]:
+            row.update(effective_candidates=effective_candidates(c), projector_loss_before=update.loss_before,
+                       projector_loss_after=update.loss_after, projector_change=update.change)
+        if cfg.offspring:  # multi-fidelity: screen many children, the best fill the next generation
+            pool = next_generation(elites, self.space, len(elites) + cfg.offspring, self.rng, cfg.mutation_switches,
+                                   strict=False)  # a small feasible space may hold fewer children
+            children = pool[len(elites):]
+            s_evals, s_cached = self._evaluate(children, self.projector_version, "screen")
+            s_loss = np.array([self._loss(e) for e in s_evals])
+            s_f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(s_loss, s_evals)])
+            for j, (p, e) in enumerate(zip(children, s_evals)):
+                self._record(t, len(pop) + j, p, self.projector_version, "screen", e, s_loss[j], s_f[j], math.nan,
+                             s_cached[j])
+            keep = select_elites(s_f, cfg.population - len(elites))
+            self.population = elites + [children[i] for i in keep]
+        else:
+            self.population = next_generation(elites, self.space, cfg.population, self.rng, cfg.mutation_switches)
         self.generation = t + 1
         self.elapsed_s = clock()
         self._checkpoint()
-        self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version, self.elapsed_s))
+        screened = sum(1 for r in self.rows[first_row:] if r["fidelity"] == "screen" and not r["cached"])
+        self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version,
+                                      self.elapsed_s, screened, effective_candidates(c)))
 
-    def _evaluate(self, pop: list[np.ndarray], version: int) -> tuple[list[Evaluation], list[bool]]:
+    def _loss(self, e: Evaluation) -> float:
+        return proxy_loss(e.l_text, e.l_mm, self.config.mm_weight)
+
+    def _record(self, t, m, p, version, fidelity, e: Evaluation, loss, f, c_m, cached) -> None:
+        g = norm_term(e.log_norm_ratio)
+        seconds = 0.0 if cached else float(e.seconds)
+        self.rows.append(dict(
+            generation=t, candidate=m, policy=p.tolist(), mean_sparsity=self.space.mean_sparsity(p),
+            projector_version=version, fidelity=fidelity, l_proxy=float(loss), l_text=float(e.l_text),
+            l_mm=None if e.l_mm is None else float(e.l_mm), g=g, srm_scale=float(self.srm_scale), fitness=float(f),
+            c_m=None if math.isnan(c_m) else float(c_m), seconds=seconds, cached=bool(cached),
+            log_norm_ratio=np.asarray(e.log_norm_ratio, dtype=np.float64).tolist(),
+            effective_candidates=None, projector_loss_before=None, projector_loss_after=None, projector_change=None,
+        ))
+        self._emit(CandidateEvaluated(t, m, p, float(loss), g, float(f), bool(cached), seconds, fidelity))
+
+    def _evaluate(self, pop: list[np.ndarray], version: int, fidelity: str) -> tuple[list[Evaluation], list[bool]]:
         self._memo = {k: e for k, e in self._memo.items() if k[1] == version}
-        keys = [(p.tobytes(), version) for p in pop]
-        todo = [m for m, k in enumerate(keys) if k not in self._memo]
+        keys = [(p.tobytes(), version, fidelity) for p in pop]
+        todo, seen = [], set()
+        for m, k in enumerate(keys):  # first occurrence of each policy not memoised yet
+            if k not in self._memo and k not in seen:
+                seen.add(k)
+                todo.append(m)
         if todo:
-            results = list(self.evaluator.evaluate([self.space.ratios(pop[m]) for m in todo], version))
+            results = list(self.evaluator.evaluate([self.space.ratios(pop[m]) for m in todo], version, fidelity))
             if len(results) != len(todo):
                 raise RuntimeError(f"evaluator returned {len(results)} results for {len(todo)} candidates")
             for m, e in zip(todo, results):
@@ -183,6 +228,7 @@ class SearchDriver:
             rng=self.rng.bit_generator.state,
             projector_version=self.projector_version,
             elapsed_s=self.elapsed_s,
+            srm_scale=self.srm_scale,
             best=self.best,
             config=self._config_record,
             identity=normalise(self.evaluator.identity),

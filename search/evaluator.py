@@ -2,17 +2,32 @@
 tests, Ray actors in production). The search never holds a model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+FIDELITIES = ("full", "screen")  # all proxy data, or the screening slice (multi-fidelity selection)
+
 
 @dataclass
 class Evaluation:
-    l_proxy: float  # mean token cross-entropy (or KL) of the pruned model on the proxy samples
+    l_text: float  # mean token loss (cross-entropy or KL to dense) on the text proxy tokens (all of it for text-only)
     log_norm_ratio: np.ndarray  # shape (K,): log(||W_hat_k||_F / ||W_k||_F) per decoder block
     seconds: float = 0.0  # evaluator-reported wall time for this candidate
+    l_mm: float | None = None  # the same on the answer tokens of the image-text proxy samples (None: none)
+
+
+@dataclass
+class ProjectorUpdate:
+    """What one generation's search-space evolution did (NaN where an evaluator does not measure it)."""
+
+    version: int  # projector version after the update
+    loss_before: float = math.nan  # sum_m c_m L_m (answer-token cross-entropy) over the drawn candidates, before
+    loss_after: float = math.nan  # the same after the update
+    change: float = math.nan  # ||W_p,new - W_p,old|| / ||W_p,old||
+    steps: list = field(default_factory=list)  # per mini-batch step: the mean loss of its drawn candidates
 
 
 @runtime_checkable
@@ -20,13 +35,14 @@ class Evaluator(Protocol):
     param_counts: np.ndarray  # prunable params per policy entry (block or matrix granularity)
     identity: dict  # model identity, JSON-able (saved in checkpoints, checked on resume)
 
-    def evaluate(self, ratios: list[np.ndarray], projector_version: int) -> list[Evaluation]:
+    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full") -> list[Evaluation]:
         """Float sparsity per policy entry for each candidate; results in input order."""
         ...
 
-    def projector_step(self, ratios: list[np.ndarray], weights: np.ndarray, steps: int, lr: float) -> int:
-        """Search-space evolution: update the projector to minimise sum_m weights[m] * L_m;
-        returns the new projector version."""
+    def projector_step(self, ratios: list[np.ndarray], draws: list[list[int]], lr: float) -> ProjectorUpdate:
+        """Search-space evolution: one mini-batch step per entry of ``draws``, each on the mean
+        loss of the candidates it names (drawn by neighbour weight, so the expected update
+        follows sum_m c_m grad L_m)."""
         ...
 
     def projector_state(self) -> bytes:

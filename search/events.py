@@ -23,6 +23,7 @@ class CandidateEvaluated:
     fitness: float
     cached: bool  # memo hit: same policy under the same projector version
     seconds: float
+    fidelity: str = "full"  # "screen": a child scored on the screening slice of the proxy data
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,17 @@ class GenerationFinished:
     evaluated: int  # candidates actually sent to the evaluator (not memo hits)
     projector_version: int  # after this generation's projector step
     elapsed_s: float  # search wall time so far, across resumes
+    screened: int = 0  # children scored on the screening slice (not memo hits)
+    effective_candidates: float = 1.0  # 1 / sum c_m^2 of this generation's neighbour weights
+
+
+@dataclass(frozen=True)
+class ProjectorStepped:
+    generation: int
+    projector_version: int
+    loss_before: float  # sum c_m L_m over the drawn candidates, before the update
+    loss_after: float
+    change: float  # ||delta W_p|| / ||W_p||
 
 
 @dataclass(frozen=True)
@@ -43,4 +55,4 @@ class SearchFinished:
     reason: str  # "generations" or "time_budget"
 
 
-Event = GenerationStarted | CandidateEvaluated | GenerationFinished | SearchFinished
+Event = GenerationStarted | CandidateEvaluated | ProjectorStepped | GenerationFinished | SearchFinished

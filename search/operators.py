@@ -66,10 +66,12 @@ def select_elites(fitness: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-f, kind="stable")[:k]
 
 
-def _fill(pop: list[np.ndarray], n: int, space: PolicySpace, rng: np.random.Generator) -> list[np.ndarray]:
+def _fill(pop: list[np.ndarray], n: int, space: PolicySpace, rng: np.random.Generator,
+          strict: bool = True) -> list[np.ndarray]:
     """Top ``pop`` up to ``n`` distinct feasible policies: random + repair first; for small
     feasible spaces, enumeration (random level order, then the fixed order that
-    ``check_population`` used, which is known to reach ``n`` policies in its budget)."""
+    ``check_population`` used, which is known to reach ``n`` policies in its budget).
+    With ``strict=False`` fewer than ``n`` is no error (screening pools larger than the space)."""
     seen = {p.tobytes() for p in pop}
     for _ in range(10 * n + 10):
         if len(pop) >= n:
@@ -83,7 +85,7 @@ def _fill(pop: list[np.ndarray], n: int, space: PolicySpace, rng: np.random.Gene
             extra, _ = space.enumerate_feasible(n - len(pop), order, exclude=seen)
             seen.update(p.tobytes() for p in extra)
             pop.extend(extra)
-    if len(pop) < n:
+    if len(pop) < n and strict:
         raise ConfigError(f"could not find {n} distinct feasible policies (the feasible space is too small)")
     return pop
 
@@ -99,6 +101,7 @@ def next_generation(
     n: int,
     rng: np.random.Generator,
     switches: tuple[int, int] = (1, 3),
+    strict: bool = True,
 ) -> list[np.ndarray]:
     """G_{t+1}: the elites, then children (uniform crossover of two elites, level-switch
     mutation, repair) with duplicates rejected, filled to ``n``."""
@@ -112,4 +115,4 @@ def next_generation(
         if child is not None and child.tobytes() not in seen:
             seen.add(child.tobytes())
             pop.append(child)
-    return _fill(pop, n, space, rng)
+    return _fill(pop, n, space, rng, strict)

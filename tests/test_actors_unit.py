@@ -128,15 +128,25 @@ def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llav
     from prune_engine.candidates import CandidateEvaluator, EngineSpec
 
     spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
-                      threads=1, mode=mode)
+                      threads=1, mode=mode, **({"screen_nsamples": 2, "screen_mm_samples": 2} if mode == "database"
+                                               else {}))
     levels = [0.4, 0.45, 0.5, 0.55, 0.6]
     policies = [np.array(p) for p in ([0.4, 0.5, 0.6], [0.4, 0.5, 0.55], [0.4, 0.6, 0.5], [0.6, 0.5, 0.4])]
+
+    def run(ev, order, fidelity):
+        out = {}
+        for i in order:
+            r = ev.evaluate(policies[i], fidelity)
+            out[i] = (r, ev.projector_gradient(policies[i], i))
+        return [out[i] for i in sorted(out)]
+
     a = CandidateEvaluator(spec, levels)
-    forward = [a.evaluate(p, with_gradient=True) for p in policies]
-    assert forward[1].blocks_run < 3 if mode == "sequential" else True  # shares blocks 0-1 with the previous one
+    forward = run(a, range(4), "full")
+    assert forward[1][0].blocks_run < 3  # shares blocks 0-1 with the previous one
     b = CandidateEvaluator(spec, levels)
-    backward = [b.evaluate(p, with_gradient=True) for p in reversed(policies)][::-1]
-    for x, y in zip(forward, backward):
-        assert x.l_proxy == y.l_proxy and np.array_equal(x.log_norm_ratio, y.log_norm_ratio)
-        assert x.mm_loss == y.mm_loss
-        assert all(np.array_equal(g, h) for g, h in zip(x.gradient, y.gradient))
+    if mode == "database":
+        run(b, [2, 0, 3], "screen")  # a used evaluator: screened candidates first (per-batch stacks)
+    backward = run(b, reversed(range(4)), "full")
+    for (x, gx), (y, gy) in zip(forward, backward):
+        assert (x.l_text, x.l_mm) == (y.l_text, y.l_mm) and np.array_equal(x.log_norm_ratio, y.log_norm_ratio)
+        assert gx[0] == gy[0] and all(np.array_equal(g, h) for g, h in zip(gx[1], gy[1]))

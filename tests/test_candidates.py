@@ -1,91 +1,156 @@
-"""Candidate evaluation (L_proxy, G, projector gradient) and the projector learner on a tiny LLaVA."""
+"""Candidate evaluation (L_text / L_mm, G, screening, projector gradients) and the projector learner on a tiny LLaVA."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from prune_engine.candidates import CandidateEvaluator, EngineSpec
+from prune_engine.candidates import CandidateEvaluator, EngineSpec, ProjectorError
 from prune_engine.projector import ProjectorLearner
 
 
 @pytest.fixture(scope="module")
 def evaluator(tiny_llava_dir):
-    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6)
+    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+                      loss="ce", projector_batch=4)
     return CandidateEvaluator(spec, levels=[0.4, 0.5, 0.6])
 
 
-def test_evaluate_reports_loss_norms_and_sparsity(evaluator):
-    assert evaluator.has_projector and len(evaluator.param_counts()) == 3
-    r = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
-    assert r.mean_sparsity == pytest.approx(0.5, abs=0.01)
-    assert r.log_norm_ratio.shape == (3,) and np.all(r.log_norm_ratio < 0)
-    more = evaluator.evaluate(np.array([0.6, 0.6, 0.6]))
-    assert np.all(more.log_norm_ratio[1:] < r.log_norm_ratio[1:])  # more pruning, smaller norms
-    again = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
-    assert again.l_proxy == r.l_proxy and again.blocks_run == 3
-
-
-def test_projector_gradient_matches_finite_differences(evaluator):
-    evaluator.evaluate(np.array([0.5, 0.5, 0.5]))
-    loss, grads = evaluator.projector_gradient()
-    proj = evaluator.adapter.projector
-    params = list(proj.parameters())
-    g = torch.as_tensor(grads[-1])  # last layer bias: cheap to probe
-    rng = np.random.default_rng(0)
-    for idx in rng.choice(g.numel(), 3, replace=False):
-        eps = 1e-2
-        with torch.no_grad():
-            params[-1].view(-1)[idx] += eps
-            up, _ = evaluator.projector_gradient()
-            params[-1].view(-1)[idx] -= 2 * eps
-            down, _ = evaluator.projector_gradient()
-            params[-1].view(-1)[idx] += eps
-        assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[idx]), rel=0.05, abs=1e-4)
-    assert loss > 0
-    # the loss is the model's own next-token loss over the answer tokens (full logits, no shortcuts)
+def _model_answer_loss(evaluator, batches) -> float:
+    """The model's own next-token loss over the answer tokens (full logits, no shortcuts)."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in evaluator.mm:
+        for batch in batches:
             batch = dict(batch)
             labels = batch.pop("labels")
             logits = evaluator.adapter.model(**batch).logits[:, :-1]
             total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100,
                                                        reduction="sum").item()
             count += int((labels[:, 1:] != -100).sum())
-    assert loss == pytest.approx(total / count, rel=1e-5)
+    return total / count
 
 
-def test_learner_step_lowers_the_weighted_loss(evaluator):
+def test_evaluate_reports_losses_per_modality_norms_and_sparsity(evaluator):
+    assert evaluator.has_projector and len(evaluator.param_counts()) == 3
+    r = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
+    assert r.mean_sparsity == pytest.approx(0.5, abs=0.01)
+    assert r.log_norm_ratio.shape == (3,) and np.all(r.log_norm_ratio < 0)
+    assert math.isfinite(r.l_text) and r.l_mm is not None and r.l_mm > 0 and r.l_mm != r.l_text
+    more = evaluator.evaluate(np.array([0.6, 0.6, 0.6]))
+    assert np.all(more.log_norm_ratio[1:] < r.log_norm_ratio[1:])  # more pruning, smaller norms
+    again = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
+    assert (again.l_text, again.l_mm) == (r.l_text, r.l_mm) and again.blocks_run == 3
+    # L_mm is the model's own answer-token cross-entropy (the pruned weights are in the model)
+    assert r.l_mm == pytest.approx(evaluator.answer_loss(np.array([0.4, 0.5, 0.6])), rel=1e-4)
+    assert evaluator.answer_loss(np.array([0.4, 0.5, 0.6])) == pytest.approx(
+        _model_answer_loss(evaluator, evaluator.projector_batches), rel=1e-5)
+
+
+def test_projector_gradient_matches_finite_differences(evaluator):
+    ratios = np.array([0.5, 0.5, 0.5])
+    loss, grads = evaluator.projector_gradient(ratios, 0)
+    params = list(evaluator.adapter.projector.parameters())
+    g = torch.as_tensor(grads[-1])  # last layer bias: cheap to probe
+    rng = np.random.default_rng(0)
+    for idx in rng.choice(g.numel(), 3, replace=False):
+        eps = 1e-2
+        with torch.no_grad():
+            params[-1].view(-1)[idx] += eps
+            up, _ = evaluator.projector_gradient(ratios, 0)
+            params[-1].view(-1)[idx] -= 2 * eps
+            down, _ = evaluator.projector_gradient(ratios, 0)
+            params[-1].view(-1)[idx] += eps
+        assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[idx]), rel=0.05, abs=1e-4)
+    assert loss == pytest.approx(_model_answer_loss(evaluator, evaluator.projector_batches[:1]), rel=1e-5)
+    other, _ = evaluator.projector_gradient(ratios, 1)  # the next mini-batch
+    assert other != loss and evaluator.projector_gradient(ratios, 2)[0] == loss  # 6 samples / 4: two, cycled
+
+
+def test_a_non_finite_projector_is_an_error(evaluator):
+    saved = evaluator.projector_state_dict()
+    poisoned = {k: torch.full_like(v, float("nan")) for k, v in saved.items()}
+    evaluator.adapter.projector.load_state_dict(poisoned)
+    try:
+        with pytest.raises(ProjectorError, match="non-finite projector loss"):
+            evaluator.projector_gradient(np.array([0.5, 0.5, 0.5]), 0)
+    finally:
+        evaluator.adapter.projector.load_state_dict(saved)
+    learner = ProjectorLearner(saved, lr=1e-2)
+    bad = [[np.full(p.shape, np.inf, dtype=np.float32) for p in learner.params]]
+    with pytest.raises(ProjectorError, match="non-finite combined projector gradient"):
+        learner.step(bad, np.array([1.0]))
+
+
+def test_learner_steps_lower_the_weighted_loss_and_record_the_change(evaluator):
     policies = [np.array([0.4, 0.5, 0.6]), np.array([0.6, 0.5, 0.4])]
-    losses, grads = [], []
-    for p in policies:
-        evaluator.evaluate(p)
-        loss, g = evaluator.projector_gradient()
-        losses.append(loss)
-        grads.append(g)
-    learner = ProjectorLearner(evaluator.projector_state_dict(), lr=1e-2)
     c = np.array([0.7, 0.3])
-    version = learner.step(grads, c)
-    assert version == 1
-    evaluator.set_projector(learner.state_dict(), version)
-    after = []
-    for p in policies:
-        evaluator.evaluate(p)
-        after.append(evaluator.projector_gradient()[0])
-    assert np.dot(c, after) < np.dot(c, losses)
+    before = [evaluator.answer_loss(p) for p in policies]
+    learner = ProjectorLearner(evaluator.projector_state_dict(), lr=1e-2)
+    learner.mark()
+    version = 0
+    for step in range(4):  # mini-batch steps, each on both candidates
+        grads = [evaluator.projector_gradient(p, step)[1] for p in policies]
+        version = learner.step(grads, c)
+        evaluator.set_projector(learner.state_dict(), version)
+    assert version == 4 and learner.change_since_mark() > 1e-4
+    after = [evaluator.answer_loss(p) for p in policies]
+    assert np.dot(c, after) < np.dot(c, before)
     # checkpoint round trip keeps parameters and optimizer state
     clone = ProjectorLearner(evaluator.projector_state_dict())
     clone.load_bytes(learner.to_bytes())
-    assert clone.version == 1
+    assert clone.version == 4
     for a, b in zip(clone.params, learner.params):
         assert torch.equal(a, b)
     assert clone.optimizer.state_dict()["state"].keys() == learner.optimizer.state_dict()["state"].keys()
 
 
-def test_database_mode_matches_database_weights(tiny_llava_dir):
+@pytest.fixture(scope="module")
+def database_evaluator(tiny_llava_dir):
+    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+                      mode="database", screen_nsamples=2, screen_mm_samples=2, loss="kl")
+    return CandidateEvaluator(spec, levels=[0.4, 0.5, 0.6])
+
+
+def test_database_is_built_once_and_kept_across_projector_versions(database_evaluator):
+    ev = database_evaluator
+    assert ev.pruner.database and all(w.weight.device.type == "cpu" for w in ev.pruner.database.values())
+    r = ev.evaluate(np.array([0.4, 0.6, 0.5]))
+    w = ev.adapter.linears(1)["mlp.down_proj"].weight
+    assert int((w == 0).sum()) == round(0.6 * w.numel())
+    database = ev.pruner.database
+    state = {k: v * 1.5 for k, v in ev.projector_state_dict().items()}
+    ev.set_projector(state, 7)
+    again = ev.evaluate(np.array([0.4, 0.6, 0.5]))
+    assert ev.pruner.database is database  # not rebuilt
+    assert again.l_text == r.l_text and again.l_mm != r.l_mm  # text never sees the projector
+
+
+def test_screening_scores_a_slice_and_shares_work_with_full(database_evaluator, tiny_llava_dir):
+    ev = database_evaluator
+    assert ev.screen is not None and 0 < len(ev.screen) < len(ev.batches)
+    policy = np.array([0.5, 0.4, 0.6])
+    screen = ev.evaluate(policy, "screen")
+    full = ev.evaluate(policy, "full")
+    assert screen.l_text != full.l_text and screen.l_mm is not None
+    other = CandidateEvaluator(ev.spec, levels=[0.4, 0.5, 0.6])
+    other.set_projector(ev.projector_state_dict(), ev.projector_version)  # as ev holds it now
+    fresh = other.evaluate(policy, "full")
+    assert (fresh.l_text, fresh.l_mm) == pytest.approx((full.l_text, full.l_mm), rel=1e-6)
+
+
+def test_kl_to_dense_is_zero_for_the_dense_model(tiny_llava_dir):
+    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
+                      loss="kl")
+    ev = CandidateEvaluator(spec, levels=[0.0, 0.5])
+    dense = ev.evaluate(np.zeros(3))
+    assert abs(dense.l_text) < 1e-2 and abs(dense.l_mm) < 1e-2  # fp16-stored teacher: tiny, not exactly 0
+    pruned = ev.evaluate(np.full(3, 0.5))
+    assert pruned.l_text > 10 * abs(dense.l_text) and pruned.l_mm > 0
+
+
+def test_text_only_database_mode(tiny_llava_dir):
     spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mode="database")
     ev = CandidateEvaluator(spec, levels=[0.4, 0.5, 0.6])
     assert not ev.has_projector
     r = ev.evaluate(np.array([0.4, 0.6, 0.5]))
-    assert r.mean_sparsity == pytest.approx(0.5, abs=0.01)
-    w = ev.adapter.linears(1)["mlp.down_proj"].weight
-    assert int((w == 0).sum()) == round(0.6 * w.numel())
+    assert r.mean_sparsity == pytest.approx(0.5, abs=0.01) and r.l_mm is None

@@ -22,7 +22,8 @@ def test_defaults_follow_the_paper():
     assert (c.target, c.span, c.step, c.tolerance, c.granularity) == (0.5, 0.10, 0.05, 0.01, "block")
     assert (c.population, c.elites, c.generations, c.time_budget_s) == (16, 4, 10, None)
     assert (c.eta, c.neighbours, c.temperature, c.projector_mode) == (0.5, 5, 1.0, "weighted")
-    assert (c.projector_steps, c.projector_lr, c.seed, c.mutation_switches) == (1, 1e-4, 0, (1, 3))
+    assert (c.projector_steps, c.projector_lr, c.seed, c.mutation_switches) == (4, 1e-3, 0, (1, 3))
+    assert (c.projector_candidates, c.offspring, c.mm_weight, c.srm_scale) == (2, 0, 0.5, None)
     assert c.n_levels == 5
     assert issubclass(ConfigError, ValueError)
 

@@ -6,7 +6,8 @@ import pytest
 from test_search_synthetic import SyntheticEvaluator
 
 from search import (CandidateEvaluated, ConfigError, Evaluation, GenerationFinished, GenerationStarted,
-                    SearchConfig, SearchDriver, SearchFinished, neighbour_weights)
+                    ProjectorStepped, SearchConfig, SearchDriver, SearchFinished, effective_candidates,
+                    neighbour_weights, srm_scale)
 
 
 def _run(tmp_path, ev=None, **kw):
@@ -20,7 +21,7 @@ def _run(tmp_path, ev=None, **kw):
 def test_event_stream_and_history_rows(tmp_path):
     result, ev, events, h = _run(tmp_path)
     kinds = [type(e).__name__ for e in events]
-    one = ["GenerationStarted"] + ["CandidateEvaluated"] * 8 + ["GenerationFinished"]
+    one = ["GenerationStarted"] + ["CandidateEvaluated"] * 8 + ["ProjectorStepped", "GenerationFinished"]
     assert kinds == one * 4 + ["SearchFinished"]
     assert [e.generation for e in events if isinstance(e, GenerationStarted)] == [0, 1, 2, 3]
     assert h["generation"] == [g for g in range(4) for _ in range(8)] and h["candidate"] == list(range(8)) * 4
@@ -36,9 +37,13 @@ def test_event_stream_and_history_rows(tmp_path):
     assert np.array_equal(last.best_policy, result.policy) and np.array_equal(fin[-1].best_policy, result.policy)
     assert result.generations == 4 and result.stopped_by == "generations"
     assert np.allclose(result.ratios, 0.5 + 0.05 * (result.policy - 2))
-    # every row is a feasible policy, and F = -L - eta * G with G the mean log-norm ratio
+    # every row is a feasible policy, and F = -L - eta * s * G with G the summed log-norm ratio and s
+    # fixed from generation 0's spreads
+    s = srm_scale([l for t, l in zip(h["generation"], h["l_proxy"]) if t == 0],
+                  [g for t, g in zip(h["generation"], h["g"]) if t == 0])
+    assert s != 1.0 and set(h["srm_scale"]) == {s}
     for p, m, l, g, f, lnr in zip(h["policy"], h["mean_sparsity"], h["l_proxy"], h["g"], h["fitness"], h["log_norm_ratio"]):
-        assert abs(m - 0.5) <= 0.01 + 1e-9 and g == np.mean(lnr) and f == -l - 0.5 * g
+        assert abs(m - 0.5) <= 0.01 + 1e-9 and g == np.sum(lnr) and f == -l - 0.5 * s * g
 
 
 def test_eta_zero_is_auto_without_gen(tmp_path):
@@ -56,24 +61,42 @@ def test_projector_off_is_no_evo_and_memoises_elites(tmp_path):
     assert not any(n.startswith("projector-") for n in (p.name for p in (tmp_path / "run").iterdir()))
 
 
-def test_weighted_projector_step_gets_neighbour_weights(tmp_path):
-    _, ev, _, h = _run(tmp_path, projector_mode="weighted", projector_steps=3, projector_lr=0.01)
+def test_weighted_projector_steps_draw_by_neighbour_weight(tmp_path):
+    _, ev, events, h = _run(tmp_path, projector_mode="weighted", projector_steps=3, projector_candidates=2,
+                            projector_lr=0.01)
     assert len(ev.steps) == 4
-    assert h["projector_version"] == [g for g in range(4) for _ in range(8)]
+    assert h["projector_version"] == [3 * g for g in range(4) for _ in range(8)]  # one version per mini-batch step
     assert not any(h["cached"])  # a new projector version means re-evaluation
-    for t, (ratios, weights, steps, lr) in enumerate(ev.steps):
+    counts = np.zeros(8)
+    for t, (ratios, draws, lr) in enumerate(ev.steps):
         pol = np.array([p for g, p in zip(h["generation"], h["policy"]) if g == t])
         c = neighbour_weights(pol, 5, 1.0)
-        assert np.array_equal(weights, c) and steps == 3 and lr == 0.01
+        assert len(draws) == 3 and all(len(d) == 2 for d in draws) and lr == 0.01
         assert np.array_equal(np.array(ratios), 0.5 + 0.05 * (pol - 2))
         assert np.array_equal(c, [x for g, x in zip(h["generation"], h["c_m"]) if g == t])
-    assert any(not np.allclose(w, w[0]) for _, w, _, _ in ev.steps)
+        for d in draws:
+            counts[d] += 1
+    # the per-generation records: 1/sum c^2, sum c L before/after, projector change
+    stepped = [e for e in events if isinstance(e, ProjectorStepped)]
+    for t, e in enumerate(stepped):
+        rows = [i for i, g in enumerate(h["generation"]) if g == t]
+        c = np.array([h["c_m"][i] for i in rows])
+        assert {h["effective_candidates"][i] for i in rows} == {effective_candidates(c)}
+        assert {h["projector_loss_before"][i] for i in rows} == {e.loss_before}
+        assert {h["projector_loss_after"][i] for i in rows} == {e.loss_after}
+        assert {h["projector_change"][i] for i in rows} == {e.change} and e.change > 0
+
+
+def test_neighbour_weights_spread_over_several_candidates(tmp_path):
+    _, _, _, h = _run(tmp_path, population=16, elites=4)
+    eff = sorted({(g, e) for g, e in zip(h["generation"], h["effective_candidates"])})
+    assert all(2.0 < e <= 16 for _, e in eff), eff  # not one-hot (with T = 1 in level steps it was ~1.0)
 
 
 def test_uniform_weights_is_evo_without_ub(tmp_path):
-    _, ev, _, _ = _run(tmp_path, projector_mode="uniform")
-    assert len(ev.steps) == 4
-    assert all(np.array_equal(w, np.full(8, 1 / 8)) for _, w, _, _ in ev.steps)
+    _, ev, _, _ = _run(tmp_path, projector_mode="uniform", projector_steps=40, projector_candidates=1)
+    draws = [m for _, ds, _ in ev.steps for d in ds for m in d]
+    assert len(set(draws)) == 8  # every candidate is drawn with the same probability
 
 
 def test_ablations_change_the_search(tmp_path):
@@ -121,7 +144,7 @@ def test_infeasible_population_is_refused_before_any_evaluation(tmp_path):
 
 def test_bad_evaluator_output_is_reported(tmp_path):
     class Broken(SyntheticEvaluator):
-        def evaluate(self, ratios, projector_version):
+        def evaluate(self, ratios, projector_version, fidelity="full"):
             return [Evaluation(1.0, np.zeros(2)) for _ in ratios]
 
     with pytest.raises(RuntimeError, match=r"log_norm_ratio of shape \(2,\), expected \(6,\)"):
@@ -133,3 +156,48 @@ def test_same_seed_same_search(tmp_path):
     b = _run(tmp_path / "b")[3]
     c = _run(tmp_path / "c", seed=2)[3]
     assert a == b and a["policy"] != c["policy"]
+
+
+def test_srm_scale_is_fixed_once_and_eta_changes_the_choice(tmp_path):
+    """G on L's scale: with eta = 0 and eta = 2 the search ends at different policies."""
+    chosen = {}
+    for eta in (0.0, 2.0):
+        result, _, _, h = _run(tmp_path / f"eta{eta}", eta=eta, population=12, elites=3, generations=6)
+        assert len(set(h["srm_scale"])) == 1
+        chosen[eta] = result.policy.tolist()
+    assert chosen[0.0] != chosen[2.0]
+
+
+def test_fixed_srm_scale_is_used_as_given(tmp_path):
+    _, _, _, h = _run(tmp_path, srm_scale=3.0)
+    assert set(h["srm_scale"]) == {3.0}
+    assert all(f == -l - 0.5 * 3.0 * g for l, g, f in zip(h["l_proxy"], h["g"], h["fitness"]))
+
+
+def test_fitness_weights_the_modalities(tmp_path):
+    ev = SyntheticEvaluator(n_blocks=6, mm=True)
+    _, _, _, h = _run(tmp_path, ev=ev, mm_weight=0.25)
+    for lt, lm, l in zip(h["l_text"], h["l_mm"], h["l_proxy"]):
+        assert lm is not None and l == pytest.approx(0.75 * lt + 0.25 * lm, abs=1e-15)
+    text_only = _run(tmp_path / "text", ev=SyntheticEvaluator(n_blocks=6))[3]
+    assert set(text_only["l_mm"]) == {None} and text_only["l_proxy"] == text_only["l_text"]
+
+
+def test_multi_fidelity_screens_children_and_keeps_the_best(tmp_path):
+    ev = SyntheticEvaluator(n_blocks=8, screen_noise=0.001)
+    result, ev, events, h = _run(tmp_path, ev=ev, population=6, elites=2, offspring=20, generations=3)
+    screen = [i for i, f in enumerate(h["fidelity"]) if f == "screen"]
+    assert len(screen) == 20 * 3 and ev.fidelities.count("screen") == len(screen)
+    fins = [e for e in events if isinstance(e, GenerationFinished)]
+    assert [e.screened for e in fins] == [20, 20, 20]
+    for t in range(2):  # generation t+1 = the elites of t + the best screened children of t
+        rows = [i for i in screen if h["generation"][i] == t]
+        best = sorted(rows, key=lambda i: -h["fitness"][i])[:4]
+        nxt = [p for g, p, f in zip(h["generation"], h["policy"], h["fidelity"]) if g == t + 1 and f == "full"]
+        assert sorted(map(tuple, nxt[2:])) == sorted(tuple(h["policy"][i]) for i in best)
+        assert all(h["c_m"][i] is None for i in rows)
+
+
+def test_projector_update_is_recorded_nan_free_without_projector(tmp_path):
+    _, _, _, h = _run(tmp_path, projector_mode="off")
+    assert all(x != x for x in h["projector_change"])  # NaN: no update happened

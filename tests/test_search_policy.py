@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search import ConfigError, PolicySpace, SearchConfig, fitness, neighbour_weights, norm_term
+from search import (ConfigError, PolicySpace, SearchConfig, effective_candidates, fitness, neighbour_weights,
+                    norm_term, proxy_loss, srm_scale)
 from search.operators import crossover, initial_population, mutate, next_generation, repair, select_elites
 
 
@@ -169,20 +170,35 @@ def test_operators_use_only_the_given_rng():
 
 def test_fitness_is_minus_loss_minus_eta_g():
     lnr = np.log([0.8, 0.9, 0.7])
-    assert norm_term(lnr) == pytest.approx(np.mean(lnr))
-    assert fitness(2.0, lnr, 0.5) == pytest.approx(-2.0 - 0.5 * np.mean(lnr))
+    assert norm_term(lnr) == pytest.approx(np.sum(lnr))  # log of the product of norm ratios
+    assert fitness(2.0, lnr, 0.5) == pytest.approx(-2.0 - 0.5 * np.sum(lnr))
+    assert fitness(2.0, lnr, 0.5, scale=3.0) == pytest.approx(-2.0 - 1.5 * np.sum(lnr))
     assert fitness(2.0, lnr, 0.0) == -2.0  # 'Auto w/o Gen'
     assert fitness(2.0, np.log([0.7, 0.7, 0.7]), 0.5) > fitness(2.0, lnr, 0.5)  # smaller norms are better
 
 
+def test_srm_scale_puts_g_on_the_loss_scale():
+    losses, g = np.array([2.0, 2.2, 2.4]), np.array([-1.0, -1.01, -1.02])
+    s = srm_scale(losses, g)
+    assert s == pytest.approx(20.0) and np.std(s * g) == pytest.approx(np.std(losses))
+    assert srm_scale(losses, np.zeros(3)) == 1.0 and srm_scale([2.0], [-1.0]) == 1.0
+
+
+def test_proxy_loss_combines_the_modalities():
+    assert proxy_loss(2.0, None, 0.5) == 2.0
+    assert proxy_loss(2.0, 1.0, 0.25) == pytest.approx(1.75)
+    assert proxy_loss(2.0, float("nan"), 0.5) == 2.0
+
+
 def test_neighbour_weights_by_hand():
     pol = np.array([[0, 0], [0, 1], [0, 3], [4, 4]])
-    # squared level-step distances; k=1 nearest: 1, 1, 4, 17; k=2: 1+9, 1+4, 4+9, 17+25
+    # squared level-step distances; k=1 nearest: 1, 1, 4, 17 (median 2.5); k=2: 1+9, 1+4, 4+9, 17+25 (median 11.5)
     c = neighbour_weights(pol, k=1, temperature=1.0)
-    e = np.exp(-np.array([1.0, 1.0, 4.0, 17.0]))
+    e = np.exp(-np.array([1.0, 1.0, 4.0, 17.0]) / 2.5)
     assert np.allclose(c, e / e.sum())
-    e2 = np.exp(-np.array([10.0, 5.0, 13.0, 42.0]) / 4.0)
+    e2 = np.exp(-np.array([10.0, 5.0, 13.0, 42.0]) / (4.0 * 11.5))
     assert np.allclose(neighbour_weights(pol, k=2, temperature=4.0), e2 / e2.sum())
+    assert effective_candidates(c) == pytest.approx(1 / np.sum(c**2)) and 1 < effective_candidates(c) < 4
     assert np.allclose(neighbour_weights(pol, k=5), neighbour_weights(pol, k=3))  # k capped at n-1
     assert neighbour_weights(pol[:1]).tolist() == [1.0]
     flat = neighbour_weights(pol, k=2, temperature=1e9)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from search import Evaluation, GenerationFinished, SearchConfig, SearchDriver
+from search import Evaluation, GenerationFinished, ProjectorUpdate, SearchConfig, SearchDriver
 from search.fitness import fitness
 
 
@@ -25,7 +25,8 @@ class SyntheticEvaluator:
     log-norm ratio per block = mean over its entries of log(1 - b_e r_e).
     The projector is a vector that each step moves with the weighted ratios."""
 
-    def __init__(self, n_blocks=10, seed=1, granularity="block", projector=True, sleep=0.0, base_loss=2.0):
+    def __init__(self, n_blocks=10, seed=1, granularity="block", projector=True, sleep=0.0, base_loss=2.0,
+                 mm=False, screen_noise=0.0):
         rng = np.random.default_rng(seed)
         self.per_block = 7 if granularity == "matrix" else 1
         size = n_blocks * self.per_block
@@ -39,15 +40,23 @@ class SyntheticEvaluator:
         self.projector_version = 0
         self.sleep = sleep
         self.base_loss = base_loss
+        self.mm = mm  # also report an image-text loss (it prefers low sparsity in the first blocks)
+        self.screen_noise = screen_noise  # sd of the (deterministic) error of a screening evaluation
         self.evaluated: list[np.ndarray] = []  # every ratio vector sent to evaluate()
-        self.steps: list[tuple[list[np.ndarray], np.ndarray, int, float]] = []
+        self.fidelities: list[str] = []
+        self.steps: list[tuple[list[np.ndarray], list[list[int]], float]] = []
         self.before_evaluate = None  # hook(index) for the subprocess tests
 
     def entry_values(self, r):
         """(loss term, log-norm term) per entry."""
         return self.a * r**2 / r.size, np.log(1.0 - self.b * r)
 
-    def evaluate(self, ratios, projector_version):
+    def mm_loss(self, r):
+        r = np.asarray(r)
+        early = r[: max(1, r.size // 3)]
+        return float(1.0 + 3.0 * np.mean(early**2) + 0.05 * np.mean((np.tanh(self.projector) - r) ** 2))
+
+    def evaluate(self, ratios, projector_version, fidelity="full"):
         assert projector_version == self.projector_version, "driver and evaluator disagree on the projector"
         out = []
         for i, r in enumerate(ratios):
@@ -56,18 +65,28 @@ class SyntheticEvaluator:
             if self.sleep:
                 time.sleep(self.sleep)
             loss, lnr = self.entry_values(np.asarray(r))
-            l_proxy = float(self.base_loss + loss.sum() + 0.01 * np.tanh(self.projector) @ r / r.size)
-            out.append(Evaluation(l_proxy, lnr.reshape(self.n_blocks, self.per_block).mean(axis=1), seconds=0.001 * (i + 1)))
+            l_text = float(self.base_loss + loss.sum() + 0.01 * np.tanh(self.projector) @ r / r.size)
+            if fidelity == "screen" and self.screen_noise:  # a fixed error per policy, like a fixed token slice
+                noise = np.random.default_rng(abs(hash(np.round(np.asarray(r), 6).tobytes())) % 2**32)
+                l_text += float(noise.normal(0.0, self.screen_noise))
+            out.append(Evaluation(l_text, lnr.reshape(self.n_blocks, self.per_block).mean(axis=1),
+                                  seconds=0.001 * (i + 1), l_mm=self.mm_loss(r) if self.mm else None))
             self.evaluated.append(np.asarray(r).copy())
+            self.fidelities.append(fidelity)
         return out
 
-    def projector_step(self, ratios, weights, steps, lr):
-        self.steps.append((ratios, np.array(weights), steps, lr))
-        target = np.sum(np.asarray(weights)[:, None] * np.stack(ratios), axis=0)
-        for _ in range(steps):
+    def projector_step(self, ratios, draws, lr):
+        self.steps.append((ratios, [list(d) for d in draws], lr))
+        drawn = sorted({m for d in draws for m in d})
+        before = float(np.mean([self.mm_loss(ratios[m]) for m in drawn]))
+        old = self.projector.copy()
+        for draw in draws:  # each step pulls the projector towards its drawn candidates' ratios
+            target = np.mean(np.stack([ratios[m] for m in draw]), axis=0)
             self.projector = self.projector + 1000.0 * lr * (target - 0.5 - 0.1 * self.projector)
-        self.projector_version += 1
-        return self.projector_version
+            self.projector_version += 1
+        after = float(np.mean([self.mm_loss(ratios[m]) for m in drawn]))
+        change = float(np.linalg.norm(self.projector - old) / max(np.linalg.norm(old), 1e-12))
+        return ProjectorUpdate(self.projector_version, before, after, change)
 
     def projector_state(self):
         return self.projector.tobytes()
@@ -88,8 +107,8 @@ def exact_optimum(ev: SyntheticEvaluator, cfg: SearchConfig) -> float:
     for e in range(len(w)):
         r = cfg.target + cfg.step * offsets
         loss = ev.a[e] * r**2 / len(w)
-        lnr = np.log(1.0 - ev.b[e] * r) / len(w)  # mean over blocks of a mean over equal-size entry groups
-        value = -loss - cfg.eta * lnr
+        lnr = np.log(1.0 - ev.b[e] * r)  # G sums the per-block terms (block granularity: one entry each)
+        value = -loss - cfg.eta * cfg.srm_scale * lnr
         nxt: dict[int, float] = {}
         for s, v in best.items():
             for j, o in enumerate(offsets):
@@ -106,27 +125,27 @@ def test_exact_optimum_matches_brute_force():
     from search import PolicySpace
 
     ev = SyntheticEvaluator(n_blocks=6, seed=4, projector=False)
-    cfg = SearchConfig()
+    cfg = SearchConfig(srm_scale=1 / 6)
     space = PolicySpace.from_config(cfg, ev.param_counts)
     best = -np.inf
     for p in itertools.product(range(5), repeat=6):
         if space.is_feasible(np.array(p)):
             (e,) = ev.evaluate([space.ratios(np.array(p))], 0)
-            best = max(best, fitness(e.l_proxy, e.log_norm_ratio, cfg.eta))
+            best = max(best, fitness(e.l_text, e.log_norm_ratio, cfg.eta, cfg.srm_scale))
     assert exact_optimum(ev, cfg) == pytest.approx(best, abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_finds_known_optimum_within_one_percent(tmp_path, seed):
     ev = SyntheticEvaluator(n_blocks=10, seed=seed + 10, projector=False)
-    cfg = SearchConfig(population=16, generations=10, seed=seed, eta=0.5)
+    cfg = SearchConfig(population=16, generations=10, seed=seed, eta=0.5, srm_scale=0.1)
     best_per_generation = []
     driver = SearchDriver(cfg, ev, str(tmp_path), on_event=lambda e: isinstance(e, GenerationFinished)
                           and best_per_generation.append(e.best_fitness))
     result = driver.run()
     opt = exact_optimum(ev, cfg)
     (u,) = ev.evaluate([np.full(10, 0.5)], 0)
-    uniform = fitness(u.l_proxy, u.log_norm_ratio, cfg.eta)
+    uniform = fitness(u.l_text, u.log_norm_ratio, cfg.eta, cfg.srm_scale)
     assert opt - uniform > 0.03 * abs(opt), "non-trivial: the uniform policy is not within 1%"
     assert result.fitness <= opt + 1e-12
     assert opt - result.fitness <= 0.01 * abs(opt), (result.fitness, opt)
