@@ -104,24 +104,21 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
         if name not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
             raise ConfigError(f"invalid engine config: mm_calib: unknown image-text data '{engine.mm_calib}' (use "
                               f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))})")
+    from prune_engine.checks import model_facts
+    from prune_engine.models import ModelError
+
     model = engine.model
-    if model in EMBEDDED_MODELS:
-        is_llava = model == "smol-llava"
-    elif Path(model).exists():
-        cfg = Path(model) / "config.json"
-        if not cfg.is_file():
-            raise ConfigError(f"invalid engine config: model: {model} is not a model directory (no config.json)")
-        try:
-            is_llava = json.loads(cfg.read_text()).get("model_type") == "llava"
-        except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"invalid engine config: model: cannot read {cfg}") from None
-    elif model.count("/") == 1 and not model.startswith((".", "/")):
-        is_llava = None  # a hub id: checked where it is loaded (needs network)
-    elif local or model.startswith((".", "/")):
-        raise ConfigError(f"invalid engine config: model: '{model}' is not a directory, a hub id (org/name), "
-                          f"or one of {', '.join(EMBEDDED_MODELS)}")
-    else:
-        is_llava = None
+    try:
+        facts = model_facts(model)
+    except ModelError as exc:
+        if local or model.startswith("."):  # else the path may exist on the cluster only
+            raise ConfigError(f"invalid engine config: model: {exc}") from None
+        facts = None
+    is_llava = None if facts is None else facts["llava"]
+    limit = (facts or {}).get("max_positions")
+    if limit and engine.seqlen > limit:
+        raise ConfigError(f"invalid engine config: seqlen {engine.seqlen} is beyond the model's context "
+                          f"({limit} positions)")
     if engine.mm_calib and is_llava is False:
         raise ConfigError(f"invalid engine config: mm_calib needs a LLaVA model; {model} is a text-only model")
 
@@ -160,6 +157,14 @@ class RunConfig(BaseModel):
         search, engine, ray_options = parts["search"], parts["engine"], parts["ray"]
         if "granularity" not in (data.get("engine") or {}):
             engine = engine.model_copy(update={"granularity": search.granularity})
+        if local if local is not None else ray_options.address is None:
+            from prune_engine.checks import absolute_model
+            from prune_engine.models import ModelError
+
+            try:  # a local directory is saved absolute: the run resumes from any folder
+                engine = engine.model_copy(update={"model": absolute_model(engine.model)})
+            except ModelError:
+                pass  # reported by _check_engine below
         if engine.threads is None:  # fixed per run: results must not depend on the cluster it resumes on
             engine = engine.model_copy(update={"threads": max(1, int(ray_options.cpus_per_actor))})
         if engine.seed != search.seed and "seed" not in (data.get("engine") or {}):

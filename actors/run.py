@@ -167,8 +167,13 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
 
 
 def saved_run(run_dir: str) -> tuple[dict, bool]:
-    """The saved search config of a run directory and whether it has a checkpoint."""
-    if RunStore(run_dir).exists():
+    """The saved search config of a run directory and whether it has a checkpoint.
+
+    A run whose checkpoint files lost (or corrupted) their commit record is an error: every
+    file stays in place (the run is never restarted over its history)."""
+    store = RunStore(run_dir)
+    store.check_not_orphaned()
+    if store.exists():
         return read_config(run_dir), True
     if exists(run_dir, CONFIG):  # stopped before its first checkpoint: starts again from the start
         try:
