@@ -54,7 +54,10 @@ class RayOptions(BaseModel):
     num_cpus: Optional[int] = Field(None, ge=1, description="local cluster only: CPUs to give it")
     dashboard: bool = Field(True, description="local cluster only: start the dashboard")
     namespace: str = "efficientllava"
-    name: Optional[str] = Field(None, description="run name in actor names (default: run directory name + job id)")
+    name: Optional[str] = Field(None, description="run name in actor names and metric tags (default: run "
+                                "directory name + job id of the first start, kept across resumes)")
+    metrics_export_port: Optional[int] = Field(None, ge=1, le=65535,
+                                               description="local cluster only: fixed Prometheus metrics port")
     ready_timeout_s: float = Field(600.0, gt=0, description="wait this long for the placement group")
 
     @model_validator(mode="after")

@@ -81,6 +81,26 @@ def load_dense(engine: dict, dtype: str) -> tuple[dict, dict | None]:
     return weights, projector
 
 
+@ray.remote(max_restarts=0)
+class ObjectHolder:
+    """Holds ObjectRefs for actors that restart: passing a ref to a restartable actor's constructor
+    makes Ray log an error-level warning (ray#53727); the actors fetch the refs from here instead."""
+
+    def __init__(self, refs: list):
+        self.held = refs
+
+    def refs(self) -> list:
+        return self.held
+
+
+def held_ref(handle):
+    """The ObjectRef behind `handle`: [ref], or (holder name, namespace, index) of an ObjectHolder."""
+    if isinstance(handle, (list, tuple)) and len(handle) == 1:
+        return handle[0]
+    name, namespace, index = handle
+    return ray.get(ray.get_actor(name, namespace=namespace).refs.remote())[index]
+
+
 # ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
@@ -102,7 +122,7 @@ class EvaluatorActor:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
             spec = EngineSpec(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
-            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(weights[0])))
+            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))))
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc
         from ray.util.metrics import Counter, Gauge
@@ -156,6 +176,9 @@ class EvaluatorActor:
         if r.blocks_run:  # 0 when the whole policy was the actor's previous one (Counter.inc needs > 0)
             self.m_blocks.inc(float(r.blocks_run), self._tags)
         self.m_seconds.set(float(r.seconds), self._tags)
+        print(f"[{self.run}] evaluator {self.index}: candidate {self.candidates} (projector v{version}): "
+              f"L_proxy {float(r.l_proxy):.4f}, mean sparsity {float(r.mean_sparsity):.4f}, "
+              f"{int(r.blocks_run)} block passes, {float(r.seconds):.2f} s", flush=True)
         lnr = np.asarray(r.log_norm_ratio, dtype=np.float64)
         summary = {"l_proxy": float(r.l_proxy), "log_norm_ratio": lnr.tolist(), "g": norm_term(lnr),
                    "fitness": fitness(float(r.l_proxy), lnr, self.eta), "seconds": float(r.seconds),
@@ -230,7 +253,7 @@ class LearnerActor:
         """projector: [ObjectRef of the dense projector state] (nested, as for the evaluators)."""
         from prune_engine.projector import ProjectorLearner
 
-        self.learner = ProjectorLearner(unpack_tensors(ray.get(projector[0])), lr=lr)
+        self.learner = ProjectorLearner(unpack_tensors(ray.get(held_ref(projector))), lr=lr)
 
     def _state(self) -> dict:
         return pack_tensors(self.learner.state_dict())
