@@ -176,6 +176,9 @@ def check_new_run_dir(out: str) -> None:
         raise ConfigError(f"{out} already holds a search run: continue it with `efficientllava resume {out}` "
                           "or choose another --out")
     if not is_uri(out):
+        from prune_engine.checks import check_output_dir
+
+        check_output_dir(Path(out))
         p = Path(out)
         if p.exists() and not p.is_dir():
             raise ConfigError(f"--out {out} is a file, not a directory")

@@ -141,4 +141,10 @@ def check_output_file(path: Path, flag: str, overwrite: bool = True) -> None:
         raise InputError(f"{flag} {path}: a directory, expected a file name")
     if path.exists() and not overwrite:
         raise InputError(f"{flag} {path}: the file exists; choose a new name")
-    check_output_dir(path.parent, flag)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: {parent} is not writable")
+            return
