@@ -1,4 +1,4 @@
-"""The Ray processes of a search (DESIGN §5): a loader task, evaluator actors and the learner actor.
+"""The Ray processes of a search (docs/method.md §5): a loader task, evaluator actors and the learner actor.
 
 Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateEvaluator` and
 :class:`prune_engine.projector.ProjectorLearner`.

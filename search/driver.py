@@ -1,4 +1,4 @@
-"""The search loop (DESIGN §4, Algorithm 1). Per generation t:
+"""The search loop (docs/method.md §4, Algorithm 1). Per generation t:
 
     evaluate G_t (memoised by policy and projector version) -> fitness F
     select the top-k elites -> vary: G_{t+1} = elites + children

@@ -1,4 +1,4 @@
-"""SRM fitness (DESIGN §3): F(alpha) = -L_proxy(alpha) - eta * G(alpha), maximised."""
+"""SRM fitness (docs/method.md §3): F(alpha) = -L_proxy(alpha) - eta * G(alpha), maximised."""
 from __future__ import annotations
 
 import numpy as np
