@@ -1,0 +1,17 @@
+"""The Ray layer of EfficientLLaVA (docs/method.md §5): evaluator actors, the projector learner and the
+driver-side `RayEvaluator` that plugs them into the search core (search/). Thin on purpose: the
+pruning lives in prune_engine/, the search in search/.
+
+    from actors import RunConfig, run_search, resume_search
+"""
+from actors.config import RayOptions, RunConfig
+
+__all__ = ["RayOptions", "RunConfig", "run_search", "resume_search"]
+
+
+def __getattr__(name):  # Ray and torch are imported only when a run needs them
+    if name in ("run_search", "resume_search"):
+        from actors import run
+
+        return getattr(run, name)
+    raise AttributeError(name)

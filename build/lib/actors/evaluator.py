@@ -1,0 +1,375 @@
+"""`RayEvaluator`: the search's `Evaluator` (search/evaluator.py) on a pool of Ray actors.
+
+Driver side. It never holds a model: the dense weights are loaded once by a task into the object
+store, the evaluator actors are built from them inside a placement group (one bundle per actor:
+``num_gpus`` when the cluster has GPUs, CPUs otherwise), and the learner actor owns the projector.
+
+* ``evaluate``: duplicates are evaluated once; candidates are sorted lexicographically and cut into
+  contiguous chunks per actor (prefix reuse), idle actors steal; a candidate whose actor died is
+  re-run on another actor (a restarted actor first installs the current projector).
+* gradients stay in the object store: the driver keeps their references, keyed by (policy,
+  projector version), and hands them in candidate order to the learner; a missing one (after a
+  resume, or lost with a node) is recomputed.
+* ``projector_step``: the learner steps, its new projector state is one object that every actor
+  installs (``set_projector``) before the next generation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.config import ConfigError, RunConfig
+from actors.pool import Schedule
+from actors.workers import EvaluatorActor, LearnerActor, ObjectHolder, load_dense
+from search.evaluator import Evaluation
+
+log = logging.getLogger(__name__)
+
+ACTOR_FAILURES = (ray.exceptions.RayActorError,)  # ActorDiedError, ActorUnavailableError
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The original exception inside a Ray task error (so the CLI prints one line), else `exc`."""
+    while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), Exception):
+        exc = exc.cause  # an actor re-raising a task's error wraps it twice
+    return exc
+
+
+def _key(ratios: np.ndarray) -> bytes:
+    return np.asarray(ratios, dtype=np.float64).tobytes()
+
+
+class RayEvaluator:
+    """Implements the `search.Evaluator` protocol; needs `ray.init()` done."""
+
+    def __init__(self, run: RunConfig, run_name: str, on_candidate: Callable[[dict], None] | None = None,
+                 log_fn: Callable[[str], None] | None = None):
+        if not ray.is_initialized():
+            raise RuntimeError("ray.init() first")
+        self.run, self.opts, self.run_name = run, run.ray, run_name
+        self.on_candidate = on_candidate
+        self.log = log_fn or (lambda m: log.info(m))
+        self.levels = run.levels
+        self.projector_version = 0
+        self.stats = {"candidates": 0, "deduplicated": 0, "actor_failures": 0, "reruns": 0, "blocks_run": 0,
+                      "gradient_recomputes": 0, "learner_restores": 0}
+        self._grads: dict[tuple[bytes, int], ray.ObjectRef] = {}
+        self._projector_ref: ray.ObjectRef | None = None  # None: the dense model's projector (version 0)
+        self._pending_sync: list[ray.ObjectRef] = []
+        self._saved: tuple[bytes, int] | None = None  # last projector state the driver holds
+        self._replay: list[tuple] = []  # learner steps since `_saved`
+        self.learner = None
+        self.holder = None
+        self.actors: list = []
+        self._probing: dict = {}  # probe ref -> actor index, for actors being restarted
+        self.pg = None
+        try:
+            self._start()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ---- start-up ----------------------------------------------------------------------------
+    def _resources(self) -> tuple[int, float, float]:
+        total = ray.cluster_resources()
+        cpus_total, gpus_total = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+        cpus = self.opts.cpus_per_actor
+        gpus = self.opts.gpus_per_actor if self.opts.gpus_per_actor is not None else (1.0 if gpus_total >= 1 else 0.0)
+        if gpus > 0:
+            n = self.opts.actors or max(1, int(gpus_total // gpus + 1e-9))
+        else:
+            n = self.opts.actors or max(1, int(cpus_total // cpus + 1e-9))
+        need_cpu, need_gpu = n * cpus, n * gpus
+        if need_cpu > cpus_total + 1e-9 or need_gpu > gpus_total + 1e-9:
+            raise ConfigError(f"the cluster has {cpus_total:g} CPUs and {gpus_total:g} GPUs; {n} evaluator actors "
+                              f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs (set --actors, --cpus-per-actor "
+                              "or --gpus-per-actor)")
+        return n, cpus, gpus
+
+    def _start(self) -> None:
+        n, cpus, gpus = self._resources()
+        self.n_actors, self.cpus, self.gpus = n, cpus, gpus
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=self.opts.strategy,
+                                  name=f"{self.run_name}.evaluators")
+        ready, _ = ray.wait([self.pg.ready()], timeout=self.opts.ready_timeout_s)
+        if not ready:
+            raise RuntimeError(f"the placement group for {n} evaluator actors ({bundle} each) was not ready after "
+                               f"{self.opts.ready_timeout_s:g} s")
+        engine = self.run.engine.model_dump(mode="json")
+        dtype = "float16" if gpus else "float32"
+        t0 = time.perf_counter()
+        # num_cpus=0: the bundle's CPUs belong to the actors, which wait for these weights
+        self.weights_ref, self.projector0_ref = load_dense.options(
+            num_returns=2, num_cpus=0, name=f"{self.run_name}.load_dense",
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
+        ).remote(engine, dtype)
+        self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
+                                           num_cpus=0).remote([self.weights_ref, self.projector0_ref])
+        self.actors = [self._make_actor(i, engine) for i in range(n)]
+        self.live = list(range(n))
+        facts = []
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        for i, a in enumerate(self.actors):
+            try:
+                facts.append(ray.get(a.facts.remote(), timeout=max(1.0, deadline - time.monotonic())))
+            except ray.exceptions.RayTaskError as exc:
+                raise user_error(exc) from None
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(f"evaluator actor {i} was not ready after {self.opts.ready_timeout_s:g} s") from None
+        first = facts[0]
+        for f in facts[1:]:
+            if f["identity"] != first["identity"] or f["param_counts"] != first["param_counts"]:
+                raise RuntimeError("evaluator actors disagree on the model (identity or parameter counts)")
+        self.facts = facts
+        self.param_counts = np.asarray(first["param_counts"], dtype=np.int64)
+        self.identity = first["identity"]
+        self.has_projector = bool(first["has_projector"])
+        self.n_blocks = int(first["blocks"])
+        self.use_projector = self.has_projector and self.run.search.projector_mode != "off"
+        self.startup_s = time.perf_counter() - t0
+        if self.use_projector:
+            self.learner = LearnerActor.options(
+                name=f"{self.run_name}.learner", namespace=self.opts.namespace, num_cpus=0,
+                max_restarts=self.opts.max_restarts, max_task_retries=0,
+            ).remote((f"{self.run_name}.weights", self.opts.namespace, 1), self.run.search.projector_lr)
+            ray.get(self.learner.version.remote())
+        nodes = len({f["node_id"] for f in facts})
+        self.log(f"{n} evaluator actor(s) ready in {self.startup_s:.1f} s on {nodes} node(s) "
+                 f"({bundle} each, {first['threads']} thread(s), device {first['device']}); "
+                 f"{self.n_blocks} blocks, projector {'on' if self.use_projector else 'off'}")
+
+    def _make_actor(self, i: int, engine: dict):
+        return EvaluatorActor.options(
+            name=f"{self.run_name}.evaluator-{i}", namespace=self.opts.namespace,
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+        ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), self.run.search.eta, i,
+                 self.run_name)
+
+    def actor_names(self) -> list[str]:
+        names = [f"{self.run_name}.evaluator-{i}" for i in range(self.n_actors)]
+        return names + ([f"{self.run_name}.learner"] if self.learner is not None else [])
+
+    # ---- the pool ----------------------------------------------------------------------------
+    def _settle_sync(self) -> None:
+        """Wait for the last projector broadcast (a dead actor catches up on its next evaluation)."""
+        for ref in self._pending_sync:
+            try:
+                ray.get(ref)
+            except ACTOR_FAILURES:
+                pass
+        self._pending_sync = []
+
+    def _lost(self, a: int) -> None:
+        """Actor `a` failed a call: out of service until a probe says it is back (Ray restarts it,
+        up to max_restarts) or dead for good."""
+        self.stats["actor_failures"] += 1
+        if a not in self._probing.values():
+            self._probing[self.actors[a].ping.options(max_task_retries=-1).remote()] = a
+            self.log(f"evaluator actor {a} failed; its candidate runs elsewhere while Ray restarts it")
+
+    def _probed(self, ref, schedule: Schedule | None) -> None:
+        a = self._probing.pop(ref)
+        try:
+            ray.get(ref)
+            self.log(f"evaluator actor {a} is back")
+        except ACTOR_FAILURES:  # ActorDiedError after the probe's retries: no restart left
+            if a in self.live:
+                self.live.remove(a)
+            if schedule is not None:
+                schedule.retire(a)
+            self.log(f"evaluator actor {a} is dead (no restarts left)")
+            if not self.live:
+                raise RuntimeError("all evaluator actors died") from None
+
+    def _run(self, ratios: list[np.ndarray], version: int, with_gradient: bool) -> list[tuple[dict, object]]:
+        """Evaluate distinct candidates over the live actors: [(summary, gradient ref)] in input order."""
+        self._settle_sync()
+        schedule = Schedule(ratios, list(self.live))
+        results: list = [None] * len(ratios)
+        inflight: dict = {}  # summary ref -> (actor, candidate, gradient ref)
+        busy: set[int] = set()
+        failures = [0] * len(ratios)
+        projector = [self._projector_ref]  # nested: resolved by an actor only when it needs it
+
+        def fill() -> None:
+            probing = set(self._probing.values())
+            for a in list(schedule.workers):
+                if a in busy or a in probing:
+                    continue
+                m = schedule.next_for(a)
+                if m is None:
+                    continue
+                s_ref, g_ref = self.actors[a].evaluate.remote(ratios[m], version, projector, with_gradient)
+                inflight[s_ref] = (a, m, g_ref)
+                busy.add(a)
+
+        fill()
+        while inflight or (self._probing and not schedule.empty()):
+            (ref,), _ = ray.wait(list(inflight) + list(self._probing), num_returns=1)
+            if ref in self._probing:
+                self._probed(ref, schedule)
+                fill()
+                continue
+            a, m, g_ref = inflight.pop(ref)
+            busy.discard(a)
+            try:
+                summary = ray.get(ref)
+            except ACTOR_FAILURES:
+                failures[m] += 1
+                self.stats["reruns"] += 1
+                if failures[m] > self.opts.candidate_retries:
+                    raise RuntimeError(f"candidate {ratios[m].tolist()} was lost {failures[m]} times with its "
+                                       "evaluator actor; giving up") from None
+                schedule.failed(m, a)
+                self._lost(a)
+            except ray.exceptions.RayTaskError as exc:
+                raise user_error(exc) from None
+            else:
+                results[m] = (summary, g_ref if with_gradient else None)
+                self.stats["candidates"] += 1
+                self.stats["blocks_run"] += summary["blocks_run"]
+                if self.on_candidate is not None:
+                    self.on_candidate(summary)
+            fill()
+        if not schedule.empty() or any(r is None for r in results):
+            raise RuntimeError("evaluator pool stopped with candidates left")
+        return results
+
+    # ---- the Evaluator protocol --------------------------------------------------------------
+    def evaluate(self, ratios: list[np.ndarray], projector_version: int) -> list[Evaluation]:
+        if projector_version != self.projector_version:
+            raise RuntimeError(f"driver asks for projector version {projector_version}, "
+                               f"the evaluators hold {self.projector_version}")
+        keys = [_key(r) for r in ratios]
+        unique = list(dict.fromkeys(keys))
+        self.stats["deduplicated"] += len(keys) - len(unique)
+        first = {k: np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in unique}
+        done = self._run([first[k] for k in unique], projector_version, self.use_projector)
+        by_key = dict(zip(unique, done))
+        if self.use_projector:
+            for k, (_, g_ref) in by_key.items():
+                self._grads[(k, projector_version)] = g_ref
+        return [Evaluation(by_key[k][0]["l_proxy"], np.asarray(by_key[k][0]["log_norm_ratio"]), by_key[k][0]["seconds"])
+                for k in keys]
+
+    def _gradients(self, ratios: list[np.ndarray]) -> list:
+        v = self.projector_version
+        keys = [_key(r) for r in ratios]
+        missing = [k for k in dict.fromkeys(keys) if (k, v) not in self._grads]
+        if missing:  # e.g. candidates memoised before a resume: re-evaluate them with a gradient
+            self.stats["gradient_recomputes"] += len(missing)
+            first = {k: np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in missing}
+            for k, (_, g_ref) in zip(missing, self._run([first[k] for k in missing], v, True)):
+                self._grads[(k, v)] = g_ref
+        return [self._grads[(k, v)] for k in keys]
+
+    def projector_step(self, ratios: list[np.ndarray], weights: np.ndarray, steps: int, lr: float) -> int:
+        if not self.use_projector:
+            raise RuntimeError("this run has no projector step")
+        weights = np.asarray(weights, dtype=np.float64)
+        for attempt in range(2):
+            grads = self._gradients(ratios)
+            try:
+                version, state_ref = self._learner(lambda: self.learner.step.remote(weights, steps, lr, *grads))
+                break
+            except ray.exceptions.ObjectLostError:
+                if attempt:
+                    raise
+                self.log("a candidate gradient was lost; recomputing this generation's gradients")
+                self._grads = {k: g for k, g in self._grads.items() if k[1] != self.projector_version}
+        self._replay.append((weights, steps, lr, grads))
+        self._publish(state_ref, version)
+        return version
+
+    def _learner(self, call: Callable[[], object]):
+        """Run a learner call; if the learner died, bring the restarted one back to our state and retry."""
+        for attempt in range(self.opts.candidate_retries + 1):
+            try:
+                result = call()
+                return ray.get(result) if not isinstance(result, list) else (ray.get(result[0]), result[1])
+            except ACTOR_FAILURES:
+                if attempt == self.opts.candidate_retries:
+                    raise
+                self.stats["learner_restores"] += 1
+                self.log("the learner actor died; restoring its projector and optimizer state")
+                ray.get(self.learner.version.options(max_task_retries=-1).remote())  # back (or dead for good)
+                if self._saved is not None:
+                    ray.get(self.learner.load_bytes.remote(*self._saved))
+                for weights, steps, lr, grads in self._replay:
+                    ray.get(self.learner.step.remote(weights, steps, lr, *grads)[0])
+            except ray.exceptions.RayTaskError as exc:
+                raise user_error(exc) from None  # an ObjectLostError cause reaches projector_step
+
+    def _publish(self, state_ref, version: int) -> None:
+        """One object with the new projector; every live actor installs it now."""
+        self._projector_ref = state_ref
+        self.projector_version = int(version)
+        self._pending_sync = [self.actors[a].set_projector.remote(state_ref, version) for a in self.live]
+        self._grads = {k: g for k, g in self._grads.items() if k[1] == self.projector_version}
+
+    def projector_state(self) -> bytes:
+        data = self._learner(lambda: self.learner.to_bytes.remote())
+        self._saved, self._replay = (data, self.projector_version), []
+        return data
+
+    def load_projector_state(self, state: bytes, version: int) -> None:
+        if self.learner is None:
+            raise RuntimeError("this run has no projector")
+        self._saved, self._replay = (state, int(version)), []
+        self._learner(lambda: self.learner.version.remote())  # alive
+        state_ref = self.learner.load_bytes.remote(state, int(version))
+        ray.get(state_ref)
+        self._publish(state_ref, int(version))
+
+    # ---- the final model ---------------------------------------------------------------------
+    def export(self, ratios: np.ndarray, dest: str, files: dict[str, dict]) -> dict:
+        """Prune the dense model sequentially with `ratios` and the current projector; save it at
+        `dest` (a local path on the driver's machine or a pyarrow.fs URI)."""
+        from actors.storage import is_uri, write_dir
+
+        self._settle_sync()
+        here = ray.get_runtime_context().get_node_id()
+        last: BaseException | None = None
+        for _ in range(self.opts.candidate_retries + 1):
+            for ref in list(self._probing):  # wait for restarting actors
+                self._probed(ref, None)
+            a = sorted(self.live, key=lambda i: (self.facts[i]["node_id"] != here, i))[0]
+            how = "uri" if is_uri(dest) else ("direct" if self.facts[a]["node_id"] == here else "bytes")
+            try:
+                out = ray.get(self.actors[a].export.remote(np.asarray(ratios, dtype=np.float64), self.projector_version,
+                                                          [self._projector_ref], dest, how, files))
+            except ACTOR_FAILURES as exc:
+                last = exc
+                self._lost(a)
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                raise user_error(exc) from None
+            if out["files"] is not None:
+                write_dir(out["files"], dest)
+            return out["report"]
+        raise RuntimeError(f"could not export the final model: {last}")
+
+    # ---- teardown ----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        holder = [self.holder] if getattr(self, "holder", None) is not None else []
+        for a in self.actors + ([self.learner] if self.learner is not None else []) + holder:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+        self.actors, self.learner, self.holder = [], None, None
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                pass
+            self.pg = None
+        self._grads, self._pending_sync, self._replay, self._probing = {}, [], [], {}

@@ -1,0 +1,211 @@
+"""Tuning η (the SRM weight) with Ray Tune: one trial = one whole search run, scored on held-out data.
+
+Fitness values of runs with different η are not comparable (F contains η·G), so every trial
+prunes its final model and is scored by held-out perplexity and VQA accuracy; Tune's tables and
+`best` pick η on those. Layout under STORAGE/NAME (Tune's experiment directory):
+
+    searches/eta=<value>/   the trial's search run directory (checkpoints, model/, policy.json)
+    <Tune's own files>      trial results, experiment state (what Tuner.restore reads)
+
+Interrupting and running the same command again restores the experiment with `Tuner.restore`:
+finished trials are kept, an unfinished trial resumes its search from its last checkpoint
+(so the result is the one an uninterrupted run gives), errored trials are retried. The settings
+are saved in STORAGE/NAME/efficientllava-tune.json at the start; a later command with other
+settings (another target, eta list, model...) is refused with a line naming the difference.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+METRICS = ("ppl", "easy_vqa", "fashion_mnist")
+
+
+class TuneJob(BaseModel):
+    """Everything one `efficientllava tune` experiment needs (frozen; travels to the trials as JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: dict  # RunConfig sections (search / engine / ray), validated by RunConfig.from_sections
+    etas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    storage: str = "runs/tune"
+    name: str = "eta-sweep"
+    metric: str = "ppl"  # ppl is minimised, accuracies maximised
+    max_concurrent: int = Field(1, ge=1)
+    eval_text: str = "wiki:eval"
+    eval_segments: int = Field(16, ge=1)
+    eval_seqlen: int = Field(256, ge=2)
+    eval_vqa: int = Field(200, ge=1)
+
+    @field_validator("etas")
+    @classmethod
+    def _etas(cls, v):
+        if not v:
+            raise ValueError("give at least one eta")
+        if any(e < 0 or not math.isfinite(e) for e in v):
+            raise ValueError("eta values must be finite and >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("eta values must be distinct")
+        return tuple(float(e) for e in v)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v):
+        if v not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+        return v
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage).resolve() / self.name
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "ppl" else "max"
+
+
+def trial_run_dir(job: TuneJob, eta: float) -> Path:
+    return job.experiment_dir / "searches" / f"eta={eta:g}"
+
+
+def search_trial(config: dict) -> None:
+    """Tune's function trainable: run (or resume, or reuse) one search, evaluate its model, report."""
+    from ray import tune
+
+    from actors.config import RunConfig
+    from actors.run import resume_search, run_search
+    from prune_engine.evaluate import heldout_metrics
+    from search.checkpoint import CONFIG, RunStore
+
+    job = TuneJob.model_validate_json(config["job"])
+    eta = float(config["eta"])
+    sections = json.loads(json.dumps(job.run))
+    sections.setdefault("search", {})["eta"] = eta
+    run = RunConfig.from_sections(sections)
+    run_dir = trial_run_dir(job, eta)
+    quiet = lambda _m: None  # noqa: E731  (Tune's table is the progress; the search logs would interleave)
+    if (run_dir / "policy.json").exists() and (run_dir / "model" / "config.json").exists():
+        pass  # finished before an interruption: only the evaluation is left
+    elif RunStore(str(run_dir)).exists() or (run_dir / CONFIG).exists():
+        resume_search(str(run_dir), progress=False, log=quiet)
+    else:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_search(run, str(run_dir), progress=False, log=quiet)
+    doc = json.loads((run_dir / "policy.json").read_text())
+    row = heldout_metrics(str(run_dir / "model"), job.eval_text, job.eval_segments, job.eval_seqlen,
+                          vqa_samples=job.eval_vqa, seed=run.search.seed)
+    tune.report({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()},
+                 "fitness": doc["fitness"], "l_proxy": doc["l_proxy"], "g": doc["g"],
+                 "mean_sparsity": doc.get("achieved_mean_sparsity", doc["mean_sparsity"]),
+                 "run_dir": str(run_dir)})
+
+
+def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
+    """Start the experiment, or restore it when STORAGE/NAME already holds one. Returns one row per trial."""
+    import ray
+    from ray import tune
+
+    from actors.config import RunConfig
+
+    from actors.run import ray_session
+
+    run = RunConfig.from_sections(job.run)  # fail fast, before Ray starts; each trial sets its own eta
+    check_same_settings(job)
+    with ray_session(run.ray, log):
+        # a trial only waits on its evaluator actors: it holds no CPU, so they can have them all
+        # (Tune refuses an all-zero request, hence a token amount of memory)
+        trainable = tune.with_resources(search_trial, {"cpu": 0, "memory": 64 * 1024 ** 2})
+        path = str(job.experiment_dir)
+        if tune.Tuner.can_restore(path):
+            log(f"restoring the Tune experiment in {path} (same settings)")
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            log(f"new Tune experiment in {path}: eta in {list(job.etas)}, one search run per trial")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"job": job.model_dump_json(), "eta": tune.grid_search(list(job.etas))},
+                tune_config=tune.TuneConfig(metric=job.metric, mode=job.mode,
+                                            max_concurrent_trials=job.max_concurrent),
+                run_config=tune.RunConfig(name=job.name, storage_path=str(Path(job.storage).resolve()),
+                                          verbose=1),
+            )
+            save_settings(job)
+        results = tuner.fit()
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({"eta": r.config["eta"], "error": None if r.error is None else str(r.error).splitlines()[0],
+                     **{k: m.get(k) for k in ("ppl", "easy_vqa", "fashion_mnist", "mean_sparsity", "fitness",
+                                              "l_proxy", "g", "run_dir")}})
+    rows.sort(key=lambda r: r["eta"])
+    return rows
+
+
+SETTINGS = "efficientllava-tune.json"
+# may differ when an experiment is restored: they change how it runs, not what it computes
+RUNTIME_ONLY = ("max_concurrent", "storage", "name")
+
+
+def _settings(job: TuneJob) -> dict:
+    data = json.loads(job.model_dump_json())
+    for key in RUNTIME_ONLY:
+        data.pop(key, None)
+    data["run"] = {k: v for k, v in data["run"].items() if k != "ray"}  # where it runs: runtime only
+    return data
+
+
+def _differences(saved, mine, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        out = []
+        for key in sorted(set(saved) | set(mine)):
+            out += _differences(saved.get(key), mine.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == mine else [f"{prefix.rstrip('.')} ({saved!r} then, {mine!r} now)"]
+
+
+def save_settings(job: TuneJob) -> None:
+    job.experiment_dir.mkdir(parents=True, exist_ok=True)
+    (job.experiment_dir / SETTINGS).write_text(json.dumps(_settings(job), indent=2, sort_keys=True))
+
+
+def check_same_settings(job: TuneJob) -> None:
+    """An existing experiment is restored only with the settings it was started with (else its results
+    would be reported for settings they were not made with): a one-line error naming the difference."""
+    from actors.config import ConfigError
+
+    path = job.experiment_dir
+    saved_file = path / SETTINGS
+    if not path.exists():
+        return
+    if not saved_file.is_file():
+        if any(path.iterdir()):
+            raise ConfigError(f"{path} holds an experiment without its settings ({SETTINGS}); "
+                              "choose another --name or --storage")
+        return
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"{saved_file} is unreadable; choose another --name or --storage") from None
+    diff = _differences(saved, _settings(job))
+    if diff:
+        raise ConfigError(f"the Tune experiment {path} was started with other settings: {'; '.join(diff[:3])}"
+                          f"{' ...' if len(diff) > 3 else ''}; rerun with the same settings to restore it, "
+                          "or choose a new --name")
+
+
+def format_rows(rows: list[dict], metric: str) -> str:
+    fmt = lambda v, p=4: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    ok = [r for r in rows if r["error"] is None and r[metric] is not None]
+    best = (min if metric == "ppl" else max)(ok, key=lambda r: r[metric]) if ok else None
+    lines = ["| eta | held-out ppl | easy-vqa acc | Fashion-MNIST acc | mean sparsity | F | L_proxy | G | |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = "error: " + r["error"] if r["error"] else ("best " + metric if r is best else "")
+        lines.append(f"| {r['eta']:g} | {fmt(r['ppl'], 2)} | {fmt(r['easy_vqa'], 3)} | {fmt(r['fashion_mnist'], 3)} "
+                     f"| {fmt(r['mean_sparsity'])} | {fmt(r['fitness'])} | {fmt(r['l_proxy'])} | {fmt(r['g'])} "
+                     f"| {mark} |")
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""Data for calibration, the proxy loss and evaluation (docs/method.md §6).
+
+Re-exports only; one import block per module.
+"""
+
+from prune_engine.data.text import (  # noqa: F401
+    DataError,
+    Document,
+    TextSpec,
+    eval_segments,
+    load_hf_text,
+    load_text,
+    load_wiki,
+    parse_text_spec,
+    read_json_documents,
+    read_txt_documents,
+    text_segments,
+    wiki_split,
+)
+
+from prune_engine.data.hub import (  # noqa: F401
+    BENCHMARKS,
+    SCIENCEQA_TAGS,
+    load_benchmark,
+    load_llava_bench,
+    load_mmvet,
+    load_scienceqa,
+    load_vizwiz,
+    scienceqa_tags,
+)
+
+from prune_engine.data.vqa import VQASample  # noqa: F401

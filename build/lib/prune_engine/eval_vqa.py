@@ -1,0 +1,125 @@
+"""Constrained-choice VQA accuracy (as lm-eval scores multiple choice).
+
+For every sample, each of ``sample.choices`` is scored by the summed log-likelihood of its
+tokens (exactly the answer tokens ``collate_vqa`` trains on, without the end-of-turn token)
+following the sample's prompt; the prediction is the argmax (first choice on ties). A batch
+of prompts is run once, left-padded, with the KV cache (logits only at the last position);
+the cache is then repeated once per multi-token choice and the remaining tokens of all
+choices of all samples are scored in one padded continuation forward.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from prune_engine.data.vqa import VQASample, answer_ids, collate_vqa
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _split_head(model):
+    """(body, lm_head): body returns final hidden states, so logits are only computed where needed."""
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if body is None or head is None:
+        raise ValueError(f"{type(model).__name__}: expected a causal LM with .model and .lm_head")
+    return body, head
+
+
+@torch.no_grad()
+def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[float]]:
+    """Summed log-likelihood of every choice of every sample (one list per sample)."""
+    if not samples:
+        return []
+    body, head = _split_head(model)
+    device = _device(model)
+    batch = collate_vqa(processor, samples, with_answer=False, padding_side="left")
+    mask = batch["attention_mask"].to(device)
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": mask,
+              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    if "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"].to(device, dtype=model.dtype)
+    out = body(**inputs, use_cache=True)
+    first = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V): answer's 1st token
+    prompt_len = mask.sum(-1)  # real tokens per row
+
+    choice_ids = [[answer_ids(processor, c, end=False) for c in s.choices] for s in samples]
+    counts = [len(c) for c in choice_ids]
+    if any(n == 0 for n in counts):
+        raise ValueError(f"sample '{samples[counts.index(0)].id}' has no choices")
+    if any(len(ids) == 0 for cs in choice_ids for ids in cs):
+        raise ValueError("a choice encodes to no tokens")
+    rows = [ids for cs in choice_ids for ids in cs]
+    owner = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
+    scores = first[owner.to(device), torch.tensor([ids[0] for ids in rows], device=device)].clone()
+    multi = [i for i, ids in enumerate(rows) if len(ids) > 1]
+    if multi:  # the remaining tokens of multi-token choices, in one forward over the cached prompts
+        width = max(len(rows[i]) for i in multi) - 1
+        cont = torch.zeros((len(multi), width), dtype=torch.long)
+        cont_mask = torch.zeros((len(multi), width), dtype=torch.long)
+        for r, i in enumerate(multi):
+            cont[r, : len(rows[i]) - 1] = torch.tensor(rows[i][:-1])
+            cont_mask[r, : len(rows[i]) - 1] = 1
+        cont, cont_mask = cont.to(device), cont_mask.to(device)
+        src = owner[multi].to(device)
+        cache = out.past_key_values
+        cache.reorder_cache(src)  # one cache row per multi-token (sample, choice)
+        step = body(input_ids=cont, attention_mask=torch.cat([mask[src], cont_mask], dim=1),
+                    position_ids=prompt_len[src].unsqueeze(1) + torch.arange(width, device=device),
+                    past_key_values=cache, use_cache=False)
+        keep = cont_mask.bool()  # position j predicts token j+1 of the choice
+        targets = torch.zeros_like(cont)
+        for r, i in enumerate(multi):
+            targets[r, : len(rows[i]) - 1] = torch.tensor(rows[i][1:])
+        logp = torch.log_softmax(head(step.last_hidden_state[keep]).float(), dim=-1)
+        token_scores = logp.gather(1, targets[keep].unsqueeze(1)).squeeze(1)
+        per_row = torch.zeros((len(multi), width), dtype=token_scores.dtype, device=device)
+        per_row[keep] = token_scores
+        scores[torch.tensor(multi, device=device)] += per_row.sum(1)
+    scores = scores.cpu().tolist()
+    result, start = [], 0
+    for n in counts:
+        result.append(scores[start:start + n])
+        start += n
+    return result
+
+
+def vqa_accuracy(model, processor, samples: list[VQASample], batch_size: int = 32, progress: bool = True,
+                 return_predictions: bool = False) -> dict:
+    """Accuracy by constrained choice over ``sample.choices``.
+
+    Returns ``{"accuracy", "correct", "count", "per_category": {cat: {"accuracy", "correct",
+    "count"}}}`` (JSON-able; plus ``"predictions"`` when asked). Samples without choices
+    cannot be scored this way and raise ValueError.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    predictions = []
+    try:
+        bar = tqdm(total=len(samples), desc="vqa eval", unit="q", disable=not progress)
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            for s, lls in zip(chunk, choice_logliks(model, processor, chunk)):
+                pred = s.choices[max(range(len(lls)), key=lambda i: (lls[i], -i))]
+                ok = int(pred == s.answer)
+                per_cat[s.category][0] += ok
+                per_cat[s.category][1] += 1
+                predictions.append(pred)
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        model.train(was_training)
+    correct = sum(c for c, _ in per_cat.values())
+    count = sum(n for _, n in per_cat.values())
+    result = {
+        "accuracy": correct / count if count else 0.0, "correct": correct, "count": count,
+        "per_category": {cat: {"accuracy": c / n, "correct": c, "count": n} for cat, (c, n) in sorted(per_cat.items())},
+    }
+    if return_predictions:
+        result["predictions"] = predictions
+    return result

@@ -1,0 +1,172 @@
+"""`efficientllava prune`: one typed job, validated before any model is loaded."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from prune_engine.calibration import check_token_ids, describe, load_vqa, text_batches, vqa_batches
+from prune_engine.models import MATRIX_NAMES, ModelError, load_model, load_processor
+from prune_engine.pipeline import SequentialPruner, block_ratios
+from prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
+
+
+class PruneJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    out: Path
+    sparsity: float = 0.5
+    pattern: str | None = None  # "2:4", "4:8"... (None = unstructured)
+    policy: Path | None = None  # JSON with per-block ratios (overrides sparsity)
+    owl: float | None = None  # OWL baseline: per-block ratios around `sparsity` spanning 2*owl (lambda)
+    owl_m: float = 5.0  # OWL outlier threshold: score > owl_m x the block's mean score
+    calib: str = "wiki:calib"
+    nsamples: int = 32
+    seqlen: int = 256
+    mm_calib: str | None = None  # image-text calibration data for LLaVA models, e.g. easy-vqa:train
+    mm_samples: int = 32
+    seed: int = 0
+    batch_size: int | None = None  # None: all calibration samples in one batch (fastest)
+    blocksize: int = 128
+    percdamp: float = 0.01
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v):
+        return check_sparsity(v)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v):
+        Pattern.parse(v)
+        return v
+
+    @field_validator("owl")
+    @classmethod
+    def _owl(cls, v):
+        if v is not None and not 0 <= v < 0.5:
+            raise ValueError("OWL lambda must be in [0, 0.5)")
+        return v
+
+    @field_validator("nsamples", "seqlen", "mm_samples", "blocksize")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+
+def read_policy(path: Path) -> list:
+    """A policy file: {"ratios": [r_0, ..., r_{K-1}]} (one per block) or per-matrix dicts, or a bare list."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PruneConfigError(f"policy file {path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneConfigError(f"policy file {path} is not valid JSON: {exc}") from None
+    ratios = data.get("ratios") if isinstance(data, dict) else data
+    if not isinstance(ratios, list) or not ratios:
+        raise PruneConfigError(f"policy file {path}: expected a list of ratios under 'ratios'")
+    short = {n.split(".")[-1]: n for n in MATRIX_NAMES}
+    out = []
+    for i, entry in enumerate(ratios):
+        if isinstance(entry, (int, float)):
+            out.append(check_sparsity(entry))
+        elif isinstance(entry, dict):
+            unknown = set(entry) - set(short) - set(MATRIX_NAMES)
+            if unknown:
+                raise PruneConfigError(f"policy file {path}, block {i}: unknown matrices {sorted(unknown)}")
+            out.append({short.get(k, k): check_sparsity(v) for k, v in entry.items()})
+        else:
+            raise PruneConfigError(f"policy file {path}, block {i}: expected a number or an object")
+    return out
+
+
+def _check_against_config(job: PruneJob, policy, pattern: Pattern) -> None:
+    """Policy length and N:M divisibility from config.json alone, before calibration."""
+    from prune_engine.checks import model_facts
+
+    facts = model_facts(job.model) or {}
+    blocks = facts.get("layers")
+    if blocks and isinstance(policy, list) and len(policy) != blocks:
+        raise PruneConfigError(f"policy has {len(policy)} entries, the model has {blocks} decoder blocks")
+    if pattern.structured:
+        for key in ("hidden", "intermediate"):
+            cols = facts.get(key)
+            if cols and cols % pattern.m:
+                raise PruneConfigError(f"{pattern} needs the input size ({cols}) to be a multiple of {pattern.m}")
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    from prune_engine.checks import check_output_dir
+
+    check_output_dir(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise PruneConfigError(f"output directory {out} exists and is not empty (use --overwrite)")
+
+
+def save_model_dir(adapter, processor, out: Path, extra_files: dict[str, dict], overwrite: bool) -> None:
+    """Write with save_pretrained into a temporary sibling, then move into place (nothing half-written)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    adapter.model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    for name, content in extra_files.items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            shutil.rmtree(tmp)
+            raise PruneConfigError(f"output directory {out} appeared while pruning")
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def run_prune(job: PruneJob, log=print) -> dict:
+    pattern = Pattern.parse(job.pattern)
+    policy = read_policy(job.policy) if job.policy else job.sparsity
+    if pattern.structured and (job.policy or job.owl is not None):
+        raise PruneConfigError("an N:M pattern fixes the sparsity; do not combine it with --policy or --owl")
+    if job.policy and job.owl is not None:
+        raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
+    check_out_dir(job.out, job.overwrite)
+    _check_against_config(job, policy, pattern)
+    processor = load_processor(job.model)  # data problems surface before the weights are loaded
+    batches = text_batches(processor, job.calib, job.nsamples, job.seqlen, job.seed, job.batch_size)
+    if job.mm_calib:
+        if not hasattr(processor, "image_processor"):
+            raise ModelError(f"--mm-calib needs a LLaVA model; {job.model} is text-only")
+        samples = load_vqa(job.mm_calib, limit=job.mm_samples, seed=job.seed)
+        batches += vqa_batches(processor, samples, job.batch_size)
+    adapter, processor = load_model(job.model, device=job.device, processor=processor)
+    check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
+    log(f"calibration: {describe(batches)}")
+    if job.owl is not None:
+        from prune_engine.owl import outlier_ratios, owl_policy
+
+        outliers = outlier_ratios(adapter, batches, job.owl_m)
+        policy = owl_policy(outliers, job.sparsity, job.owl, [sum(c.values()) for c in adapter.param_counts()])
+        log(f"OWL ratios (lambda {job.owl}, M {job.owl_m}): " + " ".join(f"{r:.3f}" for r in policy))
+    ratios = block_ratios(policy, adapter)  # validates the policy length against the model
+    pruner = SequentialPruner(adapter, batches, pattern, job.blocksize, job.percdamp, progress=job.progress)
+    report = pruner.prune([r if not pattern.structured else {n: pattern.sparsity for n in r} for r in ratios])
+    log(f"pruned {adapter.num_blocks} blocks in {report.seconds:.1f} s: mean sparsity {report.mean_sparsity:.4f}, "
+        f"calibration loss {report.loss:.4f}")
+    summary = {"model": job.model, "pattern": str(pattern), "mean_sparsity": report.mean_sparsity,
+               "calibration_loss": report.loss, "seconds": report.seconds,
+               "ratios": [r if not pattern.structured else pattern.sparsity for r in
+                          (policy if isinstance(policy, list) else [policy] * adapter.num_blocks)],
+               "job": json.loads(job.model_dump_json())}
+    sparsity = {"mean": report.mean_sparsity, "blocks": report.sparsity,
+                "log_norm_ratio": report.log_norm_ratio}
+    save_model_dir(adapter, processor, job.out, {"policy.json": summary, "sparsity.json": sparsity}, job.overwrite)
+    log(f"saved to {job.out}")
+    return summary
+
+

@@ -1,0 +1,216 @@
+"""`efficientllava report RUN_DIR`: a Markdown + HTML report of a search run, plots as PNG files.
+
+Reads what a finished search writes (policy.json, history.parquet; demo.json when the run came from
+`efficientllava demo`) and draws: the fitness curve per generation, the per-block policy heatmap of
+every generation's best candidate, and the neighbour weights c_m against fitness.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+class ReportError(ValueError):
+    """A run directory the report cannot read (one-line message)."""
+
+
+def _load(run_dir: Path) -> tuple[dict, dict]:
+    policy_file, history_file = run_dir / "policy.json", run_dir / "history.parquet"
+    for f in (policy_file, history_file):
+        if not f.exists():
+            raise ReportError(f"{run_dir}: no {f.name} (is this a finished `efficientllava search` run directory?)")
+    try:
+        policy = json.loads(policy_file.read_text())
+        history = pq.read_table(history_file).to_pydict()
+    except Exception as exc:  # corrupt files of any kind
+        raise ReportError(f"{run_dir}: cannot read the run's files: {str(exc).splitlines()[0]}") from None
+    if not history.get("generation"):
+        raise ReportError(f"{run_dir}: history.parquet holds no evaluated candidates")
+    return policy, history
+
+
+def run_model(run_dir: str | Path) -> str | None:
+    """The --model of a run directory (search or demo), None when it cannot be read."""
+    run_dir = Path(run_dir)
+    for f in (run_dir / "policy.json", run_dir / "search" / "policy.json"):
+        try:
+            return json.loads(f.read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def _per_generation(history: dict) -> dict:
+    gens = np.asarray(history["generation"])
+    fit = np.asarray(history["fitness"])
+    out = {"generation": [], "best": [], "mean": [], "best_policy": [], "best_l_proxy": [], "best_g": []}
+    for t in sorted(set(gens.tolist())):
+        idx = np.flatnonzero(gens == t)
+        b = idx[np.argmax(fit[idx])]
+        out["generation"].append(t)
+        out["best"].append(float(fit[b]))
+        out["mean"].append(float(fit[idx].mean()))
+        out["best_policy"].append(list(history["policy"][b]))
+        out["best_l_proxy"].append(float(history["l_proxy"][b]))
+        out["best_g"].append(float(history["g"][b]))
+    return out
+
+
+def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    files = {}
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(per_gen["generation"], per_gen["best"], "o-", label="best F")
+    ax.plot(per_gen["generation"], per_gen["mean"], "s--", label="mean F", alpha=0.7)
+    ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("fitness F = -L_proxy - eta*G")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "fitness.png", dpi=120)
+    plt.close(fig)
+    files["fitness"] = "fitness.png"
+
+    values = np.asarray(policy.get("level_values") or [])
+    grid = np.asarray(per_gen["best_policy"], dtype=float)
+    if values.size:
+        grid = values[grid.astype(int)]
+    fig, ax = plt.subplots(figsize=(max(6, grid.shape[1] * 0.25), 1 + 0.4 * grid.shape[0]))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xlabel("policy entry (decoder block)" if policy.get("granularity", "block") == "block" else "matrix")
+    ax.set_ylabel("generation (best)")
+    ax.set_yticks(range(len(per_gen["generation"])), per_gen["generation"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=ax, label="sparsity")
+    fig.tight_layout()
+    fig.savefig(out_dir / "policy_heatmap.png", dpi=120)
+    plt.close(fig)
+    files["policy_heatmap"] = "policy_heatmap.png"
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    gens = np.asarray(history["generation"])
+    sc = ax.scatter(history["c_m"], history["fitness"], c=gens, cmap="plasma", s=18)
+    ax.set_xlabel("neighbour weight c_m")
+    ax.set_ylabel("fitness F")
+    bar = fig.colorbar(sc, ax=ax, label="generation")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "neighbour_weights.png", dpi=120)
+    plt.close(fig)
+    files["neighbour_weights"] = "neighbour_weights.png"
+    return files
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                     + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
+
+
+BENCHMARKS = (("ablation", "Ablation (benchmark)"), ("accuracy_vs_sparsity", "Accuracy vs sparsity (benchmark)"),
+              ("eta_sweep", "eta sweep on Ray Tune (benchmark)"), ("search_cost", "Search cost (benchmark)"),
+              ("deepsparse_speed", "DeepSparse CPU speed (benchmark)"))
+DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def _benchmark_sections(results: Path, out_dir: Path) -> list[tuple[str, str]]:
+    """The tables (and plots) of the benchmark result files present in `results`."""
+    import shutil
+
+    sections = []
+    for name, title in BENCHMARKS:
+        md = results / f"{name}.md"
+        if not md.exists():
+            continue
+        body = "\n".join(line for line in md.read_text().splitlines() if not line.startswith("# ")).strip()
+        png = results / f"{name}.png"
+        if png.exists():
+            shutil.copyfile(png, out_dir / png.name)
+            body += f"\n\n![{name}]({png.name})"
+        sections.append((title, body))
+    return sections
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 benchmarks: str | Path | None = None) -> Path:
+    """Write report.md, report.html and the PNG plots into `out` (default RUN_DIR/report).
+
+    `benchmarks`: a folder of benchmark results whose tables and plots are appended (None: none;
+    the CLI passes this repository's benchmarks/results for smol-llava runs only)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: not a directory")
+    search_dir = run_dir / "search" if (run_dir / "search" / "policy.json").exists() else run_dir
+    policy, history = _load(search_dir)
+    out_dir = Path(out) if out else run_dir / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir}: a file is in the way (expected a directory)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_gen = _per_generation(history)
+    plots = _plots(out_dir, policy, history, per_gen)
+
+    summary = [["model", policy.get("model", "?")], ["target sparsity", policy.get("target", "?")],
+               ["achieved mean sparsity", policy.get("achieved_mean_sparsity", policy.get("mean_sparsity", "?"))],
+               ["fitness F", policy.get("fitness")], ["L_proxy", policy.get("l_proxy")], ["G", policy.get("g")],
+               ["eta", policy.get("eta")], ["generations", policy.get("generations")],
+               ["projector mode / versions", f"{policy.get('projector_mode')} / {policy.get('projector_version')}"],
+               ["candidates evaluated", int(np.sum(~np.asarray(history["cached"])))]]
+    gen_rows = [[t, b, m, lp, g] for t, b, m, lp, g in zip(per_gen["generation"], per_gen["best"], per_gen["mean"],
+                                                          per_gen["best_l_proxy"], per_gen["best_g"])]
+    ratios = policy.get("ratios", [])
+    sections = [("Summary", _md_table(["", "value"], summary)),
+                ("Fitness per generation", _md_table(["generation", "best F", "mean F", "best L_proxy", "best G"],
+                                                     gen_rows) + f"\n\n![fitness]({plots['fitness']})"),
+                ("Best policy per block", "`" + json.dumps(ratios) + "`\n\n"
+                 f"![policy heatmap]({plots['policy_heatmap']})"),
+                ("Neighbour weights", "Each candidate's neighbour weight c_m (softmax of minus the summed squared "
+                 "distance, in level steps, to its nearest other candidates) against its fitness.\n\n"
+                 f"![neighbour weights]({plots['neighbour_weights']})")]
+    demo = run_dir / "demo.json"
+    if demo.exists():
+        rows = json.loads(demo.read_text())["rows"]
+        sections.insert(1, ("Held-out comparison", _md_table(
+            ["model", "sparsity", "held-out ppl", "easy-vqa acc", "Fashion-MNIST acc"],
+            [[n, r["sparsity"], r["ppl"], r["easy_vqa"], r["fashion_mnist"]] for n, r in rows.items()])))
+    if benchmarks is not None and Path(benchmarks).is_dir():
+        sections += _benchmark_sections(Path(benchmarks), out_dir)
+    md = [f"# EfficientLLaVA search report: {run_dir.name}", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+    (out_dir / "report.html").write_text(_html(run_dir.name, sections))
+    return out_dir
+
+
+def _html(name: str, sections: list[tuple[str, str]]) -> str:
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>"
+             "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .6em}</style></head><body>",
+             f"<h1>EfficientLLaVA search report: {html.escape(name)}</h1>"]
+    for title, body in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for block in body.split("\n\n"):
+            lines = block.splitlines()
+            if lines and lines[0].startswith("|"):
+                rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not line.startswith("|--")]
+                parts.append("<table>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                                 for r in rows) + "</table>")
+            elif block.startswith("!["):
+                src = block[block.index("(") + 1:block.rindex(")")]
+                parts.append(f"<img src='{html.escape(src)}' style='max-width:100%'>")
+            else:
+                parts.append(f"<p>{html.escape(block)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,17 @@
+"""EfficientLLaVA search core (docs/method.md §2-§5): policy space, SRM fitness, genetic
+operators, neighbour weights, the Algorithm-1 driver and its checkpoints.
+Pure Python: it drives any evaluator object and never holds a model."""
+from .checkpoint import CheckpointError, RunStore, read_config, read_history
+from .config import ConfigError, SearchConfig
+from .driver import SearchDriver, SearchResult
+from .evaluator import Evaluation, Evaluator
+from .events import CandidateEvaluated, GenerationFinished, GenerationStarted, SearchFinished
+from .fitness import fitness, norm_term
+from .neighbours import neighbour_weights
+from .policy import PolicySpace, feasible_space
+
+__all__ = [
+    "CandidateEvaluated", "CheckpointError", "ConfigError", "Evaluation", "Evaluator", "GenerationFinished",
+    "GenerationStarted", "PolicySpace", "RunStore", "SearchConfig", "SearchDriver", "SearchFinished",
+    "SearchResult", "feasible_space", "fitness", "neighbour_weights", "norm_term", "read_config", "read_history",
+]

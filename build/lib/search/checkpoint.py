@@ -1,0 +1,213 @@
+"""Run-directory storage (docs/method.md, "Checkpoints"): a local path or any URI ``pyarrow.fs`` opens.
+
+Layout after generation t (t = completed generations):
+    config.yaml                    the search config, written when the run starts
+    history-<t>.parquet            one row per evaluated candidate, all generations so far
+    projector-<t>.bin              projector + optimizer state (when there is a projector)
+    state.json                     population, RNG state, projector version, config,
+                                   model identity, and the name + sha256 of the two files
+    committed.txt                  the last committed generation (written after state.json)
+Every file is written to a temporary name and then moved into place; ``state.json``
+is moved last and is the commit point, so a crash at any moment leaves the previous
+checkpoint intact. After the commit, only files of *older* generations than the one just
+committed are deleted; nothing is ever deleted without a readable ``state.json`` that
+references newer files. Checkpoint files without a valid ``state.json`` (deleted or corrupt)
+are an error that leaves every file in place (see :meth:`RunStore.orphans`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+FORMAT = 1
+STATE = "state.json"
+CONFIG = "config.yaml"
+COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
+
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("generation", pa.int32()),
+        ("candidate", pa.int32()),
+        ("policy", pa.list_(pa.int16())),
+        ("mean_sparsity", pa.float64()),
+        ("projector_version", pa.int64()),
+        ("l_proxy", pa.float64()),
+        ("g", pa.float64()),
+        ("fitness", pa.float64()),
+        ("c_m", pa.float64()),
+        ("seconds", pa.float64()),
+        ("cached", pa.bool_()),
+        ("log_norm_ratio", pa.list_(pa.float64())),
+    ]
+)
+
+
+_GENERATION_FILE = re.compile(r"^(history|projector)-(\d+)\.(parquet|bin)$")
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or incompatible checkpoint (always a one-line message)."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def normalise(obj: Any) -> Any:
+    """JSON round trip, so identities compare the way they are stored."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+class RunStore:
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.uri = str(run_dir)
+        uri = self.uri if "://" in self.uri else os.path.abspath(self.uri)
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        except Exception as e:
+            raise CheckpointError(f"cannot open run directory {self.uri}: {str(e).splitlines()[0]}") from None
+        self.root = self.root.rstrip("/")
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _move(self, src: str, dst: str) -> None:
+        self.fs.move(src, dst)
+
+    def _write_atomic(self, name: str, data: bytes) -> None:
+        tmp = self._path(f"{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self._move(tmp, self._path(name))
+
+    def _read(self, name: str) -> bytes:
+        with self.fs.open_input_stream(self._path(name)) as f:
+            return f.read()
+
+    def _exists(self, name: str) -> bool:
+        return self.fs.get_file_info(self._path(name)).type == pafs.FileType.File
+
+    def exists(self) -> bool:
+        return self._exists(STATE)
+
+    def generation_files(self) -> list[str]:
+        """Names of the per-generation files (history-*.parquet, projector-*.bin) present."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(i.base_name for i in infos if _GENERATION_FILE.match(i.base_name))
+
+    def check_not_orphaned(self) -> None:
+        """Refuse a run directory whose checkpoint files lost their commit record (state.json)."""
+        files = self.generation_files()
+        if not files or self.exists():
+            return
+        later = any(int(_GENERATION_FILE.match(f).group(2)) > 1 for f in files)
+        if self._exists(COMMITTED) or later:  # else: a crash before the very first commit (nothing lost)
+            raise CheckpointError(
+                f"{self.uri}: {STATE} is missing but checkpoint files are present ({', '.join(files[-2:])}); "
+                f"nothing was changed: restore {STATE} from a backup, or start a new run with another --out")
+
+    # ---- writing ----------------------------------------------------------------
+    def write_config(self, config_yaml: str) -> None:
+        self.fs.create_dir(self.root, recursive=True)
+        self._write_atomic(CONFIG, config_yaml.encode())
+
+    def save(self, state: dict[str, Any], history: pa.Table, projector: bytes | None) -> None:
+        t = int(state["generation"])
+        self.fs.create_dir(self.root, recursive=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(history.cast(HISTORY_SCHEMA), sink)
+        hist = sink.getvalue().to_pybytes()
+        body = dict(state, format=FORMAT)
+        body["history"] = {"file": f"history-{t:06d}.parquet", "sha256": _sha256(hist), "rows": history.num_rows}
+        self._write_atomic(body["history"]["file"], hist)
+        body["projector"] = None
+        if projector is not None:
+            body["projector"] = {"file": f"projector-{t:06d}.bin", "sha256": _sha256(projector)}
+            self._write_atomic(body["projector"]["file"], projector)
+        body["checksum"] = _sha256(_canonical(body).encode())
+        self._write_atomic(STATE, json.dumps(body, sort_keys=True, indent=1).encode())
+        self._write_atomic(COMMITTED, f"{t}\n".encode())
+        self._cleanup(t)
+
+    def _cleanup(self, committed: int) -> None:
+        """Delete the files of generations older than the one just committed, and temporaries."""
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
+            name = info.base_name
+            match = _GENERATION_FILE.match(name)
+            stale = match is not None and int(match.group(2)) < committed
+            if stale or ".tmp-" in name:
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    pass
+
+    # ---- reading ----------------------------------------------------------------
+    def load(self) -> tuple[dict[str, Any], pa.Table, bytes | None]:
+        """The last committed checkpoint: (state, history, projector state bytes)."""
+        where = f"checkpoint in {self.uri}"
+        if not self.exists():
+            raise CheckpointError(f"no checkpoint in {self.uri} ({STATE} not found)")
+        try:
+            body = json.loads(self._read(STATE))
+            checksum = body.pop("checksum")
+        except Exception:
+            raise CheckpointError(f"corrupt {where}: {STATE} is not a valid checkpoint record") from None
+        if checksum != _sha256(_canonical(body).encode()):
+            raise CheckpointError(f"corrupt {where}: {STATE} checksum mismatch")
+        if body.get("format") != FORMAT:
+            raise CheckpointError(f"unsupported {where}: format {body.get('format')!r}, expected {FORMAT}")
+        files = {"history": None, "projector": None}
+        for key in files:
+            ref = body.get(key)
+            if ref is None:
+                continue
+            try:
+                data = self._read(ref["file"])
+            except Exception:
+                raise CheckpointError(f"corrupt {where}: {ref.get('file', key)} is missing") from None
+            if _sha256(data) != ref["sha256"]:
+                raise CheckpointError(f"corrupt {where}: {ref['file']} does not match its sha256")
+            files[key] = data
+        if files["history"] is None:
+            raise CheckpointError(f"corrupt {where}: no history recorded")
+        try:
+            history = pq.read_table(pa.BufferReader(files["history"]))
+        except Exception:
+            raise CheckpointError(f"corrupt {where}: {body['history']['file']} is not a Parquet file") from None
+        if not history.schema.equals(HISTORY_SCHEMA) or history.num_rows != body["history"]["rows"]:
+            raise CheckpointError(f"corrupt {where}: history table has an unexpected layout")
+        return body, history, files["projector"]
+
+
+def check_compatible(state: dict, identity: dict, param_counts: list, uri: str) -> None:
+    """Refuse a checkpoint made for another model (identity, parameter counts)."""
+    saved, mine = state.get("identity"), normalise(identity)
+    if saved != mine:
+        keys = sorted(k for k in set(saved or {}) | set(mine) if (saved or {}).get(k) != mine.get(k))
+        raise CheckpointError(f"checkpoint in {uri} was made for another model (identity differs in: {', '.join(keys) or 'all'})")
+    if state.get("param_counts") != param_counts:
+        raise CheckpointError(f"checkpoint in {uri} was made for another model (parameter counts per policy entry differ)")
+
+
+def read_history(run_dir: str) -> pa.Table:
+    return RunStore(run_dir).load()[1]
+
+
+def read_config(run_dir: str) -> dict[str, Any]:
+    """The saved config as a dict (to build the evaluator before resuming)."""
+    return RunStore(run_dir).load()[0]["config"]

@@ -1,0 +1,182 @@
+"""The search configuration: one typed, frozen object (docs/method.md §2-§4).
+
+Loaded from a YAML/TOML file, a dict, or CLI-style ``key=value`` overrides; any
+unknown key or invalid value is a one-line :class:`ConfigError`.
+
+Room for other settings: ``extra`` is a free-form mapping (model, data, mode,
+actors, ...) that search code never reads; a subclass may also add typed fields
+(the class methods below build ``cls``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """An invalid or infeasible search setting (always a one-line message)."""
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "config"
+    if e["type"] == "extra_forbidden":
+        return f"invalid search config: unknown key '{loc}'"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"invalid search config: {loc}: {msg}{more}".replace("\n", " ")
+
+
+class SearchConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # policy space (§2)
+    target: float = Field(0.5, gt=0.0, lt=1.0, description="target mean sparsity p0")
+    span: float = Field(0.10, ge=0.0, description="levels reach p0 - span .. p0 + span")
+    step: float = Field(0.05, gt=0.0, description="distance between adjacent levels")
+    tolerance: float = Field(0.01, ge=0.0, description="|weighted mean sparsity - p0| bound")
+    granularity: Literal["block", "matrix"] = "block"
+    # genetic algorithm (§4)
+    population: int = Field(16, ge=2)
+    elites: int = Field(4, ge=1)
+    generations: int = Field(10, ge=1, description="tau")
+    time_budget_s: Optional[float] = Field(None, gt=0.0)
+    mutation_switches: tuple[int, int] = (1, 3)
+    seed: int = Field(0, ge=0)
+    # fitness (§3)
+    eta: float = Field(0.5, ge=0.0, description="SRM weight; 0 = 'Auto w/o Gen'")
+    # neighbour weights and search-space evolution (§4 steps 4-5)
+    neighbours: int = Field(5, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    projector_mode: Literal["weighted", "uniform", "off"] = "weighted"
+    projector_steps: int = Field(1, ge=1)
+    projector_lr: float = Field(1e-4, gt=0.0)
+    # settings owned by other components; never read by search/
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    #: fields a resumed run may change without changing the result so far
+    resume_mutable: ClassVar[frozenset[str]] = frozenset({"generations", "time_budget_s"})
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e)) from None
+
+    @field_validator("projector_mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchConfig":
+        n = self.span / self.step
+        if abs(n - round(n)) > 1e-6:
+            raise ValueError(f"span {self.span} is not a multiple of step {self.step}")
+        low, high = self.target - self.span, self.target + self.span
+        if low < -1e-12:
+            raise ValueError(f"lowest level p0 - span = {low:.4g} is below 0")
+        if high >= 1.0 - 1e-12:
+            raise ValueError(f"highest level p0 + span = {high:.4g} is not below 1")
+        if self.elites >= self.population:
+            raise ValueError(f"elites ({self.elites}) must be fewer than population ({self.population})")
+        lo, hi = self.mutation_switches
+        if not 0 <= lo <= hi:
+            raise ValueError(f"mutation_switches must be (lo, hi) with 0 <= lo <= hi, got {self.mutation_switches}")
+        return self
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"invalid search config: expected a mapping, got {type(data).__name__}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "SearchConfig":
+        return cls.from_dict(read_config_file(path, "search config"))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict | list[str] | None = None) -> "SearchConfig":
+        """File (optional) first, then CLI overrides on top."""
+        base = cls.from_file(path) if path is not None else cls()
+        return base.merge(overrides or {})
+
+    def merge(self, overrides: dict[str, Any] | list[str]) -> "SearchConfig":
+        """A new config with ``overrides`` applied: a dict (None values are ignored, as
+        for unset CLI flags) or ``["key=value", "extra.model=..."]`` strings (values
+        parsed as YAML scalars). Dotted keys reach into ``extra``."""
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_overrides(overrides)
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            *parents, leaf = key.replace("-", "_").split(".")
+            node = data
+            for p in parents:
+                if not isinstance(node.get(p, {}), dict):
+                    raise ConfigError(f"invalid search config: '{key}': '{p}' is not a section")
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return type(self).from_dict(data)
+
+    # ---- serialisation ------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def differences(self, other: dict[str, Any]) -> list[str]:
+        """Result-affecting keys whose value differs from ``other`` (a saved config)."""
+        mine = self.to_dict()
+        keys = (set(mine) | set(other)) - self.resume_mutable
+        return sorted(k for k in keys if mine.get(k) != other.get(k))
+
+    @property
+    def n_levels(self) -> int:
+        return 2 * round(self.span / self.step) + 1
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["population=8", "eta=0"]`` -> ``{"population": 8, "eta": 0}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"invalid override '{item}': expected key=value")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"invalid override '{item}': cannot parse the value") from None
+        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+            parsed = value.strip()  # YAML 1.1 reads on/off/yes/no as booleans; keep the word
+        out[key.strip()] = parsed
+    return out
+
+
+def read_config_file(path: str | Path, what: str) -> object:
+    """Parse a YAML (default) or TOML file; unreadable or malformed files are one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            return tomllib.loads(text)
+        return yaml.safe_load(text) or {}
+    except Exception as e:  # parse errors of either format
+        raise ConfigError(f"cannot parse {what} {path}: {str(e).splitlines()[0]}") from None

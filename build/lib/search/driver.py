@@ -1,0 +1,209 @@
+"""The search loop (docs/method.md §4, Algorithm 1). Per generation t:
+
+    evaluate G_t (memoised by policy and projector version) -> fitness F
+    select the top-k elites -> vary: G_{t+1} = elites + children
+    neighbour weights c_m over G_t -> projector step (weighted by c_m, or 1/n, or none)
+    checkpoint (state after the variation step)
+
+until tau generations are done or the wall-clock budget is spent. The result is the
+best policy of the last evaluated generation (elites survive, so with a fixed
+projector it is also the best ever seen). The driver never holds a model.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compatible, normalise
+from .config import SearchConfig
+from .evaluator import Evaluation, Evaluator, has_projector
+from .events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, SearchFinished
+from .fitness import fitness, norm_term
+from .neighbours import neighbour_weights
+from .operators import initial_population, next_generation, select_elites
+from .policy import feasible_space
+
+
+@dataclass
+class SearchResult:
+    policy: np.ndarray  # level indices
+    ratios: np.ndarray  # sparsity per policy entry
+    fitness: float
+    l_proxy: float
+    g: float
+    generations: int  # generations completed
+    projector_version: int
+    history: pa.Table
+    stopped_by: str  # "generations" or "time_budget"
+
+
+class SearchDriver:
+    def __init__(
+        self,
+        config: SearchConfig,
+        evaluator: Evaluator,
+        run_dir: str,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.evaluator = evaluator
+        self.on_event = on_event
+        self.param_counts = np.asarray(evaluator.param_counts)
+        self.space = feasible_space(config, self.param_counts)
+        self.store = RunStore(run_dir)
+        self.use_projector = config.projector_mode != "off" and has_projector(evaluator)
+        # search state: everything a checkpoint holds
+        self.generation = 0
+        self.rng = np.random.default_rng(config.seed)
+        self.population: list[np.ndarray] = []
+        self.projector_version = int(getattr(evaluator, "projector_version", 0))
+        self.elapsed_s = 0.0
+        self.best: dict | None = None
+        self.rows: list[dict] = []  # the history, one row per candidate per generation
+        self._memo: dict[tuple[bytes, int], Evaluation] = {}
+        self._config_record = config.to_dict()
+        self._started = False
+
+    # ---- resume -------------------------------------------------------------------
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str,
+        evaluator: Evaluator,
+        on_event: Callable[[Event], None] | None = None,
+        config: SearchConfig | None = None,
+    ) -> "SearchDriver":
+        """A driver positioned at the last checkpoint in ``run_dir``; call ``.run()``.
+        ``config`` (optional) must match the saved one except ``resume_mutable`` fields."""
+        store = RunStore(run_dir)
+        state, history, projector = store.load()
+        saved = state["config"]
+        if config is None:
+            config = SearchConfig.from_dict({k: v for k, v in saved.items() if k in SearchConfig.model_fields})
+        elif diff := config.differences(saved):
+            raise CheckpointError(f"checkpoint in {store.uri} was made with another search config (differs in: {', '.join(diff)})")
+        check_compatible(state, evaluator.identity, normalise(np.asarray(evaluator.param_counts).tolist()), store.uri)
+        driver = cls(config, evaluator, run_dir, on_event)
+        driver._config_record = saved | {k: config.to_dict()[k] for k in config.resume_mutable}
+        driver.generation = state["generation"]
+        driver.population = [np.array(p, dtype=np.int64) for p in state["population"]]
+        driver.rng.bit_generator.state = state["rng"]
+        driver.projector_version = state["projector_version"]
+        driver.elapsed_s = state["elapsed_s"]
+        driver.best = state["best"]
+        driver.rows = history.to_pylist()
+        if driver.use_projector:
+            if projector is None:
+                raise CheckpointError(f"checkpoint in {store.uri} has no projector state but the evaluator has a projector")
+            evaluator.load_projector_state(projector, driver.projector_version)
+        for r in driver.rows:  # memo: what was evaluated under the current projector version
+            if not r["cached"] and r["projector_version"] == driver.projector_version:
+                key = (np.array(r["policy"], dtype=np.int64).tobytes(), r["projector_version"])
+                driver._memo[key] = Evaluation(r["l_proxy"], np.array(r["log_norm_ratio"]), r["seconds"])
+        driver._started = True
+        return driver
+
+    # ---- the loop -----------------------------------------------------------------
+    def run(self) -> SearchResult:
+        t0, base = time.monotonic(), self.elapsed_s
+        clock = lambda: base + time.monotonic() - t0  # noqa: E731
+        if not self._started and self.store.exists():
+            raise CheckpointError(f"{self.store.uri} already holds a checkpoint: resume it or use another run directory")
+        if not self._started:
+            self.store.check_not_orphaned()  # files of a run whose state.json is lost: never overwrite them
+        self.store.write_config(yaml.safe_dump(self._config_record, sort_keys=False))
+        if not self._started:
+            self.population = initial_population(self.space, self.config.population, self.rng)
+            self._started = True
+        while (reason := self._stop_reason(clock())) is None:
+            self._generation(clock)
+        result = self.result(reason)
+        self._emit(SearchFinished(result.generations, result.fitness, result.policy, reason))
+        return result
+
+    def _stop_reason(self, elapsed: float) -> str | None:
+        if self.generation >= self.config.generations:
+            return "generations"
+        budget = self.config.time_budget_s
+        if budget is not None and self.generation > 0 and elapsed >= budget:
+            return "time_budget"
+        return None
+
+    def _generation(self, clock: Callable[[], float]) -> None:
+        cfg, t, pop, version = self.config, self.generation, self.population, self.projector_version
+        self._emit(GenerationStarted(t, len(pop), version))
+        evals, cached = self._evaluate(pop, version)
+        f = np.array([fitness(e.l_proxy, e.log_norm_ratio, cfg.eta) for e in evals])
+        c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
+        for m, (p, e) in enumerate(zip(pop, evals)):
+            g = norm_term(e.log_norm_ratio)
+            seconds = 0.0 if cached[m] else float(e.seconds)
+            self.rows.append(dict(
+                generation=t, candidate=m, policy=p.tolist(), mean_sparsity=self.space.mean_sparsity(p),
+                projector_version=version, l_proxy=float(e.l_proxy), g=g, fitness=float(f[m]), c_m=float(c[m]),
+                seconds=seconds, cached=cached[m], log_norm_ratio=np.asarray(e.log_norm_ratio, dtype=np.float64).tolist(),
+            ))
+            self._emit(CandidateEvaluated(t, m, p, float(e.l_proxy), g, float(f[m]), cached[m], seconds))
+        b = int(select_elites(f, 1)[0])
+        self.best = dict(generation=t, policy=pop[b].tolist(), fitness=float(f[b]),
+                         l_proxy=float(evals[b].l_proxy), g=norm_term(evals[b].log_norm_ratio))
+        elites = [pop[i] for i in select_elites(f, cfg.elites)]
+        self.population = next_generation(elites, self.space, cfg.population, self.rng, cfg.mutation_switches)
+        if self.use_projector:  # search-space evolution
+            w = c if cfg.projector_mode == "weighted" else np.full(len(pop), 1.0 / len(pop))
+            ratios = [self.space.ratios(p) for p in pop]
+            self.projector_version = int(self.evaluator.projector_step(ratios, w, cfg.projector_steps, cfg.projector_lr))
+        self.generation = t + 1
+        self.elapsed_s = clock()
+        self._checkpoint()
+        self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version, self.elapsed_s))
+
+    def _evaluate(self, pop: list[np.ndarray], version: int) -> tuple[list[Evaluation], list[bool]]:
+        self._memo = {k: e for k, e in self._memo.items() if k[1] == version}
+        keys = [(p.tobytes(), version) for p in pop]
+        todo = [m for m, k in enumerate(keys) if k not in self._memo]
+        if todo:
+            results = list(self.evaluator.evaluate([self.space.ratios(pop[m]) for m in todo], version))
+            if len(results) != len(todo):
+                raise RuntimeError(f"evaluator returned {len(results)} results for {len(todo)} candidates")
+            for m, e in zip(todo, results):
+                if np.shape(e.log_norm_ratio) != (self.space.n_blocks,):
+                    raise RuntimeError(f"evaluator returned log_norm_ratio of shape {np.shape(e.log_norm_ratio)}, "
+                                       f"expected ({self.space.n_blocks},)")
+                self._memo[keys[m]] = e
+        return [self._memo[k] for k in keys], [m not in todo for m in range(len(pop))]
+
+    def _checkpoint(self) -> None:
+        state = dict(
+            generation=self.generation,
+            population=[p.tolist() for p in self.population],
+            rng=self.rng.bit_generator.state,
+            projector_version=self.projector_version,
+            elapsed_s=self.elapsed_s,
+            best=self.best,
+            config=self._config_record,
+            identity=normalise(self.evaluator.identity),
+            param_counts=normalise(self.param_counts.tolist()),
+        )
+        projector = self.evaluator.projector_state() if self.use_projector else None
+        self.store.save(state, self.history(), projector)
+
+    # ---- outputs ------------------------------------------------------------------
+    def history(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=HISTORY_SCHEMA)
+
+    def result(self, stopped_by: str = "generations") -> SearchResult:
+        if self.best is None:
+            raise RuntimeError("no generation has been evaluated yet")
+        policy = np.array(self.best["policy"], dtype=np.int64)
+        return SearchResult(policy, self.space.ratios(policy), self.best["fitness"], self.best["l_proxy"],
+                            self.best["g"], self.generation, self.projector_version, self.history(), stopped_by)
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
