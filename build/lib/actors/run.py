@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -143,6 +145,7 @@ def ray_session(opts: RayOptions, log: Log) -> Iterator[dict]:
         return
     address = check_ray_address(opts.address)
     _quiet_ray_console(address)
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     kwargs = dict(namespace=opts.namespace, log_to_driver=True, logging_level=logging.WARNING)
     try:
         if address != "local":
@@ -157,6 +160,8 @@ def ray_session(opts: RayOptions, log: Log) -> Iterator[dict]:
                           "see docs/cluster.md)") from None
     except ConnectionError as exc:
         raise ConfigError(f"cannot connect to the Ray cluster at {opts.address}: {str(exc).splitlines()[0]}") from None
+    if callable(sigterm):  # ray.init replaces it with sys.exit: keep the caller's (the CLI's clean interrupt)
+        signal.signal(signal.SIGTERM, sigterm)
     _filter_worker_logs()
     url = getattr(ctx, "dashboard_url", None)
     if url:
