@@ -73,6 +73,8 @@ CASES = [
     ("vqa-batch-0", "eval vqa --model {llava} --batch-size 0", None, "--batch-size must be a positive integer"),
     ("prune-batch-0", "prune --model {llama} --out {tmp}/o --batch-size 0", None, "--batch-size must be"),
     ("prune-seqlen-context", "prune --model {llama} --out {tmp}/o --seqlen 4096", None, "beyond the model's context"),
+    ("search-too-little-text", "search --model {llava} --out {tmp}/o --calib {tmp}/short.txt --nsamples 64",
+     lambda t: _file(t / "short.txt", "a few words only"), "too little text"),
     ("search-seqlen-context", "search --model {llava} --out {tmp}/o --seqlen 4096", None, "beyond the model's context"),
     ("sparsity-with-pattern", "prune --model {llama} --out {tmp}/o --sparsity 0.5 --pattern 2:4", None,
      "--sparsity conflicts with --pattern"),
