@@ -100,6 +100,13 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
         raise ConfigError(f"invalid engine config: calib: {exc}") from None
     if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
         raise ConfigError(f"invalid engine config: calib: text file not found: {spec.path}")
+    if local:
+        from prune_engine.checks import check_text_budget
+
+        try:
+            check_text_budget(engine.calib, engine.nsamples, engine.seqlen)
+        except (ValueError, DataError) as exc:
+            raise ConfigError(f"invalid engine config: calib: {str(exc).removeprefix('--calib ')}") from None
     if engine.mm_calib is not None:
         from prune_engine.data.hub import BENCHMARKS
 

@@ -206,9 +206,13 @@ def _run_name(opts: RayOptions, out: str) -> str:
         if name:
             return name
     base = out.rstrip("/").rsplit("/", 1)[-1] or "run"
-    name = f"{base}-{ray.get_runtime_context().get_job_id()}"
-    write_file(out, RUN_NAME, (name + "\n").encode())
-    return name
+    return f"{base}-{ray.get_runtime_context().get_job_id()}"
+
+
+def _store_run_name(out: str, name: str) -> None:
+    """Once the search is about to start (nothing is written by a run that fails its checks)."""
+    if not exists(out, RUN_NAME):
+        write_file(out, RUN_NAME, (name + "\n").encode())
 
 
 class _Fanout:
@@ -260,6 +264,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
                                       driver.generation, enabled=progress, log=log)
             fan.event_subs.append(console.on_event)
             fan.candidate_subs.append(console.on_candidate)
+            _store_run_name(out, run_name)
             with console:
                 result = driver.run()
             summary = finalize(driver, result, evaluator, run, out, log)

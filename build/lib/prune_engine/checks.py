@@ -1,6 +1,7 @@
 """Cheap checks of command-line input, run before any weights, data or Ray are loaded (one-line errors)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -93,6 +94,34 @@ def check_seqlen(spec: str, seqlen: int) -> None:
     if limit and seqlen > limit:
         raise InputError(f"--seqlen {seqlen} is beyond the model's context ({limit} positions, "
                          f"max_position_embeddings); use --seqlen {limit} or less")
+
+
+def check_text_budget(spec: str, n: int, seqlen: int, flag: str = "--calib") -> None:
+    """A necessary condition, cheap: the text has at least one character per token needed (hub text is
+    checked where it is loaded)."""
+    from prune_engine.data.text import parse_text_spec
+
+    if parse_text_spec(spec).kind == "hf":
+        return
+    chars = _characters(spec, *_stamp(spec))
+    if chars < n * seqlen:
+        raise InputError(f"{flag} {spec}: too little text ({chars} characters) for {n} x {seqlen} = {n * seqlen} "
+                         "tokens; lower --nsamples or --seqlen")
+
+
+def _stamp(spec: str) -> tuple:
+    """Size and mtime of a text file (so the cache below notices a changed file)."""
+    from prune_engine.data.text import parse_text_spec
+
+    path = Path(parse_text_spec(spec).path or "")
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else (None, None)
+
+
+@functools.lru_cache(maxsize=16)
+def _characters(spec: str, size, mtime) -> int:  # noqa: ARG001  (cache key)
+    from prune_engine.data.text import load_text
+
+    return sum(len(d.text) for d in load_text(spec))
 
 
 def available_memory() -> int | None:
