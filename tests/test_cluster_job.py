@@ -97,6 +97,11 @@ def head_node():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _actor_logs(head) -> list[str]:
+    files = {p.resolve() for p in Path(head["temp_dir"]).glob("session_*/logs/worker-*.out")}  # session_latest: a link
+    return [p.read_text(errors="replace") for p in files]
+
+
 def _submit(head, entrypoint: str) -> str:
     code, body = _request(f"{head['dashboard']}/api/jobs/", head["token"], {"entrypoint": entrypoint})
     assert code == 200, body
@@ -141,7 +146,7 @@ def test_search_submitted_as_a_job_with_token_auth(head_node, tiny_llava_dir, tm
     assert "generation 1: best F" in log and "saved" in log  # the progress is in the job's log
     assert "\x1b[" not in log and "core_worker.cc" not in log and "Token authentication" not in log
     assert "evaluator 0: candidate" not in log  # those stay in the actor's own log:
-    actor_logs = [p.read_text(errors="replace") for p in Path(head["temp_dir"]).glob("session_*/logs/worker-*.out")]
+    actor_logs = _actor_logs(head)
     assert any(re.search(r"\] evaluator 0: candidate \d+ \(projector v\d+\): L_proxy", t) for t in actor_logs)
     run_name = (out / "run_name.txt").read_text().strip()
     assert 'run="' + run_name + '"' in metrics_seen.get("evaluated", ""), metrics_seen  # counters end in _total
@@ -153,7 +158,7 @@ def test_search_submitted_as_a_job_with_token_auth(head_node, tiny_llava_dir, tm
     log2 = json.loads(_request(f"{head['dashboard']}/api/jobs/{job2}/logs", head["token"])[1])["logs"]
     assert info2["status"] == "SUCCEEDED", log2
     assert "resuming" in log2 and (out / "run_name.txt").read_text().strip() == run_name
-    actor_logs = [p.read_text(errors="replace") for p in Path(head["temp_dir"]).glob("session_*/logs/worker-*.out")]
+    actor_logs = _actor_logs(head)
     assert sum(f"[{run_name}] evaluator 0: candidate 1 " in t for t in actor_logs) == 2  # both jobs' actors
 
 
