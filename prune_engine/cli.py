@@ -31,6 +31,10 @@ def _quiet_loading() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # inherited by the Ray actors too
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    # transformers' own deprecation notice about its LLaVA forward: not actionable by a user
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     from transformers.utils import logging
 
     logging.disable_progress_bar()
