@@ -1,6 +1,7 @@
 """Packaging: dependency ranges (not pins) in pyproject.toml, and a wheel that carries every package and the assets."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,8 +29,14 @@ def test_pyproject_states_ranges_and_keeps_deepsparse_optional():
 
 @pytest.mark.slow
 def test_wheel_holds_packages_assets_and_entry_point(tmp_path):
+    source = tmp_path / "src"  # a copy: setuptools builds in the source tree (build/), not in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("prune_engine", "search", "actors"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                             str(source), "-w", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("efficientllava-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
