@@ -40,11 +40,6 @@ def _quiet_loading() -> None:
     logging.disable_progress_bar()
 
 
-def _error(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 @contextmanager
 def one_line_errors():
     """Known user errors become one line on stderr and exit code 2."""
