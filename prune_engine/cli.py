@@ -300,7 +300,8 @@ def tune(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     eta: str = typer.Option("0,0.1,0.25,0.5,1.0", help="Comma-separated eta values: one trial (one search) each."),
     storage: Path = typer.Option(Path("runs/tune"), help="Tune storage path (the experiment is STORAGE/NAME)."),
-    name: str = typer.Option("eta-sweep", help="Experiment name; running the same command again restores it."),
+    name: str = typer.Option("eta-sweep", help="Experiment name; the same command again restores it (other "
+                             "settings under the same name are refused)."),
     metric: str = typer.Option("ppl", help="What picks the best eta: ppl (held-out, min), easy_vqa or "
                                "fashion_mnist (accuracy, max)."),
     target: Optional[float] = typer.Option(None, help="Target mean sparsity p0 (default: 0.5)."),
