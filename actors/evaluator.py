@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.config import ConfigError, RunConfig
 from actors.pool import Schedule
-from actors.workers import EvaluatorActor, LearnerActor, load_dense
+from actors.workers import EvaluatorActor, LearnerActor, ObjectHolder, load_dense
 from search.evaluator import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class RayEvaluator:
         self._saved: tuple[bytes, int] | None = None  # last projector state the driver holds
         self._replay: list[tuple] = []  # learner steps since `_saved`
         self.learner = None
+        self.holder = None
         self.actors: list = []
         self._probing: dict = {}  # probe ref -> actor index, for actors being restarted
         self.pg = None
@@ -108,6 +109,8 @@ class RayEvaluator:
             num_returns=2, num_cpus=0, name=f"{self.run_name}.load_dense",
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         ).remote(engine, dtype)
+        self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
+                                           num_cpus=0).remote([self.weights_ref, self.projector0_ref])
         self.actors = [self._make_actor(i, engine) for i in range(n)]
         self.live = list(range(n))
         facts = []
@@ -139,7 +142,7 @@ class RayEvaluator:
             self.learner = LearnerActor.options(
                 name=f"{self.run_name}.learner", namespace=self.opts.namespace, num_cpus=0,
                 max_restarts=self.opts.max_restarts, max_task_retries=0,
-            ).remote([self.projector0_ref], self.run.search.projector_lr)
+            ).remote((f"{self.run_name}.weights", self.opts.namespace, 1), self.run.search.projector_lr)
             ray.get(self.learner.version.remote())
         nodes = len({f["node_id"] for f in facts})
         self.log(f"{n} evaluator actor(s) ready in {self.startup_s:.1f} s on {nodes} node(s) "
@@ -151,7 +154,8 @@ class RayEvaluator:
             name=f"{self.run_name}.evaluator-{i}", namespace=self.opts.namespace,
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-        ).remote(engine, self.levels, [self.weights_ref], self.run.search.eta, i, self.run_name)
+        ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), self.run.search.eta, i,
+                 self.run_name)
 
     def actor_names(self) -> list[str]:
         names = [f"{self.run_name}.evaluator-{i}" for i in range(self.n_actors)]
@@ -364,12 +368,13 @@ class RayEvaluator:
 
     # ---- teardown ----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        for a in self.actors + ([self.learner] if self.learner is not None else []):
+        holder = [self.holder] if getattr(self, "holder", None) is not None else []
+        for a in self.actors + ([self.learner] if self.learner is not None else []) + holder:
             try:
                 ray.kill(a)
             except Exception:
                 pass
-        self.actors, self.learner = [], None
+        self.actors, self.learner, self.holder = [], None, None
         if self.pg is not None:
             try:
                 remove_placement_group(self.pg)

@@ -9,6 +9,9 @@ Outputs in the run directory (a local path or a pyarrow.fs URI), besides the che
 from __future__ import annotations
 
 import json
+import re
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,24 +29,148 @@ from search.config import SearchConfig
 Log = Callable[[str], None]
 
 
+# worker log lines that stay in the actors' logs (dashboard) and are not repeated on the console
+_QUIET_WORKER_LINES = re.compile(r"^\[[^\]]*\] evaluator \d+: candidate |Loading weights|Writing model shards|"
+                                 r"it/s\]|s/it\]")
+
+
+def check_ray_address(address: str | None) -> str | None:
+    """Before ray.init: the cluster at `address` answers (a socket connect, seconds), else a one-line error.
+
+    Returns the address to pass to ray.init: "local" for a new local cluster, None for the cluster
+    named by RAY_ADDRESS (as inside `ray job submit`), else `address`."""
+    import os
+    import socket
+
+    if address is None:
+        return None if os.environ.get("RAY_ADDRESS") else "local"
+    if address == "local":
+        return address
+    target = address
+    if address == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            target = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            target = None
+        if not target or target == "auto":
+            raise ConfigError("--address auto: no running Ray cluster found on this node (start one with "
+                              "`ray start --head`, or leave --address out to start a local cluster)")
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected 'auto', host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers at {hostport} ({exc.strerror or exc}); "
+                          "check the address, or leave --address out to start a local cluster") from None
+    return address
+
+
+def _token_available() -> bool:
+    import os
+
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _quiet_ray_console(address: str | None) -> None:
+    """Before ray.init: no token-auth warning, no colour codes when piped, no weight-loading bars."""
+    import os
+    import sys
+
+    # Ray >= 2.60 turns token authentication on for a new local cluster (generating ~/.ray/auth_token)
+    # and warns unless RAY_AUTH_MODE is explicit: make it explicit. A cluster we connect to gets the
+    # token when one is available (else connecting to a cluster without authentication must work).
+    if "RAY_AUTH_MODE" not in os.environ and (address == "local" or _token_available()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import: refresh it, as Ray does when it turns the mode on itself
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except Exception:  # noqa: BLE001
+            pass
+    if not sys.stderr.isatty():
+        os.environ["RAY_COLOR_PREFIX"] = "0"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _filter_worker_logs() -> None:
+    """Actor log lines on the console: without the per-candidate lines and progress bars (they stay in
+    each actor's log in the dashboard). Uses Ray's log dispatcher; left as is if its API changed."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+        def forward(data: dict) -> None:
+            lines = [line for line in data.get("lines", []) if not _QUIET_WORKER_LINES.search(line)]
+            if lines:
+                ray_worker.print_to_stdstream(dict(data, lines=lines), ignore_prefix=ignore_prefix)
+
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", forward)
+    except Exception:  # noqa: BLE001  (private API: keep Ray's own printing)
+        pass
+
+
+def metrics_url() -> str | None:
+    """The Prometheus endpoint of the driver's node (custom metrics: ray_efficientllava_*)."""
+    import ray
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+                return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
 @contextmanager
 def ray_session(opts: RayOptions, log: Log) -> Iterator[dict]:
     """Connect to `opts.address` or start a local cluster; an existing connection is reused as is."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         yield {"started": False, "dashboard_url": None}
         return
-    kwargs = dict(namespace=opts.namespace, log_to_driver=True)
-    if opts.address:
-        ctx = ray.init(address=opts.address, **kwargs)
-    else:
-        ctx = ray.init(num_cpus=opts.num_cpus, include_dashboard=opts.dashboard, **kwargs)
+    address = check_ray_address(opts.address)
+    _quiet_ray_console(address)
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    kwargs = dict(namespace=opts.namespace, log_to_driver=True, logging_level=logging.WARNING)
+    try:
+        if address != "local":
+            ctx = ray.init(address=address, **kwargs)
+        else:
+            if opts.metrics_export_port is not None:
+                kwargs["_metrics_export_port"] = opts.metrics_export_port
+            ctx = ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=opts.dashboard, **kwargs)
+    except getattr(ray.exceptions, "AuthenticationError", ()):
+        raise ConfigError(f"the Ray cluster at {opts.address} requires token authentication: export "
+                          "RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN; "
+                          "see docs/cluster.md)") from None
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at {opts.address}: {str(exc).splitlines()[0]}") from None
+    if callable(sigterm):  # ray.init replaces it with sys.exit: keep the caller's (the CLI's clean interrupt)
+        signal.signal(signal.SIGTERM, sigterm)
+    _filter_worker_logs()
     url = getattr(ctx, "dashboard_url", None)
     if url:
         log(f"Ray dashboard: http://{url}" if "://" not in url else f"Ray dashboard: {url}")
+    metrics = metrics_url()
+    if metrics:
+        log(f"Ray metrics (Prometheus; custom metrics ray_efficientllava_*): {metrics}")
     try:
-        yield {"started": True, "dashboard_url": url}
+        yield {"started": True, "dashboard_url": url, "metrics_url": metrics}
     finally:
         ray.shutdown()
 
@@ -54,6 +181,9 @@ def check_new_run_dir(out: str) -> None:
         raise ConfigError(f"{out} already holds a search run: continue it with `efficientllava resume {out}` "
                           "or choose another --out")
     if not is_uri(out):
+        from prune_engine.checks import check_output_dir
+
+        check_output_dir(Path(out))
         p = Path(out)
         if p.exists() and not p.is_dir():
             raise ConfigError(f"--out {out} is a file, not a directory")
@@ -61,13 +191,28 @@ def check_new_run_dir(out: str) -> None:
             raise ConfigError(f"--out {out} exists and is not empty; choose a new run directory")
 
 
+RUN_NAME = "run_name.txt"
+
+
 def _run_name(opts: RayOptions, out: str) -> str:
+    """--set ray.name, else the name stored in the run directory at its first start (actor names and
+    the run= metric tag stay the same across resumes), else run directory name + job id (stored)."""
     import ray
 
     if opts.name:
         return opts.name
+    if exists(out, RUN_NAME):
+        name = read_file(out, RUN_NAME).decode().strip()
+        if name:
+            return name
     base = out.rstrip("/").rsplit("/", 1)[-1] or "run"
     return f"{base}-{ray.get_runtime_context().get_job_id()}"
+
+
+def _store_run_name(out: str, name: str) -> None:
+    """Once the search is about to start (nothing is written by a run that fails its checks)."""
+    if not exists(out, RUN_NAME):
+        write_file(out, RUN_NAME, (name + "\n").encode())
 
 
 class _Fanout:
@@ -119,6 +264,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
                                       driver.generation, enabled=progress, log=log)
             fan.event_subs.append(console.on_event)
             fan.candidate_subs.append(console.on_candidate)
+            _store_run_name(out, run_name)
             with console:
                 result = driver.run()
             summary = finalize(driver, result, evaluator, run, out, log)
@@ -167,8 +313,13 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
 
 
 def saved_run(run_dir: str) -> tuple[dict, bool]:
-    """The saved search config of a run directory and whether it has a checkpoint."""
-    if RunStore(run_dir).exists():
+    """The saved search config of a run directory and whether it has a checkpoint.
+
+    A run whose checkpoint files lost (or corrupted) their commit record is an error: every
+    file stays in place (the run is never restarted over its history)."""
+    store = RunStore(run_dir)
+    store.check_not_orphaned()
+    if store.exists():
         return read_config(run_dir), True
     if exists(run_dir, CONFIG):  # stopped before its first checkpoint: starts again from the start
         try:

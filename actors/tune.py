@@ -9,7 +9,9 @@ prunes its final model and is scored by held-out perplexity and VQA accuracy; Tu
 
 Interrupting and running the same command again restores the experiment with `Tuner.restore`:
 finished trials are kept, an unfinished trial resumes its search from its last checkpoint
-(so the result is the one an uninterrupted run gives), errored trials are retried.
+(so the result is the one an uninterrupted run gives), errored trials are retried. The settings
+are saved in STORAGE/NAME/efficientllava-tune.json at the start; a later command with other
+settings (another target, eta list, model...) is refused with a line naming the difference.
 """
 from __future__ import annotations
 
@@ -109,22 +111,17 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
 
     from actors.config import RunConfig
 
-    RunConfig.from_sections(job.run)  # fail fast, before Ray starts; each trial sets its own eta
-    started = False
-    if not ray.is_initialized():
-        opts = job.run.get("ray") or {}
-        if opts.get("address"):
-            ray.init(address=opts["address"], namespace="efficientllava")
-        else:
-            ray.init(num_cpus=opts.get("num_cpus"), namespace="efficientllava")
-        started = True
-    try:
+    from actors.run import ray_session
+
+    run = RunConfig.from_sections(job.run)  # fail fast, before Ray starts; each trial sets its own eta
+    check_same_settings(job)
+    with ray_session(run.ray, log):
         # a trial only waits on its evaluator actors: it holds no CPU, so they can have them all
         # (Tune refuses an all-zero request, hence a token amount of memory)
         trainable = tune.with_resources(search_trial, {"cpu": 0, "memory": 64 * 1024 ** 2})
         path = str(job.experiment_dir)
         if tune.Tuner.can_restore(path):
-            log(f"restoring the Tune experiment in {path}")
+            log(f"restoring the Tune experiment in {path} (same settings)")
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         else:
             log(f"new Tune experiment in {path}: eta in {list(job.etas)}, one search run per trial")
@@ -136,10 +133,8 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
                 run_config=tune.RunConfig(name=job.name, storage_path=str(Path(job.storage).resolve()),
                                           verbose=1),
             )
+            save_settings(job)
         results = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     rows = []
     for r in results:
         m = r.metrics or {}
@@ -148,6 +143,58 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
                                               "l_proxy", "g", "run_dir")}})
     rows.sort(key=lambda r: r["eta"])
     return rows
+
+
+SETTINGS = "efficientllava-tune.json"
+# may differ when an experiment is restored: they change how it runs, not what it computes
+RUNTIME_ONLY = ("max_concurrent", "storage", "name")
+
+
+def _settings(job: TuneJob) -> dict:
+    data = json.loads(job.model_dump_json())
+    for key in RUNTIME_ONLY:
+        data.pop(key, None)
+    data["run"] = {k: v for k, v in data["run"].items() if k != "ray"}  # where it runs: runtime only
+    return data
+
+
+def _differences(saved, mine, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        out = []
+        for key in sorted(set(saved) | set(mine)):
+            out += _differences(saved.get(key), mine.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == mine else [f"{prefix.rstrip('.')} ({saved!r} then, {mine!r} now)"]
+
+
+def save_settings(job: TuneJob) -> None:
+    job.experiment_dir.mkdir(parents=True, exist_ok=True)
+    (job.experiment_dir / SETTINGS).write_text(json.dumps(_settings(job), indent=2, sort_keys=True))
+
+
+def check_same_settings(job: TuneJob) -> None:
+    """An existing experiment is restored only with the settings it was started with (else its results
+    would be reported for settings they were not made with): a one-line error naming the difference."""
+    from actors.config import ConfigError
+
+    path = job.experiment_dir
+    saved_file = path / SETTINGS
+    if not path.exists():
+        return
+    if not saved_file.is_file():
+        if any(path.iterdir()):
+            raise ConfigError(f"{path} holds an experiment without its settings ({SETTINGS}); "
+                              "choose another --name or --storage")
+        return
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"{saved_file} is unreadable; choose another --name or --storage") from None
+    diff = _differences(saved, _settings(job))
+    if diff:
+        raise ConfigError(f"the Tune experiment {path} was started with other settings: {'; '.join(diff[:3])}"
+                          f"{' ...' if len(diff) > 3 else ''}; rerun with the same settings to restore it, "
+                          "or choose a new --name")
 
 
 def format_rows(rows: list[dict], metric: str) -> str:

@@ -1,4 +1,4 @@
-"""The Ray processes of a search (DESIGN §5): a loader task, evaluator actors and the learner actor.
+"""The Ray processes of a search (docs/method.md §5): a loader task, evaluator actors and the learner actor.
 
 Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateEvaluator` and
 :class:`prune_engine.projector.ProjectorLearner`.
@@ -82,6 +82,26 @@ def load_dense(engine: dict, dtype: str) -> tuple[dict, dict | None]:
     return weights, projector
 
 
+@ray.remote(max_restarts=0)
+class ObjectHolder:
+    """Holds ObjectRefs for actors that restart: passing a ref to a restartable actor's constructor
+    makes Ray log an error-level warning (ray#53727); the actors fetch the refs from here instead."""
+
+    def __init__(self, refs: list):
+        self.held = refs
+
+    def refs(self) -> list:
+        return self.held
+
+
+def held_ref(handle):
+    """The ObjectRef behind `handle`: [ref], or (holder name, namespace, index) of an ObjectHolder."""
+    if isinstance(handle, (list, tuple)) and len(handle) == 1:
+        return handle[0]
+    name, namespace, index = handle
+    return ray.get(ray.get_actor(name, namespace=namespace).refs.remote())[index]
+
+
 # ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
@@ -103,7 +123,7 @@ class EvaluatorActor:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
             spec = EngineSpec(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
-            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(weights[0])))
+            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))))
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc
         from ray.util.metrics import Counter, Gauge
@@ -158,9 +178,9 @@ class EvaluatorActor:
         self.m_seconds.set(float(r.seconds), self._tags)
         lnr = np.asarray(r.log_norm_ratio, dtype=np.float64)
         mm = "-" if r.l_mm is None else f"{r.l_mm:.4f}"
-        print(f"[{self.run} evaluator {self.index}] candidate {self.candidates} ({fidelity}, projector v{version}): "
-              f"L_text {r.l_text:.4f}, L_mm {mm}, G {norm_term(lnr):.4f}, sparsity {r.mean_sparsity:.4f}, "
-              f"{r.blocks_run} blocks, {r.seconds:.2f} s", flush=True)
+        print(f"[{self.run}] evaluator {self.index}: candidate {self.candidates} (projector v{version}, {fidelity}): "
+              f"L_text {r.l_text:.4f}, L_mm {mm}, G {norm_term(lnr):.4f}, mean sparsity {r.mean_sparsity:.4f}, "
+              f"{r.blocks_run} block passes, {r.seconds:.2f} s", flush=True)
         return {"l_text": float(r.l_text), "l_mm": None if r.l_mm is None else float(r.l_mm),
                 "log_norm_ratio": lnr.tolist(), "g": norm_term(lnr), "seconds": float(r.seconds), "cpu_seconds": cpu,
                 "mean_sparsity": float(r.mean_sparsity), "blocks_run": int(r.blocks_run), "fidelity": fidelity,
@@ -243,7 +263,7 @@ class LearnerActor:
         """projector: [ObjectRef of the dense projector state] (nested, as for the evaluators)."""
         from prune_engine.projector import ProjectorLearner
 
-        self.learner = ProjectorLearner(unpack_tensors(ray.get(projector[0])), lr=lr)
+        self.learner = ProjectorLearner(unpack_tensors(ray.get(held_ref(projector))), lr=lr)
 
     def _state(self) -> dict:
         return pack_tensors(self.learner.state_dict())

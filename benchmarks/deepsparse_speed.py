@@ -292,7 +292,7 @@ def main() -> None:
     notes.append(
         "What limits the speed-up: kernels for unstructured sparsity skip zeros at irregular positions, which "
         "costs index handling and gives up part of the dense kernels' register blocking and vectorisation, so "
-        "moderate sparsity gains little and large gains need high sparsity (DESIGN.md §7 measured, on an "
+        "moderate sparsity gains little and large gains need high sparsity (docs/method.md §7, on an "
         "AVX2-only AMD EPYC with magnitude masks and 128 tokens, 1.03x at 50% and 1.56x at 80%). Neural "
         "Magic's headline speed-ups are mostly for sparse *and* INT8-quantised models on AVX-512 VNNI CPUs; "
         "this benchmark stays fp32 so that the dense and sparse models are compared like with like. "

@@ -117,7 +117,7 @@ def write(args, one_pass: float, runs: dict, llava: bool, machine: dict | None =
              + f", seed {args.seed}, one actor with one thread. Prefix reuse vs naive: {reuse / naive:.2f}x the "
              f"time ({'same' if same else 'DIFFERENT'} best policy); database mode vs naive: {db / naive:.2f}x. "
              "Every search row includes actor start-up, projector steps and the final sequential prune + save. "
-             "Database mode prunes every block at every level from dense-model inputs (DESIGN §1), so its "
+             "Database mode prunes every block at every level from dense-model inputs (docs/method.md §1), so its "
              "candidates are approximations that the final sequential prune replaces.")
     print("\n" + table + "\n\n" + notes)
     write_results("search_cost", f"Search cost on {args.model}", table,

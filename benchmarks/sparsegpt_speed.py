@@ -5,7 +5,7 @@
 Prints seconds per block and in total for one sequential 50% pass with 32 x 256 calibration tokens,
 its split into forward / Hessian / OBS, and the cost of pruning 5 ratio levels from one Hessian
 against one level (per-block Hessians taken from the real model's calibration inputs).
-Reference point (DESIGN.md §7): the public SparseGPT reference takes 80.6 s on this machine.
+Reference point (docs/method.md §7): the public SparseGPT reference takes 80.6 s on this machine.
 """
 from __future__ import annotations
 

@@ -59,11 +59,21 @@ def calibration_vqa(spec: str, limit: int, seed: int = 0) -> list[VQASample]:
 
 
 def load_vqa(spec: str, limit: int | None = None, seed: int = 0) -> list[VQASample]:
-    """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split], or a benchmark name[:split]."""
+    """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split], a benchmark name[:split]
+    (from the hub) or a benchmark name with a local file in the hub schema: scienceqa:FILE[@split]
+    (FILE a .parquet, .json or .jsonl; split names the file's split, default the benchmark's)."""
+    from pathlib import Path
+
     from prune_engine.data.hub import BENCHMARKS, load_benchmark
     from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
 
     name, _, split = spec.partition(":")
+    if name in BENCHMARKS:
+        file, _, file_split = split.rpartition("@") if "@" in split else (split, "", "")
+        if Path(file).suffix.lower() in (".parquet", ".json", ".jsonl"):
+            if not Path(file).is_file():
+                raise DataError(f"{name}: data file not found: {file}")
+            return load_benchmark(name, source=file, split=file_split or None, limit=limit)
     if name == "easy-vqa":
         return load_easy_vqa(split or "train", limit=limit, seed=seed)
     if name == "fashion-mnist":

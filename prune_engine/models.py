@@ -86,14 +86,11 @@ def resolve_model_path(spec: str) -> str:
         from prune_engine.demo_model import demo_model_dir  # built by the demo-model module
 
         return str(demo_model_dir())
-    path = Path(spec)
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{spec}: not a model directory (no config.json)")
-        return str(path)
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # a hub id: loading it needs network access (a cluster)
-    raise ModelError(f"unknown model '{spec}': not a directory, a hub id (org/name), '{EMBEDDED_SMOLLM2}' or 'smol-llava'")
+    from prune_engine.checks import model_kind
+
+    if model_kind(spec) == "dir":
+        return str(Path(spec).expanduser())
+    return spec  # a hub id: loading it needs network access (a cluster)
 
 
 @dataclass
@@ -263,8 +260,13 @@ def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None 
 def model_identity(adapter: ModelAdapter, spec: str) -> dict:
     """A JSON-able identity for checkpoints: name, architecture, sizes and a weight fingerprint."""
     h = hashlib.sha256()
-    for block in (adapter.blocks[0], adapter.blocks[-1]):
-        for p in block.parameters():
-            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    # every tensor of the model (language model, vision tower, projector): name, shape, the first
+    # 1024 values and 1024 values strided over the whole tensor; a swapped part changes it
+    for name, p in sorted(adapter.model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        stride = max(1, flat.numel() // 1024)
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(flat[:1024].float().cpu().numpy().tobytes())
+        h.update(flat[::stride][:1024].float().cpu().numpy().tobytes())
     return {"model": spec, "architecture": type(adapter.model).__name__, "blocks": adapter.num_blocks,
             "params": sum(sum(c.values()) for c in adapter.param_counts()), "fingerprint": h.hexdigest()[:16]}

@@ -96,7 +96,25 @@ def read_policy(path: Path) -> list:
     return out
 
 
+def _check_against_config(job: PruneJob, policy, pattern: Pattern) -> None:
+    """Policy length and N:M divisibility from config.json alone, before calibration."""
+    from prune_engine.checks import model_facts
+
+    facts = model_facts(job.model) or {}
+    blocks = facts.get("layers")
+    if blocks and isinstance(policy, list) and len(policy) != blocks:
+        raise PruneConfigError(f"policy has {len(policy)} entries, the model has {blocks} decoder blocks")
+    if pattern.structured:
+        for key in ("hidden", "intermediate"):
+            cols = facts.get(key)
+            if cols and cols % pattern.m:
+                raise PruneConfigError(f"{pattern} needs the input size ({cols}) to be a multiple of {pattern.m}")
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    from prune_engine.checks import check_output_dir
+
+    check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PruneConfigError(f"output directory {out} exists and is not empty (use --overwrite)")
 
@@ -126,6 +144,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     if job.policy and job.owl is not None:
         raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
     check_out_dir(job.out, job.overwrite)
+    _check_against_config(job, policy, pattern)
     processor = load_processor(job.model)  # data problems surface before the weights are loaded
     batches = text_batches(processor, job.calib, job.nsamples, job.seqlen, job.seed, job.batch_size)
     if job.mm_calib:

@@ -33,6 +33,17 @@ def _load(run_dir: Path) -> tuple[dict, dict]:
     return policy, history
 
 
+def run_model(run_dir: str | Path) -> str | None:
+    """The --model of a run directory (search or demo), None when it cannot be read."""
+    run_dir = Path(run_dir)
+    for f in (run_dir / "policy.json", run_dir / "search" / "policy.json"):
+        try:
+            return json.loads(f.read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def _per_generation(history: dict) -> dict:
     gens = np.asarray(history["generation"])
     fit = np.asarray(history["fitness"])
@@ -54,12 +65,14 @@ def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     files = {}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(per_gen["generation"], per_gen["best"], "o-", label="best F")
     ax.plot(per_gen["generation"], per_gen["mean"], "s--", label="mean F", alpha=0.7)
     ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("fitness F = -L_proxy - eta*G")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -77,6 +90,7 @@ def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[st
     ax.set_xlabel("policy entry (decoder block)" if policy.get("granularity", "block") == "block" else "matrix")
     ax.set_ylabel("generation (best)")
     ax.set_yticks(range(len(per_gen["generation"])), per_gen["generation"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=ax, label="sparsity")
     fig.tight_layout()
     fig.savefig(out_dir / "policy_heatmap.png", dpi=120)
@@ -88,7 +102,9 @@ def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[st
     sc = ax.scatter(history["c_m"], history["fitness"], c=gens, cmap="plasma", s=18)
     ax.set_xlabel("neighbour weight c_m")
     ax.set_ylabel("fitness F")
-    fig.colorbar(sc, ax=ax, label="generation")
+    bar = fig.colorbar(sc, ax=ax, label="generation")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "neighbour_weights.png", dpi=120)
@@ -128,17 +144,19 @@ def _benchmark_sections(results: Path, out_dir: Path) -> list[tuple[str, str]]:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None,
-                 benchmarks: str | Path | None = DEFAULT_BENCHMARKS) -> Path:
+                 benchmarks: str | Path | None = None) -> Path:
     """Write report.md, report.html and the PNG plots into `out` (default RUN_DIR/report).
 
-    `benchmarks`: a folder of benchmark results (benchmarks/results of this repository by
-    default; None for none) whose tables and plots are appended."""
+    `benchmarks`: a folder of benchmark results whose tables and plots are appended (None: none;
+    the CLI passes this repository's benchmarks/results for smol-llava runs only)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: not a directory")
     search_dir = run_dir / "search" if (run_dir / "search" / "policy.json").exists() else run_dir
     policy, history = _load(search_dir)
     out_dir = Path(out) if out else run_dir / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir}: a file is in the way (expected a directory)")
     out_dir.mkdir(parents=True, exist_ok=True)
     per_gen = _per_generation(history)
     plots = _plots(out_dir, policy, history, per_gen)

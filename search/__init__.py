@@ -1,4 +1,4 @@
-"""EfficientLLaVA search core (DESIGN §2-§5): policy space, SRM fitness, genetic
+"""EfficientLLaVA search core (docs/method.md §2-§5): policy space, SRM fitness, genetic
 operators, neighbour weights, the Algorithm-1 driver and its checkpoints.
 Pure Python: it drives any evaluator object and never holds a model."""
 from .checkpoint import CheckpointError, RunStore, read_config, read_history

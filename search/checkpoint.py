@@ -1,4 +1,4 @@
-"""Run-directory storage (DESIGN §5): a local path or any URI ``pyarrow.fs`` opens.
+"""Run-directory storage (docs/method.md, "Checkpoints"): a local path or any URI ``pyarrow.fs`` opens.
 
 Layout after generation t (t = completed generations):
     config.yaml                    the search config, written when the run starts
@@ -6,15 +6,20 @@ Layout after generation t (t = completed generations):
     projector-<t>.bin              projector + optimizer state (when there is a projector)
     state.json                     population, RNG state, projector version, config,
                                    model identity, and the name + sha256 of the two files
+    committed.txt                  the last committed generation (written after state.json)
 Every file is written to a temporary name and then moved into place; ``state.json``
 is moved last and is the commit point, so a crash at any moment leaves the previous
-checkpoint intact. Files of older generations are deleted after the commit.
+checkpoint intact. After the commit, only files of *older* generations than the one just
+committed are deleted; nothing is ever deleted without a readable ``state.json`` that
+references newer files. Checkpoint files without a valid ``state.json`` (deleted or corrupt)
+are an error that leaves every file in place (see :meth:`RunStore.orphans`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -25,6 +30,7 @@ import pyarrow.parquet as pq
 FORMAT = 2  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history
 STATE = "state.json"
 CONFIG = "config.yaml"
+COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
 
 HISTORY_SCHEMA = pa.schema(
     [
@@ -51,6 +57,9 @@ HISTORY_SCHEMA = pa.schema(
         ("projector_change", pa.float64()),  # ||delta W_p|| / ||W_p||
     ]
 )
+
+
+_GENERATION_FILE = re.compile(r"^(history|projector)-(\d+)\.(parquet|bin)$")
 
 
 class CheckpointError(RuntimeError):
@@ -102,6 +111,25 @@ class RunStore:
     def exists(self) -> bool:
         return self._exists(STATE)
 
+    def generation_files(self) -> list[str]:
+        """Names of the per-generation files (history-*.parquet, projector-*.bin) present."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(i.base_name for i in infos if _GENERATION_FILE.match(i.base_name))
+
+    def check_not_orphaned(self) -> None:
+        """Refuse a run directory whose checkpoint files lost their commit record (state.json)."""
+        files = self.generation_files()
+        if not files or self.exists():
+            return
+        later = any(int(_GENERATION_FILE.match(f).group(2)) > 1 for f in files)
+        if self._exists(COMMITTED) or later:  # else: a crash before the very first commit (nothing lost)
+            raise CheckpointError(
+                f"{self.uri}: {STATE} is missing but checkpoint files are present ({', '.join(files[-2:])}); "
+                f"nothing was changed: restore {STATE} from a backup, or start a new run with another --out")
+
     # ---- writing ----------------------------------------------------------------
     def write_config(self, config_yaml: str) -> None:
         self.fs.create_dir(self.root, recursive=True)
@@ -122,12 +150,15 @@ class RunStore:
             self._write_atomic(body["projector"]["file"], projector)
         body["checksum"] = _sha256(_canonical(body).encode())
         self._write_atomic(STATE, json.dumps(body, sort_keys=True, indent=1).encode())
-        self._cleanup({body["history"]["file"], (body["projector"] or {}).get("file")})
+        self._write_atomic(COMMITTED, f"{t}\n".encode())
+        self._cleanup(t)
 
-    def _cleanup(self, keep: set) -> None:
+    def _cleanup(self, committed: int) -> None:
+        """Delete the files of generations older than the one just committed, and temporaries."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
             name = info.base_name
-            stale = name.startswith(("history-", "projector-")) and name not in keep
+            match = _GENERATION_FILE.match(name)
+            stale = match is not None and int(match.group(2)) < committed
             if stale or ".tmp-" in name:
                 try:
                     self.fs.delete_file(info.path)

@@ -1,4 +1,4 @@
-"""The search configuration: one typed, frozen object (DESIGN §2-§4).
+"""The search configuration: one typed, frozen object (docs/method.md §2-§4).
 
 Loaded from a YAML/TOML file, a dict, or CLI-style ``key=value`` overrides; any
 unknown key or invalid value is a one-line :class:`ConfigError`.

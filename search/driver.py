@@ -1,4 +1,4 @@
-"""The search loop (DESIGN §4, Algorithm 1). Per generation t:
+"""The search loop (docs/method.md §4, Algorithm 1). Per generation t:
 
     evaluate G_t on the full proxy data (memoised by policy and projector version) -> fitness F
     select the top-k elites
@@ -120,6 +120,8 @@ class SearchDriver:
         clock = lambda: base + time.monotonic() - t0  # noqa: E731
         if not self._started and self.store.exists():
             raise CheckpointError(f"{self.store.uri} already holds a checkpoint: resume it or use another run directory")
+        if not self._started:
+            self.store.check_not_orphaned()  # files of a run whose state.json is lost: never overwrite them
         self.store.write_config(yaml.safe_dump(self._config_record, sort_keys=False))
         if not self._started:
             self.population = initial_population(self.space, self.config.population, self.rng)

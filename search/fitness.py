@@ -1,4 +1,4 @@
-"""SRM fitness (DESIGN §3): F(alpha) = -L_proxy(alpha) - eta * s * G(alpha), maximised.
+"""SRM fitness (docs/method.md §3): F(alpha) = -L_proxy(alpha) - eta * s * G(alpha), maximised.
 
 L_proxy sees both modalities: L = (1 - w) L_text + w L_mm (each a mean over its own target
 tokens) when the evaluator measured image-text samples, else L_text. G is the log of the

@@ -1,4 +1,4 @@
-"""Neighbour weights c_m for search-space evolution (DESIGN §4 step 4)."""
+"""Neighbour weights c_m for search-space evolution (docs/method.md §4 step 4)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Genetic operators (DESIGN §2, §4 steps 2-3): pure functions on level-index
+"""Genetic operators (docs/method.md §2, §4 steps 2-3): pure functions on level-index
 policies, every random choice drawn from the explicit ``rng`` passed in."""
 from __future__ import annotations
 

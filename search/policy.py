@@ -1,4 +1,4 @@
-"""The policy space (DESIGN §2).
+"""The policy space (docs/method.md §2).
 
 A policy is a plain numpy int array of LEVEL INDICES, one per policy entry (a
 decoder block, or one of its 7 matrices q,k,v,o,gate,up,down at matrix

@@ -31,8 +31,8 @@ def cluster(tmp_path_factory):
     fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"
     os.environ[FAULT_ENV] = str(fault)  # inherited by the workers of the cluster started below
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=True, namespace="efficientllava", _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, namespace="efficientllava",  # never another cluster
+             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
     try:
         yield {"address": ray.get_runtime_context().gcs_address, "metrics_port": port, "fault": fault}
     finally:

@@ -79,7 +79,7 @@ def test_bad_input_one_line_error_nothing_written(tiny_llama_dir, tmp_path, args
 
 def test_unknown_model_and_bad_policy(tmp_path):
     code, output = run("prune", "--model", "no/such/model", "--out", tmp_path / "o")
-    assert code == 2 and "unknown model" in output and len(output.strip().splitlines()) == 1
+    assert code == 2 and "no such directory" in output and len(output.strip().splitlines()) == 1
     bad = tmp_path / "p.json"
     bad.write_text("{not json")
     code, output = run("prune", "--model", "smollm2", "--out", tmp_path / "o", "--policy", bad)

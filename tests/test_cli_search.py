@@ -45,7 +45,7 @@ def test_model_is_required_and_checked(tiny_llama_dir, tmp_path):
     code, output = run("search", "--out", tmp_path / "a")
     assert code == 2 and "missing --model" in output
     code, output = run("search", "--model", tmp_path / "nowhere", "--out", tmp_path / "b")
-    assert code == 2 and "not a directory" in output
+    assert code == 2 and "no such directory" in output
     code, output = run("search", "--model", tiny_llama_dir, "--mm-calib", "easy-vqa", "--out", tmp_path / "c")
     assert code == 2 and "needs a LLaVA model" in output
     assert not any(tmp_path.iterdir())

@@ -121,3 +121,30 @@ def test_mixed_batch_with_text_only_samples(tiny, samples):
         else:
             ref = brute_force(model, processor, sample)
         torch.testing.assert_close(torch.tensor(row), torch.tensor(ref), rtol=1e-4, atol=1e-4)
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.mark.parametrize("name, file", [("scienceqa", "scienceqa.parquet"), ("vizwiz", "vizwiz.parquet"),
+                                        ("mmvet", "mmvet.parquet"), ("llava-bench", "llava_bench.jsonl")])
+def test_benchmark_spec_names_a_local_file(name, file):
+    """`--data NAME:FILE` reads a local file in the hub schema (same samples as the loader on that file)."""
+    from prune_engine.calibration import load_vqa
+    from prune_engine.data.hub import load_benchmark
+
+    samples = load_vqa(f"{name}:{FIXTURES / file}", limit=3)
+    assert samples and samples == load_benchmark(name, source=FIXTURES / file, limit=3)
+
+
+def test_eval_vqa_command_on_a_local_scienceqa_file(tiny_llava_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from prune_engine.cli import app
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["eval", "vqa", "--model", str(tiny_llava_dir), "--data",
+                                      f"scienceqa:{FIXTURES / 'scienceqa.parquet'}", "--limit", "4",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["count"] >= 1

@@ -25,6 +25,7 @@ def pruned(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def backend():
+    pytest.importorskip("onnx", reason="the extra efficientllava[deepsparse] is not installed")
     pytest.importorskip("deepsparse", reason="DeepSparse is not installed: cannot run the exported graph")
     return "deepsparse"
 
@@ -77,6 +78,7 @@ def test_decode_export_matches_the_cached_forward(pruned, backend, tmp_path):
 
 
 def test_onnxruntime_agrees_when_installed(pruned, tmp_path):
+    pytest.importorskip("onnx", reason="the extra efficientllava[deepsparse] is not installed")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     adapter, ids, _ = pruned
     path = export_prefill(adapter, tmp_path / "prefill.onnx", T)

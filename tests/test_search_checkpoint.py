@@ -29,7 +29,7 @@ def _error(run_dir, ev=None, **kw) -> str:
 def test_layout_after_a_run(tmp_path):
     result = _run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.yaml", "history-000003.parquet", "projector-000003.bin", "state.json"]  # older ones removed
+        "committed.txt", "config.yaml", "history-000003.parquet", "projector-000003.bin", "state.json"]  # older removed
     table = pq.read_table(tmp_path / "history-000003.parquet")
     assert table.schema.equals(HISTORY_SCHEMA) and table.equals(result.history) and table.num_rows == 24
     state = json.loads((tmp_path / "state.json").read_text())

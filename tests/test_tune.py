@@ -51,3 +51,6 @@ def test_tune_eta_sweep_and_restore(tiny_llava_dir, tmp_path):
     again = json.loads((tmp_path / "rows.json").read_text())
     assert [(r["eta"], r["ppl"]) for r in again] == [(r["eta"], r["ppl"]) for r in rows]
     assert (tmp_path / "tune" / "sweep" / "searches" / "eta=0" / "policy.json").stat().st_mtime_ns == stamp
+    # other settings under the same name: refused with the difference named, nothing restored
+    third = runner.invoke(app, [*args, "--target", "0.3"])
+    assert third.exit_code == 2 and "other settings" in third.output and "target" in third.output, third.output

@@ -1,4 +1,4 @@
-"""Data for calibration, the proxy loss and evaluation (see DESIGN.md section 6).
+"""Data for calibration, the proxy loss and evaluation (docs/method.md §6).
 
 Re-exports only; one import block per module.
 """
