@@ -28,19 +28,22 @@ EMBEDDED_MODELS = ("smollm2", "smol-llava")
 SECTIONS = ("search", "engine", "ray")
 
 #: Named starting points for a new run (a config file, --set and flags override them).
-#: paper: the paper's search (16 policies x 10 generations, eta 0.5, k = 5), every candidate on all
-#:   proxy data, in database mode (a level database built once, candidates stitched).
+#: paper: the paper's search (16 policies x 10 generations, eta 0.5, k = 5), every candidate on the
+#:   whole fitness set, in database mode (a level database built once, candidates stitched); as in
+#:   the paper, a few proxy samples score the candidates (8 text segments + the image-text samples)
+#:   while all calibration data (32 x 256 text tokens + the image-text samples) builds the Hessians.
 #: none: the built-in default of every setting (SearchConfig, EngineSpec).
 #: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
 #:   many children screened per generation on a small slice of the proxy data, survivors on all of it.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "paper": {"search.population": 16, "search.generations": 10, "search.elites": 5, "search.eta": 0.5,
-              "search.offspring": 0, "engine.mode": "database"},
-    "default": {"search.population": 8, "search.generations": 6, "search.elites": 3, "search.eta": 0.5,
-                "search.offspring": 32, "engine.mode": "database", "engine.screen_nsamples": 2,
-                "engine.screen_mm_samples": 8, "engine.nsamples": 16, "engine.seqlen": 128,
-                "engine.mm_samples": 32},
+              "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
+    "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
+                "search.init": "uniform", "search.tolerance": 0.0,
+                "search.offspring": 16, "engine.mode": "database", "engine.nsamples": 16, "engine.seqlen": 128,
+                "engine.fitness_nsamples": 4, "engine.mm_samples": 16, "engine.screen_nsamples": 1,
+                "engine.screen_mm_samples": 4},
 }
 
 
@@ -101,7 +104,7 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
     for key in ("nsamples", "seqlen", "mm_samples", "projector_batch"):
         if getattr(engine, key) < 1:
             raise ConfigError(f"invalid engine config: {key} must be a positive integer")
-    for key in ("screen_nsamples", "screen_mm_samples"):
+    for key in ("screen_nsamples", "screen_mm_samples", "fitness_nsamples"):
         if getattr(engine, key) < 0:
             raise ConfigError(f"invalid engine config: {key} must be 0 or a positive integer")
     if search.offspring and engine.mode != "database":
@@ -228,6 +231,11 @@ class RunConfig(BaseModel):
         layers = list(PRESETS[preset].items()) if preset else []
         file_keys = {f"{sec}.{k}" for sec, body in data.items() if isinstance(body, dict) for k in body}
         layers = [(k, v) for k, v in layers if k not in file_keys]  # the file wins over the preset
+        chosen = {**{k: v for k, v in parse_overrides(sets or []).items()},
+                  **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        if str(chosen.get("engine.mode", (data.get("engine") or {}).get("mode"))) == "sequential":
+            # sequential mode on purpose: the preset's screening (a database-mode feature) steps aside
+            layers = [(k, v) for k, v in layers if k not in ("search.offspring", "engine.mode")]
         for key, value in layers + list(parse_overrides(sets or []).items()) + list((overrides or {}).items()):
             if value is None:
                 continue

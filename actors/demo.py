@@ -21,7 +21,12 @@ class DemoConfig(BaseModel):
     target: float = 0.5
     population: int | None = None
     generations: int | None = None
+    elites: int | None = None
     eta: float | None = None
+    nsamples: int | None = None  # proxy data sizes (default: the preset's)
+    seqlen: int | None = None
+    mm_samples: int | None = None
+    projector_lr: float | None = None
     calib: str = "wiki:calib"
     mm_calib: str | None = "easy-vqa:train,fashion-mnist:train"  # dropped for a text-only model
     mode: str | None = None
@@ -31,7 +36,7 @@ class DemoConfig(BaseModel):
     eval_text: str = "wiki:eval"
     eval_segments: int = 16
     eval_seqlen: int = 256
-    eval_vqa: int = 200  # held-out samples per VQA set
+    eval_vqa: int = 150  # held-out samples per VQA set (the benchmarks use 1,000)
     overwrite: bool = False
 
 
@@ -46,6 +51,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     import shutil
 
     from actors.config import RunConfig
+    from actors.observe import heartbeat
     from actors.run import check_new_run_dir, run_search
     from prune_engine.prune import PruneJob, run_prune
 
@@ -59,7 +65,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         cfg = cfg.model_copy(update={"mm_calib": None})
     run = RunConfig.load(preset=cfg.preset, overrides={
         "search.target": cfg.target, "search.population": cfg.population, "search.generations": cfg.generations,
-        "search.eta": cfg.eta, "search.seed": cfg.seed, "engine.model": cfg.model, "engine.calib": cfg.calib,
+        "search.eta": cfg.eta, "search.seed": cfg.seed, "search.elites": cfg.elites,
+        "search.projector_lr": cfg.projector_lr, "engine.nsamples": cfg.nsamples, "engine.seqlen": cfg.seqlen,
+        "engine.mm_samples": cfg.mm_samples, "engine.model": cfg.model, "engine.calib": cfg.calib,
         "engine.mm_calib": cfg.mm_calib, "engine.mode": cfg.mode, "ray.actors": cfg.actors,
         "ray.address": cfg.address,
     })
@@ -72,16 +80,18 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     summary = run_search(run, str(out / "search"), log=log)
     search_s = time.perf_counter() - t0
     log(f"[2/3] uniform SparseGPT at {cfg.target} with the same proxy data")
-    run_prune(PruneJob(model=cfg.model, out=out / "uniform", sparsity=cfg.target, calib=e.calib,
-                       nsamples=e.nsamples, seqlen=e.seqlen, mm_calib=e.mm_calib, mm_samples=e.mm_samples,
-                       seed=e.seed, progress=False), log=log)
+    with heartbeat(log, "uniform SparseGPT"):
+        run_prune(PruneJob(model=cfg.model, out=out / "uniform", sparsity=cfg.target, calib=e.calib,
+                           nsamples=e.nsamples, seqlen=e.seqlen, mm_calib=e.mm_calib, mm_samples=e.mm_samples,
+                           seed=e.seed, progress=False), log=log)
     log(f"[3/3] held-out evaluation: {cfg.eval_segments}x{cfg.eval_seqlen} tokens of {cfg.eval_text}, "
         f"{cfg.eval_vqa} easy-vqa and {cfg.eval_vqa} Fashion-MNIST test questions per model")
     rows = {}
     for name, spec in (("dense", cfg.model), ("uniform", str(out / "uniform")),
                        ("searched", summary["model_dir"])):
         t1 = time.perf_counter()
-        rows[name] = _evaluate(spec, cfg, log)
+        with heartbeat(log, f"evaluating {name}"):
+            rows[name] = _evaluate(spec, cfg, log)
         log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items())
             + f" ({time.perf_counter() - t1:.0f} s)")
     stats = summary.get("stats", {})

@@ -111,6 +111,8 @@ class RayEvaluator:
         ).remote(engine, dtype)
         self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
                                            num_cpus=0).remote([self.weights_ref, self.projector0_ref])
+        # database mode with several actors: each builds a share of the level database, all read all of it
+        self.shared_database = self.run.engine.mode == "database" and n > 1
         self.actors = [self._make_actor(i, engine) for i in range(n)]
         self.live = list(range(n))
         facts = []
@@ -125,6 +127,16 @@ class RayEvaluator:
                 self.log(f"  ... evaluator actors starting ({time.perf_counter() - t0:.0f} s)")
             try:
                 facts.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                raise user_error(exc) from None
+        if self.shared_database:
+            self.log(f"  building the level database in {n} parts ({time.perf_counter() - t0:.0f} s)")
+            self._database_parts = [a.database_part.remote(i, n) for i, a in enumerate(self.actors)]
+            pending = [a.install_database.remote(self._database_parts) for a in self.actors]
+            while len(ray.wait(pending, num_returns=len(pending), timeout=20.0)[0]) < len(pending):
+                self.log(f"  ... building the level database ({time.perf_counter() - t0:.0f} s)")
+            try:
+                ray.get(pending)
             except ray.exceptions.RayTaskError as exc:
                 raise user_error(exc) from None
         first = facts[0]
@@ -155,7 +167,7 @@ class RayEvaluator:
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
         ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), self.run.search.eta, i,
-                 self.run_name)
+                 self.run_name, self.shared_database)
 
     def actor_names(self) -> list[str]:
         names = [f"{self.run_name}.evaluator-{i}" for i in range(self.n_actors)]
@@ -251,7 +263,8 @@ class RayEvaluator:
         return results
 
     # ---- the Evaluator protocol --------------------------------------------------------------
-    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full") -> list[Evaluation]:
+    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full",
+                 modalities: tuple[str, ...] = ("text", "mm")) -> list[Evaluation]:
         if projector_version != self.projector_version:
             raise RuntimeError(f"driver asks for projector version {projector_version}, "
                                f"the evaluators hold {self.projector_version}")
@@ -261,7 +274,7 @@ class RayEvaluator:
         first = [np.asarray(ratios[keys.index(k)], dtype=np.float64) for k in unique]
         projector = [self._projector_ref]  # nested: resolved by an actor only when it needs it
         done = self._run(first, lambda actor, m: actor.evaluate.remote(first[m], projector_version, projector,
-                                                                        fidelity))
+                                                                        fidelity, tuple(modalities)))
         by_key = dict(zip(unique, done))
         return [Evaluation(by_key[k]["l_text"], np.asarray(by_key[k]["log_norm_ratio"]), by_key[k]["seconds"],
                            by_key[k]["l_mm"]) for k in keys]
@@ -277,9 +290,10 @@ class RayEvaluator:
         if not self.use_projector:
             raise RuntimeError("this run has no projector step")
         ratios = [np.asarray(r, dtype=np.float64) for r in ratios]
-        drawn = sorted({m for d in draws for m in d})
-        counts = np.array([sum(d.count(m) for d in draws) for m in drawn], dtype=np.float64)
-        share = counts / counts.sum()  # the drawn candidates' weights in the before/after record
+        # the before/after record: the first step's drawn candidates (a draw by c_m), on the monitor samples
+        drawn = sorted(set(draws[0]))
+        counts = np.array([draws[0].count(m) for m in drawn], dtype=np.float64)
+        share = counts / counts.sum()
         before = float(share @ np.array(self._answer_losses([ratios[m] for m in drawn])))
         self._learner(lambda: self.learner.mark.remote())
         step_losses = []

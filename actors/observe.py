@@ -140,3 +140,30 @@ class ConsoleProgress:
                      f"{self._blocks_run} block passes, projector v{e.projector_version}, {e.elapsed_s:.1f} s")
         elif isinstance(e, SearchFinished):
             self.log(f"search finished after {e.generations} generation(s) ({e.reason}): best F {e.best_fitness:.4f}")
+
+
+class heartbeat:
+    """Context manager: `log("  ... <what> (N s)")` every `every` seconds while the block runs, so a
+    piped log never goes quiet during a long step (a prune, an evaluation)."""
+
+    def __init__(self, log: Callable[[str], None], what: str, every: float = 20.0):
+        import threading
+
+        self.log, self.what, self.every = log, what, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        while not self._stop.wait(self.every):
+            self.log(f"  ... {self.what} ({time.monotonic() - start:.0f} s)")
+
+    def __enter__(self) -> "heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)

@@ -289,7 +289,7 @@ def policy_document(driver, result, run: RunConfig) -> dict:
         "ratios": per_block, "levels": result.policy.tolist(), "level_values": space.levels.tolist(),
         "granularity": cfg.granularity, "mean_sparsity": space.mean_sparsity(result.policy),
         "target": cfg.target, "tolerance": cfg.tolerance, "fitness": result.fitness, "l_proxy": result.l_proxy,
-        "g": result.g, "eta": cfg.eta, "generations": result.generations, "stopped_by": result.stopped_by,
+        "g": result.g, "srm_scale": driver.srm_scale, "eta": cfg.eta, "generations": result.generations, "stopped_by": result.stopped_by,
         "projector_version": result.projector_version, "projector_mode": cfg.projector_mode,
         "model": run.engine.model, "mode": run.engine.mode, "seed": cfg.seed,
     }
@@ -301,7 +301,10 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
     log(f"best policy: F {result.fitness:.4f}, L_proxy {result.l_proxy:.4f}, G {result.g:.4f}, "
         f"mean sparsity {doc['mean_sparsity']:.4f}; pruning the final model sequentially")
     model_dir = out.rstrip("/") + "/model"
-    report = evaluator.export(result.ratios, model_dir, {"policy.json": doc})
+    from actors.observe import heartbeat
+
+    with heartbeat(log, "pruning the final model"):
+        report = evaluator.export(result.ratios, model_dir, {"policy.json": doc})
     doc.update(achieved_mean_sparsity=report["mean_sparsity"], calibration_loss=report["calibration_loss"],
                final_prune_seconds=report["seconds"])
     write_file(out, "policy.json", json.dumps(doc, indent=2).encode())

@@ -88,9 +88,11 @@ def probe_dashboard(metrics_port: int, names: list[str], metrics: tuple[str, ...
                     ready=None) -> dict:
     """Named live actors (state API) and which custom metrics the node's metrics endpoint exports;
     polls until every metric is there and `ready(found)` holds (metrics are exported periodically)."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = {a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
+    address = ray.get_runtime_context().gcs_address  # this cluster, whatever else runs on the machine
+    alive = {a.name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)}
     found: dict[str, list[str]] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

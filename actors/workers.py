@@ -105,9 +105,12 @@ def held_ref(handle):
 # ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
-    def __init__(self, engine: dict, levels: list[float], weights: list, eta: float, index: int, run: str):
+    def __init__(self, engine: dict, levels: list[float], weights: list, eta: float, index: int, run: str,
+                 shared_database: bool = False):
         """weights: [ObjectRef of load_dense's weights], nested so that Ray does not resolve it
-        before the constructor runs (a restarted actor fetches it again from the object store)."""
+        before the constructor runs (a restarted actor fetches it again from the object store).
+        shared_database: the actors build the level database in parts (`database_part`,
+        `install_database`); a restarted actor builds all of it itself (same entries)."""
         self.index, self.run, self.eta = index, run, eta
         self.error: Exception | None = None
         self.started = time.time()
@@ -123,7 +126,8 @@ class EvaluatorActor:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
             spec = EngineSpec(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
-            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))))
+            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))),
+                                         build_database=not shared_database or self.restarted)
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc
         from ray.util.metrics import Counter, Gauge
@@ -149,6 +153,19 @@ class EvaluatorActor:
                 "pid": os.getpid(), "device": ev.spec.device, "threads": torch.get_num_threads(),
                 "restarted": self.restarted}
 
+    def database_part(self, index: int, parts: int) -> dict:
+        """This actor's share of the level database (blocks index, index + parts, ...)."""
+        self._check()
+        return self.ev.database_part(index, parts)
+
+    def install_database(self, parts: list) -> int:
+        """parts: [ObjectRef of each actor's database_part] (nested: resolved here, zero-copy)."""
+        self._check()
+        if not self.restarted:  # a restarted actor built its own
+            for ref in parts:
+                self.ev.add_database(ray.get(ref))
+        return len(self.ev.pruner.database)
+
     def _sync(self, version: int, projector: list) -> None:
         """Install projector `version` (held, unresolved, in projector[0]) if this actor lacks it."""
         if version != self.ev.projector_version:
@@ -161,14 +178,15 @@ class EvaluatorActor:
         self.ev.set_projector(unpack_tensors(state), version)
         return version
 
-    def evaluate(self, ratios: np.ndarray, version: int, projector: list, fidelity: str = "full") -> dict:
-        """Score `ratios` under projector `version` at `fidelity` ("full" or "screen")."""
+    def evaluate(self, ratios: np.ndarray, version: int, projector: list, fidelity: str = "full",
+                 modalities: tuple = ("text", "mm")) -> dict:
+        """Score `ratios` under projector `version` at `fidelity` ("full" or "screen") on `modalities`."""
         from search.fitness import norm_term
 
         self._check()
         self._sync(version, projector)
         cpu = time.process_time()
-        r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), fidelity)
+        r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), fidelity, tuple(modalities))
         cpu = time.process_time() - cpu
         self._maybe_fail(version)
         self.candidates += 1

@@ -1,11 +1,11 @@
 """The eta sweep (0, 0.1, 0.25, 0.5, 1.0) on smol-llava as a Ray Tune experiment.
 
-    .venv/bin/python benchmarks/eta_sweep.py [--population 6 --generations 2 --eval-vqa 100]
+    .venv/bin/python benchmarks/eta_sweep.py [--preset default --generations 3 --eval-vqa 100]
 
 A thin wrapper around the user-facing command (same code path, actors/tune.py):
 
-    efficientllava tune --model smol-llava --eta 0,0.1,0.25,0.5,1.0 --mode database \\
-        --population 6 --generations 2 --mm-calib easy-vqa:train --storage runs/tune --name eta-sweep
+    efficientllava tune --model smol-llava --eta 0,0.1,0.25,0.5,1.0 --preset default \\
+        --mm-calib easy-vqa:train,fashion-mnist:train --storage runs/tune --name eta-sweep
 
 One trial = one search run, scored on held-out data (Wikipedia perplexity, easy-vqa and
 Fashion-MNIST accuracy). Interrupted? Run the same command again: Tune restores the experiment
@@ -29,12 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smol-llava")
     ap.add_argument("--eta", default="0,0.1,0.25,0.5,1.0")
     ap.add_argument("--target", type=float, default=0.5)
-    ap.add_argument("--population", type=int, default=6)
-    ap.add_argument("--generations", type=int, default=2)
-    ap.add_argument("--elites", type=int, default=3)
-    ap.add_argument("--nsamples", type=int, default=16)
-    ap.add_argument("--seqlen", type=int, default=128)
-    ap.add_argument("--mm-samples", type=int, default=24)
+    ap.add_argument("--preset", default="default", help="search settings (actors.config.PRESETS)")
+    ap.add_argument("--generations", type=int, default=None, help="default: the preset's")
     ap.add_argument("--eval-segments", type=int, default=16)
     ap.add_argument("--eval-vqa", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -47,11 +43,10 @@ def main(argv=None) -> int:
     from actors.config import RunConfig
     from actors.tune import TuneJob, format_rows, run_tune
 
-    run = RunConfig.load(overrides={
-        "search.target": args.target, "search.population": args.population, "search.generations": args.generations,
-        "search.elites": args.elites, "search.seed": args.seed, "engine.model": args.model,
-        "engine.nsamples": args.nsamples, "engine.seqlen": args.seqlen, "engine.mm_calib": "easy-vqa:train",
-        "engine.mm_samples": args.mm_samples, "engine.mode": "database", "ray.actors": args.actors})
+    run = RunConfig.load(preset=args.preset, overrides={
+        "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
+        "engine.model": args.model, "engine.mm_calib": "easy-vqa:train,fashion-mnist:train",
+        "ray.actors": args.actors})
     import yaml
 
     sections = yaml.safe_load(run.to_yaml())
@@ -70,8 +65,9 @@ def main(argv=None) -> int:
              f"by Fashion-MNIST accuracy: {best['fashion_mnist']:g}"
              + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
-             f"population {args.population}, {args.generations} generations, database mode, proxy "
-             f"{args.nsamples}x{args.seqlen} wiki:calib + {args.mm_samples} easy-vqa, held-out "
+             f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
+             f"{run.search.offspring} screened children per generation, {run.engine.mode} mode, proxy "
+             f"{run.engine.nsamples}x{run.engine.seqlen} wiki:calib + {run.engine.mm_samples} image-text), held-out "
              f"{args.eval_segments}x256 wiki:eval tokens and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)

@@ -36,34 +36,39 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 
 
 class Settings(BaseModel):
-    """One set of settings shared by every variant of a benchmark (hashed into the cache key)."""
+    """One set of settings shared by every variant of a benchmark (hashed into the cache key). The
+    search settings are a preset's (actors.config.PRESETS) plus `search`/`engine` overrides; the
+    uniform and OWL baselines calibrate on exactly the search's calibration data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "smol-llava"
-    population: int = 8
-    generations: int = 2
-    elites: int = 3
-    mode: str = "database"
+    preset: str = "default"
+    search: dict = {}  # e.g. {"generations": 4}
+    engine: dict = {}  # e.g. {"mm_samples": 32}
     calib: str = "wiki:calib"
-    nsamples: int = 16
-    seqlen: int = 128
-    mm_calib: str = "easy-vqa:train"
-    mm_samples: int = 24
-    projector_lr: float = 1e-4
+    mm_calib: str = "easy-vqa:train,fashion-mnist:train"
     owl_lambda: float = 0.08
     owl_m: float = 5.0
     seed: int = 0
     eval_text: str = "wiki:eval"
-    eval_segments: int = 16
+    eval_segments: int = 64
     eval_seqlen: int = 256
-    eval_vqa: int = 200
+    eval_vqa: int = 1000
     actors: int | None = None
 
     def key(self, variant: str, target: float) -> str:
         data = self.model_dump(exclude={"actors"})  # actors never change a result
         blob = json.dumps({"variant": variant, "target": target, **data}, sort_keys=True)
-        return f"{variant}-{target:g}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        return f"{variant}-{target:g}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def run_config(self, target: float, overrides: dict | None = None):
+        from actors.config import RunConfig
+
+        return RunConfig.load(preset=self.preset, overrides={
+            **{f"search.{k}": v for k, v in self.search.items()}, **{f"engine.{k}": v for k, v in self.engine.items()},
+            "search.target": target, "search.seed": self.seed, "engine.model": self.model, "engine.calib": self.calib,
+            "engine.mm_calib": self.mm_calib, "ray.actors": self.actors, **(overrides or {})})
 
 
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print) -> dict:
@@ -74,87 +79,61 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     cached = work / f"{key}.json"
     if cached.exists():
         row = json.loads(cached.read_text())
-        log(f"  {variant} at {target}: cached ({cached.name})")
+        log(f"  {variant} at {target} (seed {settings.seed}): cached ({cached.name})")
         return row
     out = work / key
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    row: dict = {"variant": variant, "target": target}
+    row: dict = {"variant": variant, "target": target, "seed": settings.seed}
     if variant == "dense":
         model_dir = settings.model
     elif variant in ("uniform", "owl"):
         from prune_engine.prune import PruneJob, run_prune
 
-        summary = run_prune(PruneJob(model=settings.model, out=out, sparsity=target, calib=settings.calib,
-                                     nsamples=settings.nsamples, seqlen=settings.seqlen, mm_calib=settings.mm_calib,
-                                     mm_samples=settings.mm_samples, seed=settings.seed, progress=False,
+        e = settings.run_config(target).engine  # the search's calibration data, exactly
+        summary = run_prune(PruneJob(model=settings.model, out=out, sparsity=target, calib=e.calib,
+                                     nsamples=e.nsamples, seqlen=e.seqlen, mm_calib=e.mm_calib,
+                                     mm_samples=e.mm_samples, seed=e.seed, progress=False,
                                      owl=settings.owl_lambda if variant == "owl" else None, owl_m=settings.owl_m),
                             log=lambda m: None)
         model_dir, row["ratios"] = str(out), summary["ratios"]
     elif variant in SEARCHES:
-        from actors.config import RunConfig
         from actors.run import run_search
 
-        run = RunConfig.load(overrides={
-            "search.target": target, "search.population": settings.population,
-            "search.generations": settings.generations, "search.elites": settings.elites,
-            "search.seed": settings.seed, "search.projector_lr": settings.projector_lr, **SEARCHES[variant],
-            "engine.model": settings.model, "engine.calib": settings.calib, "engine.nsamples": settings.nsamples,
-            "engine.seqlen": settings.seqlen, "engine.mm_calib": settings.mm_calib,
-            "engine.mm_samples": settings.mm_samples, "engine.mode": settings.mode, "ray.actors": settings.actors,
-        })
-        summary = run_search(run, str(out), progress=False, log=lambda m: None)
+        summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
+                             log=lambda m: None)
         doc = summary["policy"]
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
-                   evaluated=summary["stats"].get("candidates"))
+                   evaluated=summary["stats"].get("candidates"), screened=summary["stats"].get("screened"))
     else:
         raise ValueError(f"unknown variant {variant}")
     row["prune_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     row.update(heldout_metrics(model_dir, settings.eval_text, settings.eval_segments, settings.eval_seqlen,
-                               vqa_samples=settings.eval_vqa, seed=settings.seed))
+                               vqa_samples=settings.eval_vqa, seed=0))  # the same held-out questions for all
     row["eval_seconds"] = time.perf_counter() - t1
     if variant != "dense":
         shutil.rmtree(out / "model" if (out / "model").exists() else out, ignore_errors=True)  # weights: GBs
     work.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(row, indent=2))
-    log(f"  {variant} at {target}: sparsity {row['sparsity']:.4f}, ppl {row['ppl']:.2f}, "
+    log(f"  {variant} at {target} (seed {settings.seed}): sparsity {row['sparsity']:.4f}, ppl {row['ppl']:.2f}, "
         f"easy-vqa {row['easy_vqa']:.3f}, Fashion-MNIST {row['fashion_mnist']:.3f} "
         f"({row['prune_seconds']:.0f} s + {row['eval_seconds']:.0f} s eval)")
     return row
 
 
-DEMO_FIELDS = ("model", "population", "generations", "elites", "mode", "calib", "nsamples", "seqlen", "mm_calib",
-               "mm_samples", "projector_lr", "seed", "eval_text", "eval_segments", "eval_seqlen", "eval_vqa")
+def over_seeds(rows: list[dict]) -> dict:
+    """Mean and sd of the held-out metrics over calibration seeds; per-seed rows kept."""
+    import numpy as np
 
-
-def seed_from_demo(demo_dir: Path, settings: Settings, work: Path, log=print) -> list[str]:
-    """Reuse a finished `efficientllava demo` run whose settings are exactly these (dense, uniform and
-    full at its target are then the very same computations; results do not depend on the actor
-    count). Returns the variants taken; nothing when any setting differs."""
-    demo = json.loads((Path(demo_dir) / "demo.json").read_text())
-    cfg = demo["config"]
-    differs = [k for k in DEMO_FIELDS if cfg.get(k) != getattr(settings, k)]
-    if differs or cfg.get("eta") != 0.5:
-        log(f"  not reusing {demo_dir}: its settings differ in {differs or ['eta']}")
-        return []
-    target, rows, doc = cfg["target"], demo["rows"], demo["policy"]
-    work.mkdir(parents=True, exist_ok=True)
-    taken = []
-    for variant, row in (("dense", rows["dense"]), ("uniform", rows["uniform"]), ("full", rows["searched"])):
-        t = None if variant == "dense" else target
-        entry = {"variant": variant, "target": t, **row, "from_demo": str(demo_dir)}
-        if variant == "full":
-            entry.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
-                         prune_seconds=demo["search_seconds"])
-        cached = work / f"{settings.key(variant, t if t is not None else 0.0)}.json"
-        if not cached.exists():
-            cached.write_text(json.dumps({"prune_seconds": float("nan"), "eval_seconds": float("nan"), **entry},
-                                         indent=2))
-            taken.append(variant)
-    log(f"  reused from {demo_dir}: {taken}")
-    return taken
+    out = dict(rows[0])
+    for m in ("ppl", "easy_vqa", "fashion_mnist", "sparsity"):
+        values = np.array([r[m] for r in rows], dtype=np.float64)
+        out[m], out[f"{m}_sd"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out["seeds"] = [r["seed"] for r in rows]
+    out["per_seed"] = rows
+    return out
 
 
 def ray_started(settings: Settings):

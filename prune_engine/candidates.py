@@ -47,9 +47,11 @@ class EngineSpec(BaseModel):
     device: str = "cpu"
     threads: int | None = None  # torch threads in this evaluator (None: torch's default)
     loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
+    fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice
-    projector_batch: int = 8  # image-text samples per projector mini-batch step
+    projector_batch: int = 4  # image-text samples per projector mini-batch step
+    monitor_samples: int = 8  # image-text samples on which sum c_m L_m is recorded before/after an update
     allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
 
 
@@ -75,14 +77,20 @@ def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], 
 
 class CandidateEvaluator:
     def __init__(self, spec: EngineSpec, levels: list[float] | None = None, state_dict: dict | None = None,
-                 progress: bool = False):
+                 progress: bool = False, build_database: bool = True):
+        """In database mode the level database is built here unless `build_database` is False (then
+        the caller shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec, self.levels = spec, levels
         processor = load_processor(spec.model)
         text = text_batches(processor, spec.calib, spec.nsamples, spec.seqlen, spec.seed)[0]
-        screen_text = min(spec.screen_nsamples, spec.nsamples) if spec.screen_nsamples else 0
-        text_screen, text_rest = _split_text(text, screen_text, spec.batch_size)
+        # text segments: [screening slice | the rest of the fitness set | calibration only]
+        fit_text = min(spec.fitness_nsamples or spec.nsamples, spec.nsamples)
+        screen_text = min(spec.screen_nsamples, fit_text) if spec.screen_nsamples else 0
+        text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, spec.batch_size)
+        _, text_calib = _split_text(text, fit_text, spec.batch_size)
+        text_rest = fit_rest + text_calib
         samples = calibration_vqa(spec.mm_calib, spec.mm_samples, spec.seed) if spec.mm_calib else []
         screen_mm = min(spec.screen_mm_samples, len(samples)) if spec.screen_mm_samples else 0
         mm_screen = vqa_batches(processor, samples[:screen_mm], spec.batch_size)
@@ -97,20 +105,43 @@ class CandidateEvaluator:
         n_text = len(text_screen) + len(text_rest)
         self.kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
         self.mm_indices = [i for i, k in enumerate(self.kinds) if k == "mm"]
+        n_fit = len(text_screen) + len(fit_rest)
+        self.scored = list(range(n_fit)) + self.mm_indices  # the full-fidelity fitness set
         # the screening slice (multi-fidelity selection): the sliced batches of each kind; a kind
-        # without a slice is scored whole; no slice at all means screening uses everything
-        screen = (list(range(len(text_screen))) if screen_text else list(range(n_text))) \
+        # without a slice is scored whole; no slice at all means screening uses the full set
+        screen = (list(range(len(text_screen))) if screen_text else list(range(n_fit))) \
             + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else self.mm_indices)
         self.screen = screen if (screen_text or screen_mm) else None
         check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
         self.projector_batches = [vqa_batches(processor, samples[i:i + spec.projector_batch])[0]
                                   for i in range(0, len(samples), spec.projector_batch)]
+        self.monitor_batches = vqa_batches(processor, samples[:spec.monitor_samples])
         self.pattern = Pattern.parse(spec.pattern)
         self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
-                                       reuse_prefix=spec.prefix_reuse, kinds=self.kinds, loss=spec.loss)
+                                       reuse_prefix=spec.prefix_reuse, kinds=self.kinds, loss=spec.loss,
+                                       scored=self.scored)
         self.projector_version = 0
-        if spec.mode == "database":  # once, from the dense model with its original projector
+        if spec.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
+
+    # --- a level database built in parts (one per evaluator) ------------------------
+    def database_part(self, index: int, parts: int) -> dict:
+        """Build the database entries of blocks index, index + parts, ... and return them as arrays."""
+        blocks = list(range(index, self.adapter.num_blocks, parts))
+        self.pruner.build_database(self.levels, blocks)
+        return {key: (p.weight.numpy(), p.ratio, p.sq_norm, p.error)
+                for key, p in self.pruner.database.items() if key[0] in blocks}
+
+    def add_database(self, part: dict) -> None:
+        """Add entries made by `database_part` (possibly on another evaluator); arrays are only read."""
+        import warnings
+
+        from prune_engine.sparsegpt import Pruned
+
+        with warnings.catch_warnings():  # read-only (object store) arrays: the weights are only copied from
+            warnings.simplefilter("ignore", UserWarning)
+            for key, (weight, ratio, sq_norm, error) in part.items():
+                self.pruner.database[tuple(key)] = Pruned(torch.from_numpy(weight), ratio, sq_norm, error)
 
     # --- facts the search needs ------------------------------------------------------
     @property
@@ -129,6 +160,8 @@ class CandidateEvaluator:
                 "seqlen": s.seqlen, "mm_calib": s.mm_calib, "mm_samples": s.mm_samples, "seed": s.seed,
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
+                "fitness_nsamples": s.fitness_nsamples,
+                "monitor_samples": s.monitor_samples,
                 "mode": s.mode}
 
     def policy(self, ratios: np.ndarray) -> list:
@@ -139,14 +172,18 @@ class CandidateEvaluator:
         return [dict(zip(names, ratios[i:i + len(names)])) for i in range(0, len(ratios), len(names))]
 
     # --- evaluation ------------------------------------------------------------------
-    def evaluate(self, ratios: np.ndarray, fidelity: str = "full") -> CandidateResult:
+    def evaluate(self, ratios: np.ndarray, fidelity: str = "full",
+                 modalities: tuple[str, ...] = ("text", "mm")) -> CandidateResult:
         """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
-        screening slice only (database mode; sequential pruning always needs all the data)."""
+        screening slice only, `modalities=("mm",)` on the image-text batches only (database mode;
+        sequential pruning always needs all the data)."""
         start = time.perf_counter()
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
         if self.spec.mode == "database":
-            report = self.pruner.stitch(policy, self.screen if fidelity == "screen" else None)
+            batches = self.screen if fidelity == "screen" and self.screen is not None else self.scored
+            batches = [i for i in batches if self.kinds[i] in modalities]
+            report = self.pruner.stitch(policy, batches)
         else:
             report = self.pruner.prune(policy)
         l_text = report.loss_text if report.loss_text is not None else math.nan
@@ -203,11 +240,12 @@ class CandidateEvaluator:
         return value, grads
 
     @torch.no_grad()
-    def answer_loss(self, ratios: np.ndarray) -> float:
-        """Mean answer-token cross-entropy of the candidate over all image-text proxy samples."""
+    def answer_loss(self, ratios: np.ndarray, batches: list[dict] | None = None) -> float:
+        """Mean answer-token cross-entropy of the candidate over `batches` (default: the monitor
+        samples, the first `monitor_samples` image-text proxy samples)."""
         self._install(ratios)
         total, count = 0.0, 0
-        for batch in self.projector_batches:
+        for batch in self.monitor_batches if batches is None else batches:
             loss, n = self._answer_loss(batch)
             total, count = total + float(loss), count + n
         return total / max(count, 1)

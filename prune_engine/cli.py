@@ -454,7 +454,7 @@ def demo(
     mode: Optional[str] = typer.Option(None, help="sequential | database (default: the preset's)."),
     actors: Optional[int] = typer.Option(None, help="Evaluator actors (default: one per CPU / GPU)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-    eval_vqa_samples: int = typer.Option(200, "--eval-vqa", help="Held-out questions per VQA set."),
+    eval_vqa_samples: int = typer.Option(150, "--eval-vqa", help="Held-out questions per VQA set."),
     overwrite: bool = typer.Option(False, help="Replace an existing demo run directory."),
 ):
     """The demo main job: search smol-llava, then compare dense / uniform / searched on held-out data."""

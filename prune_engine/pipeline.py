@@ -92,7 +92,7 @@ class SequentialPruner:
 
     def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
                  blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False,
-                 kinds: list[str] | None = None, loss: str = "ce"):
+                 kinds: list[str] | None = None, loss: str = "ce", scored: list[int] | None = None):
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {', '.join(LOSS_KINDS)}, got '{loss}'")
         self.adapter, self.pattern = adapter, pattern
@@ -102,6 +102,8 @@ class SequentialPruner:
         if len(self.kinds) != len(batches):
             raise ValueError(f"{len(self.kinds)} kinds for {len(batches)} batches")
         self.loss_kind = loss
+        # the batches whose loss is reported (the others only calibrate: Hessians)
+        self.scored = list(range(len(batches))) if scored is None else sorted(scored)
         self.dense = [{n: m.weight.detach().clone() for n, m in adapter.linears(i).items()}
                       for i in range(adapter.num_blocks)]
         self.dense_sq_norm = [sum(float(w.double().square().sum()) for w in block.values()) for block in self.dense]
@@ -148,6 +150,9 @@ class SequentialPruner:
         """The dense model's next-token log-probabilities at every target of every batch (CPU, fp16)."""
         out = []
         for i, x in enumerate(self.inputs):
+            if i not in self.scored:
+                out.append(None)
+                continue
             h = x.hidden
             for b in range(self.adapter.num_blocks):
                 h = self.adapter.run_block(b, h, x.kwargs)
@@ -192,11 +197,54 @@ class SequentialPruner:
         """
         return self._run(policy, levels)
 
-    def build_database(self, levels: list[float]) -> None:
-        """Database mode: prune every block at every level once, from dense inputs (one Hessian each)."""
-        self.database = {}
-        self._run(0.0, list(levels))
+    @torch.no_grad()
+    def build_database(self, levels: list[float], blocks: list[int] | None = None) -> None:
+        """Database mode: every matrix of every block (or of `blocks` only) pruned at every level
+        from the dense model's activations. The inputs are dense, so one forward per batch
+        accumulates all stage Hessians of a block at once; then one OBS run per stage serves all
+        levels. Entries live off the device. Blocks outside `blocks` are only run forward."""
         self.restore_dense()
+        if blocks is None:
+            self.database = {}
+        wanted = set(range(self.adapter.num_blocks) if blocks is None else blocks)
+        levels = [float(r) for r in levels]
+        hidden = [x.hidden for x in self.inputs]
+        for b in range(max(wanted) + 1 if wanted else 0):
+            stages = self.adapter.stages(b)
+            hessians: list = []
+            handles = []
+            mask: dict = {}
+            if b in wanted:
+                hessians = [Hessian(stage[0][1].in_features, device=stage[0][1].weight.device) for stage in stages]
+
+                def make_hook(s: int):
+                    def hook(_module, args):
+                        t0 = time.perf_counter()
+                        hessians[s].add(args[0], mask["token"])
+                        self.timings["hessian"] += time.perf_counter() - t0
+                    return hook
+
+                handles = [stage[0][1].register_forward_pre_hook(make_hook(s)) for s, stage in enumerate(stages)]
+            try:
+                outputs = []
+                for h, x in zip(hidden, self.inputs):
+                    mask["token"] = x.token_mask
+                    outputs.append(self.adapter.run_block(b, h, x.kwargs))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for s, stage in enumerate(stages if b in wanted else []):
+                t0 = time.perf_counter()
+                names = [n for n, _ in stage]
+                out = sparsegpt([self.dense[b][n] for n in names], hessians[s].matrix(), [levels] * len(names),
+                                self.pattern, self.blocksize, self.percdamp)
+                for n, per_level in zip(names, out):
+                    for r, p in zip(levels, per_level):
+                        self.database[(b, n, round(r, 6))] = dataclasses.replace(p, weight=p.weight.to("cpu"))
+                hessians[s] = None  # free
+                self.timings["sparsegpt"] += time.perf_counter() - t0
+            hidden = outputs
+            self.blocks_run += 1
 
     def _run(self, policy, levels) -> PruneReport:
         start = time.perf_counter()
@@ -221,7 +269,7 @@ class SequentialPruner:
             self.blocks_run += 1
             self._stack.append((keys[b], hidden if self.reuse_prefix else None,
                                 sum(p.sq_norm for p in pruned.values()), {n: p.ratio for n, p in pruned.items()}))
-        losses = {i: self._batch_loss(i, h) for i, h in enumerate(hidden)}
+        losses = {i: self._batch_loss(i, h) for i, h in enumerate(hidden) if i in self.scored}
         return self._report(losses, [e[2] for e in self._stack], [e[3] for e in self._stack], start)
 
     # ---- database mode --------------------------------------------------------------------
@@ -254,7 +302,7 @@ class SequentialPruner:
         start = time.perf_counter()
         keys = self.install(policy)
         ratios = block_ratios(policy, self.adapter)
-        indices = range(len(self.inputs)) if batches is None else batches
+        indices = self.scored if batches is None else batches
         losses, deepest = {}, 0
         for i in indices:
             stack = self._stacks.setdefault(i, [])

@@ -44,10 +44,22 @@ def run_model(run_dir: str | Path) -> str | None:
     return None
 
 
+def _full_rows(history: dict) -> dict:
+    """The rows of the generations' populations (screened children are scored on a slice only)."""
+    keep = [i for i, f in enumerate(history.get("fidelity") or ["full"] * len(history["generation"])) if f == "full"]
+    return {k: [v[i] for i in keep] for k, v in history.items()}
+
+
 def _per_generation(history: dict) -> dict:
+    """Per generation: best and mean fitness of the population, its best candidate, the children
+    screened for the next one, and the search-space evolution records."""
+    fidelity = history.get("fidelity") or ["full"] * len(history["generation"])
+    screened = [g for g, f in zip(history["generation"], fidelity) if f == "screen"]
+    history = _full_rows(history)
     gens = np.asarray(history["generation"])
     fit = np.asarray(history["fitness"])
-    out = {"generation": [], "best": [], "mean": [], "best_policy": [], "best_l_proxy": [], "best_g": []}
+    out = {"generation": [], "best": [], "mean": [], "best_policy": [], "best_l_proxy": [], "best_g": [],
+           "screened": [], "effective": [], "loss_before": [], "loss_after": [], "change": []}
     for t in sorted(set(gens.tolist())):
         idx = np.flatnonzero(gens == t)
         b = idx[np.argmax(fit[idx])]
@@ -57,6 +69,11 @@ def _per_generation(history: dict) -> dict:
         out["best_policy"].append(list(history["policy"][b]))
         out["best_l_proxy"].append(float(history["l_proxy"][b]))
         out["best_g"].append(float(history["g"][b]))
+        out["screened"].append(screened.count(t))
+        for key, col in (("effective", "effective_candidates"), ("loss_before", "projector_loss_before"),
+                         ("loss_after", "projector_loss_after"), ("change", "projector_change")):
+            value = (history.get(col) or [None] * len(gens))[int(idx[0])]
+            out[key].append(float("nan") if value is None else float(value))
     return out
 
 
@@ -98,6 +115,7 @@ def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[st
     files["policy_heatmap"] = "policy_heatmap.png"
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    history = _full_rows(history)
     gens = np.asarray(history["generation"])
     sc = ax.scatter(history["c_m"], history["fitness"], c=gens, cmap="plasma", s=18)
     ax.set_xlabel("neighbour weight c_m")
@@ -167,12 +185,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                ["eta", policy.get("eta")], ["generations", policy.get("generations")],
                ["projector mode / versions", f"{policy.get('projector_mode')} / {policy.get('projector_version')}"],
                ["candidates evaluated", int(np.sum(~np.asarray(history["cached"])))]]
-    gen_rows = [[t, b, m, lp, g] for t, b, m, lp, g in zip(per_gen["generation"], per_gen["best"], per_gen["mean"],
-                                                          per_gen["best_l_proxy"], per_gen["best_g"])]
+    gen_rows = [list(r) for r in zip(per_gen["generation"], per_gen["best"], per_gen["mean"], per_gen["best_l_proxy"],
+                                     per_gen["best_g"], per_gen["screened"], per_gen["effective"],
+                                     per_gen["loss_before"], per_gen["loss_after"], per_gen["change"])]
     ratios = policy.get("ratios", [])
     sections = [("Summary", _md_table(["", "value"], summary)),
-                ("Fitness per generation", _md_table(["generation", "best F", "mean F", "best L_proxy", "best G"],
-                                                     gen_rows) + f"\n\n![fitness]({plots['fitness']})"),
+                ("Fitness per generation", _md_table(["generation", "best F", "mean F", "best L_proxy", "best G",
+                                                      "children screened", "1/sum c^2", "sum c L before",
+                                                      "sum c L after", "projector change"], gen_rows)
+                 + "\n\n1/sum c^2 is the effective number of candidates the neighbour weights spread over; "
+                 "sum c L before/after is the drawn candidates' answer-token loss around the projector update."
+                 f"\n\n![fitness]({plots['fitness']})"),
                 ("Best policy per block", "`" + json.dumps(ratios) + "`\n\n"
                  f"![policy heatmap]({plots['policy_heatmap']})"),
                 ("Neighbour weights", "Each candidate's neighbour weight c_m (softmax of minus the summed squared "

@@ -42,6 +42,8 @@ class SearchConfig(BaseModel):
     granularity: Literal["block", "matrix"] = "block"
     # genetic algorithm (§4)
     population: int = Field(16, ge=2)
+    init: Literal["random", "uniform"] = Field("random", description="first population: uniform + random feasible "
+                                               "policies (paper), or uniform + its level-switch mutations")
     elites: int = Field(4, ge=1)
     generations: int = Field(10, ge=1, description="tau")
     time_budget_s: Optional[float] = Field(None, gt=0.0)
@@ -57,7 +59,7 @@ class SearchConfig(BaseModel):
                                        description="factor putting G on L's scale (None: sd(L)/sd(G) of generation 0)")
     # neighbour weights and search-space evolution (§4 steps 4-5)
     neighbours: int = Field(5, ge=1)
-    temperature: float = Field(1.0, gt=0.0, description="softmax temperature, in units of the median distance d_m")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature, in units of median(d_m) - min(d_m)")
     projector_mode: Literal["weighted", "uniform", "off"] = "weighted"
     projector_steps: int = Field(4, ge=1, description="projector mini-batch steps per generation")
     projector_candidates: int = Field(2, ge=1, description="candidates drawn (by neighbour weight) per projector step")

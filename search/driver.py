@@ -71,6 +71,9 @@ class SearchDriver:
         self.best: dict | None = None
         self.rows: list[dict] = []  # the history, one row per candidate per generation
         self._memo: dict[tuple[bytes, int, str], Evaluation] = {}
+        # text losses and norms do not depend on the projector: kept across versions, so after a
+        # projector step a known policy is re-scored on its image-text samples only
+        self._text_memo: dict[tuple[bytes, str], Evaluation] = {}
         self._config_record = config.to_dict()
         self._started = False
 
@@ -111,6 +114,9 @@ class SearchDriver:
             if not r["cached"] and r["projector_version"] == driver.projector_version:
                 key = (np.array(r["policy"], dtype=np.int64).tobytes(), r["projector_version"], r["fidelity"])
                 driver._memo[key] = Evaluation(r["l_text"], np.array(r["log_norm_ratio"]), r["seconds"], r["l_mm"])
+        for r in driver.rows:
+            key = (np.array(r["policy"], dtype=np.int64).tobytes(), r["fidelity"])
+            driver._text_memo.setdefault(key, Evaluation(r["l_text"], np.array(r["log_norm_ratio"]), 0.0))
         driver._started = True
         return driver
 
@@ -124,7 +130,8 @@ class SearchDriver:
             self.store.check_not_orphaned()  # files of a run whose state.json is lost: never overwrite them
         self.store.write_config(yaml.safe_dump(self._config_record, sort_keys=False))
         if not self._started:
-            self.population = initial_population(self.space, self.config.population, self.rng)
+            self.population = initial_population(self.space, self.config.population, self.rng, self.config.init,
+                                                 self.config.mutation_switches)
             self._started = True
         while (reason := self._stop_reason(clock())) is None:
             self._generation(clock)
@@ -212,15 +219,24 @@ class SearchDriver:
             if k not in self._memo and k not in seen:
                 seen.add(k)
                 todo.append(m)
-        if todo:
-            results = list(self.evaluator.evaluate([self.space.ratios(pop[m]) for m in todo], version, fidelity))
-            if len(results) != len(todo):
-                raise RuntimeError(f"evaluator returned {len(results)} results for {len(todo)} candidates")
-            for m, e in zip(todo, results):
+        known = [m for m in todo if (keys[m][0], fidelity) in self._text_memo]
+        unknown = [m for m in todo if (keys[m][0], fidelity) not in self._text_memo]
+        for subset, modalities in ((unknown, ("text", "mm")), (known, ("mm",))):
+            if not subset:
+                continue
+            results = list(self.evaluator.evaluate([self.space.ratios(pop[m]) for m in subset], version, fidelity,
+                                                   modalities))
+            if len(results) != len(subset):
+                raise RuntimeError(f"evaluator returned {len(results)} results for {len(subset)} candidates")
+            for m, e in zip(subset, results):
+                if modalities == ("mm",):  # the text part and the norms come from the memo
+                    text = self._text_memo[(keys[m][0], fidelity)]
+                    e = Evaluation(text.l_text, text.log_norm_ratio, e.seconds, e.l_mm)
                 if np.shape(e.log_norm_ratio) != (self.space.n_blocks,):
                     raise RuntimeError(f"evaluator returned log_norm_ratio of shape {np.shape(e.log_norm_ratio)}, "
                                        f"expected ({self.space.n_blocks},)")
                 self._memo[keys[m]] = e
+                self._text_memo.setdefault((keys[m][0], fidelity), e)
         return [self._memo[k] for k in keys], [m not in todo for m in range(len(pop))]
 
     def _checkpoint(self) -> None:

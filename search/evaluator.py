@@ -24,7 +24,7 @@ class ProjectorUpdate:
     """What one generation's search-space evolution did (NaN where an evaluator does not measure it)."""
 
     version: int  # projector version after the update
-    loss_before: float = math.nan  # sum_m c_m L_m (answer-token cross-entropy) over the drawn candidates, before
+    loss_before: float = math.nan  # sum_m c_m L_m (answer-token cross-entropy), estimated on a draw by c_m, before
     loss_after: float = math.nan  # the same after the update
     change: float = math.nan  # ||W_p,new - W_p,old|| / ||W_p,old||
     steps: list = field(default_factory=list)  # per mini-batch step: the mean loss of its drawn candidates
@@ -35,8 +35,10 @@ class Evaluator(Protocol):
     param_counts: np.ndarray  # prunable params per policy entry (block or matrix granularity)
     identity: dict  # model identity, JSON-able (saved in checkpoints, checked on resume)
 
-    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full") -> list[Evaluation]:
-        """Float sparsity per policy entry for each candidate; results in input order."""
+    def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full",
+                 modalities: tuple[str, ...] = ("text", "mm")) -> list[Evaluation]:
+        """Float sparsity per policy entry for each candidate; results in input order. With
+        modalities ("mm",) only the image-text loss is needed (the driver knows the rest)."""
         ...
 
     def projector_step(self, ratios: list[np.ndarray], draws: list[list[int]], lr: float) -> ProjectorUpdate:

@@ -16,14 +16,17 @@ def neighbour_distances(policies: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def neighbour_weights(policies: np.ndarray, k: int = 5, temperature: float = 1.0) -> np.ndarray:
-    """c = softmax(-d / T) with T = temperature x median(d): the temperature scales with the
-    distances, so c spreads over several candidates whatever the number of blocks (with T = 1 in
-    level steps c was one-hot; in raw ratios it is flat)."""
+    """c = softmax(-d / T) with T = temperature x (median(d) - min(d)): the temperature scales with
+    the spread of the distances, so c spreads over several candidates whatever the number of blocks
+    and the population's diversity (with T = 1 in level steps c was one-hot; with T = median(d)
+    nearly uniform; in raw ratios it is flat)."""
     d = neighbour_distances(policies, k)
     if len(d) == 1:
         return np.ones(1)
-    scale = float(np.median(d))
-    t = temperature * (scale if scale > 0 else 1.0)
+    scale = float(np.median(d) - np.min(d))
+    if scale <= 0:
+        scale = float(np.median(d)) or 1.0
+    t = temperature * scale
     z = -d / t
     e = np.exp(z - z.max())
     return e / e.sum()

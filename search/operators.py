@@ -90,9 +90,21 @@ def _fill(pop: list[np.ndarray], n: int, space: PolicySpace, rng: np.random.Gene
     return pop
 
 
-def initial_population(space: PolicySpace, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """The uniform policy first, then random feasible policies; all distinct."""
-    return _fill([space.uniform()], n, space, rng)
+def initial_population(space: PolicySpace, n: int, rng: np.random.Generator, init: str = "random",
+                       switches: tuple[int, int] = (1, 3)) -> list[np.ndarray]:
+    """The uniform policy first, then (init "random", the paper's) random feasible policies, or
+    (init "uniform", EvoPress's start) level-switch mutations of the uniform policy; all distinct."""
+    pop = [space.uniform()]
+    if init == "uniform":
+        seen = {pop[0].tobytes()}
+        for _ in range(20 * n):
+            if len(pop) >= n:
+                break
+            child = repair(mutate(space.uniform(), space, rng, switches), space, rng)
+            if child is not None and child.tobytes() not in seen:
+                seen.add(child.tobytes())
+                pop.append(child)
+    return _fill(pop, n, space, rng)
 
 
 def next_generation(

@@ -41,9 +41,12 @@ def test_evaluate_reports_losses_per_modality_norms_and_sparsity(evaluator):
     again = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
     assert (again.l_text, again.l_mm) == (r.l_text, r.l_mm) and again.blocks_run == 3
     # L_mm is the model's own answer-token cross-entropy (the pruned weights are in the model)
-    assert r.l_mm == pytest.approx(evaluator.answer_loss(np.array([0.4, 0.5, 0.6])), rel=1e-4)
+    every = evaluator.answer_loss(np.array([0.4, 0.5, 0.6]), evaluator.projector_batches)
+    assert r.l_mm == pytest.approx(every, rel=1e-4)
+    assert every == pytest.approx(_model_answer_loss(evaluator, evaluator.projector_batches), rel=1e-5)
     assert evaluator.answer_loss(np.array([0.4, 0.5, 0.6])) == pytest.approx(
-        _model_answer_loss(evaluator, evaluator.projector_batches), rel=1e-5)
+        _model_answer_loss(evaluator, evaluator.monitor_batches), rel=1e-5)
+
 
 
 def test_projector_gradient_matches_finite_differences(evaluator):
@@ -123,6 +126,10 @@ def test_database_is_built_once_and_kept_across_projector_versions(database_eval
     again = ev.evaluate(np.array([0.4, 0.6, 0.5]))
     assert ev.pruner.database is database  # not rebuilt
     assert again.l_text == r.l_text and again.l_mm != r.l_mm  # text never sees the projector
+    # image-text only (after a projector step the driver knows the rest): the same L_mm, no text loss
+    mm_only = ev.evaluate(np.array([0.4, 0.6, 0.5]), modalities=("mm",))
+    assert mm_only.l_mm == again.l_mm and math.isnan(mm_only.l_text)
+    assert np.array_equal(mm_only.log_norm_ratio, again.log_norm_ratio)
 
 
 def test_screening_scores_a_slice_and_shares_work_with_full(database_evaluator, tiny_llava_dir):
@@ -154,3 +161,18 @@ def test_text_only_database_mode(tiny_llava_dir):
     assert not ev.has_projector
     r = ev.evaluate(np.array([0.4, 0.6, 0.5]))
     assert r.mean_sparsity == pytest.approx(0.5, abs=0.01) and r.l_mm is None
+
+
+def test_fitness_is_measured_on_its_slice_and_the_rest_only_calibrates(tiny_llava_dir):
+    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=6, seqlen=32, fitness_nsamples=2, screen_nsamples=1,
+                      mm_calib="easy-vqa:train", mm_samples=4, mode="database", loss="kl")
+    ev = CandidateEvaluator(spec, levels=[0.4, 0.5, 0.6])
+    seqs = [len(ev.batches[i]["input_ids"]) for i in range(len(ev.batches)) if ev.kinds[i] == "text"]
+    calib_only = [i for i in range(len(ev.batches)) if i not in ev.scored]
+    assert seqs == [1, 1, 4] and len(calib_only) == 1 and ev.kinds[calib_only[0]] == "text"
+    assert ev.pruner.teacher[calib_only[0]] is None  # no dense distribution kept for it
+    policy = np.array([0.4, 0.6, 0.5])
+    full = ev.pruner.stitch(ev.policy(policy), ev.scored)
+    assert full.tokens == sum(int((ev.batches[i]["labels"][:, 1:] != -100).sum()) for i in ev.scored)
+    r = ev.evaluate(policy)
+    assert r.l_text == pytest.approx(full.loss_text) and r.l_mm == pytest.approx(full.loss_mm)

@@ -121,7 +121,14 @@ def test_database_levels_match_direct_pruning(llama):
     pruner = SequentialPruner(adapter, batches, progress=False)
     levels = [0.4, 0.5, 0.6]
     pruner.build_database(levels)  # dense forward, every level pruned on dense inputs
-    assert {(b, r) for b, _, r in pruner.database} == {(b, r) for b in range(3) for r in [0.0] + levels}
+    assert {(b, r) for b, _, r in pruner.database} == {(b, r) for b in range(3) for r in levels}
+    assert all(p.weight.device.type == "cpu" for p in pruner.database.values())  # off the device
+    # a part of the database (what one actor builds when the build is shared) is the same entries
+    part = SequentialPruner(adapter, batches, progress=False)
+    part.build_database(levels, blocks=[1])
+    assert {b for b, _, _ in part.database} == {1}
+    for key, entry in part.database.items():
+        assert torch.equal(entry.weight, pruner.database[key].weight) and entry.sq_norm == pruner.database[key].sq_norm
     direct = pruner.prune(0.6)  # block 0 sees dense inputs in both runs
     q = pruner.database[(0, "self_attn.q_proj", 0.6)]
     torch.testing.assert_close(q.weight, adapter.linears(0)["self_attn.q_proj"].weight, rtol=1e-4, atol=1e-5)
@@ -133,6 +140,15 @@ def test_database_levels_match_direct_pruning(llama):
     assert direct.loss > 0 and math.isfinite(stitched.loss)
     with pytest.raises(ValueError, match="not a database level"):
         pruner.stitch(0.55)
+    # with two batches: a subset scores only its batch; the full score afterwards equals a fresh one
+    pruner.restore_dense()
+    two = SequentialPruner(adapter, text_batches(llama[1], TEXT, 8, 64, seed=0, batch_size=4), progress=False,
+                           reuse_prefix=True)
+    two.build_database(levels)
+    subset = two.stitch([0.6, 0.4, 0.5], batches=[0])
+    full = two.stitch([0.6, 0.4, 0.5])
+    assert subset.tokens * 2 == full.tokens and two.blocks_run == 3 + 3 + 3  # build, subset, the other batch
+    assert full.loss == pytest.approx(stitched.loss, rel=1e-5)  # the same tokens in two batches
 
 
 def test_prefix_reuse_gives_identical_results_and_skips_blocks(llama):

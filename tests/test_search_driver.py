@@ -144,7 +144,7 @@ def test_infeasible_population_is_refused_before_any_evaluation(tmp_path):
 
 def test_bad_evaluator_output_is_reported(tmp_path):
     class Broken(SyntheticEvaluator):
-        def evaluate(self, ratios, projector_version, fidelity="full"):
+        def evaluate(self, ratios, projector_version, fidelity="full", modalities=("text", "mm")):
             return [Evaluation(1.0, np.zeros(2)) for _ in ratios]
 
     with pytest.raises(RuntimeError, match=r"log_norm_ratio of shape \(2,\), expected \(6,\)"):
@@ -201,3 +201,16 @@ def test_multi_fidelity_screens_children_and_keeps_the_best(tmp_path):
 def test_projector_update_is_recorded_nan_free_without_projector(tmp_path):
     _, _, _, h = _run(tmp_path, projector_mode="off")
     assert all(x != x for x in h["projector_change"])  # NaN: no update happened
+
+
+def test_after_a_projector_step_known_policies_are_rescored_on_image_text_only(tmp_path):
+    ev = SyntheticEvaluator(n_blocks=6, mm=True)
+    _, ev, _, h = _run(tmp_path, ev=ev, population=8, elites=3)
+    mm_only = [i for i, m in enumerate(ev.modalities) if m == ("mm",)]
+    assert len(mm_only) == 3 * 3  # the 3 elites of generations 1-3
+    for t in range(1, 4):  # their text loss and norms are the ones measured before, their L_mm is new
+        for p, lt, lm in [(p, lt, lm) for g, p, lt, lm in zip(h["generation"], h["policy"], h["l_text"], h["l_mm"])
+                          if g == t][:3]:
+            earlier = [(lt0, lm0) for g, p0, lt0, lm0 in zip(h["generation"], h["policy"], h["l_text"], h["l_mm"])
+                       if g < t and p0 == p]
+            assert earlier and earlier[-1][0] == lt and earlier[-1][1] != lm

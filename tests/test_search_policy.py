@@ -192,11 +192,12 @@ def test_proxy_loss_combines_the_modalities():
 
 def test_neighbour_weights_by_hand():
     pol = np.array([[0, 0], [0, 1], [0, 3], [4, 4]])
-    # squared level-step distances; k=1 nearest: 1, 1, 4, 17 (median 2.5); k=2: 1+9, 1+4, 4+9, 17+25 (median 11.5)
+    # squared level-step distances; k=1 nearest: 1, 1, 4, 17 (median - min = 1.5);
+    # k=2: 1+9, 1+4, 4+9, 17+25 (median - min = 11.5 - 5 = 6.5)
     c = neighbour_weights(pol, k=1, temperature=1.0)
-    e = np.exp(-np.array([1.0, 1.0, 4.0, 17.0]) / 2.5)
+    e = np.exp(-np.array([1.0, 1.0, 4.0, 17.0]) / 1.5)
     assert np.allclose(c, e / e.sum())
-    e2 = np.exp(-np.array([10.0, 5.0, 13.0, 42.0]) / (4.0 * 11.5))
+    e2 = np.exp(-np.array([10.0, 5.0, 13.0, 42.0]) / (4.0 * 6.5))
     assert np.allclose(neighbour_weights(pol, k=2, temperature=4.0), e2 / e2.sum())
     assert effective_candidates(c) == pytest.approx(1 / np.sum(c**2)) and 1 < effective_candidates(c) < 4
     assert np.allclose(neighbour_weights(pol, k=5), neighbour_weights(pol, k=3))  # k capped at n-1
@@ -217,3 +218,16 @@ def test_neighbour_weights_properties(n, size, k, temperature, seed):
     d = np.array([np.sort([((p - q) ** 2).sum() for j, q in enumerate(pol) if j != i])[:k].sum()
                   for i, p in enumerate(pol)])
     assert np.all(np.diff(c[np.argsort(d, kind="stable")]) <= 1e-15)  # denser neighbourhood, larger weight
+
+
+def test_initial_population_from_uniform_mutations():
+    space = PolicySpace(np.linspace(0.4, 0.6, 5), np.full(12, 1000), tolerance=0.0, target=0.5)
+    rng = np.random.default_rng(0)
+    pop = initial_population(space, 10, rng, init="uniform", switches=(1, 3))
+    assert np.array_equal(pop[0], space.uniform()) and len({p.tobytes() for p in pop}) == 10
+    for p in pop[1:]:
+        moved = np.abs(p - space.uniform()).sum()
+        assert 2 <= moved <= 6 and space.is_feasible(p)  # 1-3 level switches, the budget kept exactly
+        assert space.mean_sparsity(p) == pytest.approx(0.5, abs=1e-12)
+    random = initial_population(space, 10, np.random.default_rng(0))
+    assert max(np.abs(p - space.uniform()).sum() for p in random) > 6  # the paper's start is spread out

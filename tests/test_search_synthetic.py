@@ -44,6 +44,7 @@ class SyntheticEvaluator:
         self.screen_noise = screen_noise  # sd of the (deterministic) error of a screening evaluation
         self.evaluated: list[np.ndarray] = []  # every ratio vector sent to evaluate()
         self.fidelities: list[str] = []
+        self.modalities: list[tuple] = []
         self.steps: list[tuple[list[np.ndarray], list[list[int]], float]] = []
         self.before_evaluate = None  # hook(index) for the subprocess tests
 
@@ -56,7 +57,7 @@ class SyntheticEvaluator:
         early = r[: max(1, r.size // 3)]
         return float(1.0 + 3.0 * np.mean(early**2) + 0.05 * np.mean((np.tanh(self.projector) - r) ** 2))
 
-    def evaluate(self, ratios, projector_version, fidelity="full"):
+    def evaluate(self, ratios, projector_version, fidelity="full", modalities=("text", "mm")):
         assert projector_version == self.projector_version, "driver and evaluator disagree on the projector"
         out = []
         for i, r in enumerate(ratios):
@@ -71,8 +72,11 @@ class SyntheticEvaluator:
                 l_text += float(noise.normal(0.0, self.screen_noise))
             out.append(Evaluation(l_text, lnr.reshape(self.n_blocks, self.per_block).mean(axis=1),
                                   seconds=0.001 * (i + 1), l_mm=self.mm_loss(r) if self.mm else None))
+            if "text" not in modalities:
+                out[-1].l_text = float("nan")  # the driver must not use it
             self.evaluated.append(np.asarray(r).copy())
             self.fidelities.append(fidelity)
+            self.modalities.append(tuple(modalities))
         return out
 
     def projector_step(self, ratios, draws, lr):

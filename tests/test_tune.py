@@ -42,7 +42,7 @@ def test_tune_eta_sweep_and_restore(tiny_llava_dir, tmp_path):
         assert r["mean_sparsity"] == pytest.approx(0.5, abs=0.011)
         doc = json.loads((tmp_path / "tune" / "sweep" / "searches" / f"eta={r['eta']:g}" / "policy.json").read_text())
         assert doc["eta"] == r["eta"]  # each trial searched with its own eta
-        assert r["fitness"] == pytest.approx(-doc["l_proxy"] - r["eta"] * doc["g"])
+        assert r["fitness"] == pytest.approx(-doc["l_proxy"] - r["eta"] * doc["srm_scale"] * doc["g"])
     stamp = (tmp_path / "tune" / "sweep" / "searches" / "eta=0" / "policy.json").stat().st_mtime_ns
     # the same command again restores the experiment: the finished trials are not searched again
     second = runner.invoke(app, args)
