@@ -13,7 +13,6 @@ its result.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 

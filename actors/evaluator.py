@@ -166,7 +166,7 @@ class RayEvaluator:
             name=f"{self.run_name}.evaluator-{i}", namespace=self.opts.namespace,
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-        ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), self.run.search.eta, i,
+        ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), i,
                  self.run_name, self.shared_database)
 
     def actor_names(self) -> list[str]:

@@ -106,7 +106,6 @@ def search_trial(config: dict) -> None:
 
 def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
     """Start the experiment, or restore it when STORAGE/NAME already holds one. Returns one row per trial."""
-    import ray
     from ray import tune
 
     from actors.config import RunConfig

@@ -105,13 +105,13 @@ def held_ref(handle):
 # ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
-    def __init__(self, engine: dict, levels: list[float], weights: list, eta: float, index: int, run: str,
+    def __init__(self, engine: dict, levels: list[float], weights: list, index: int, run: str,
                  shared_database: bool = False):
         """weights: [ObjectRef of load_dense's weights], nested so that Ray does not resolve it
         before the constructor runs (a restarted actor fetches it again from the object store).
         shared_database: the actors build the level database in parts (`database_part`,
         `install_database`); a restarted actor builds all of it itself (same entries)."""
-        self.index, self.run, self.eta = index, run, eta
+        self.index, self.run = index, run
         self.error: Exception | None = None
         self.started = time.time()
         ctx = ray.get_runtime_context()

@@ -149,18 +149,23 @@ def check_forward_memory(spec: str, batch_size: int, seqlen: int, device: str) -
                          f"one forward pass; {free / 2**30:.1f} GiB are available: lower --batch-size or --seqlen")
 
 
+def _check_ancestor(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of `path` is a writable directory."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
 def check_output_dir(out: Path, flag: str = "--out") -> None:
     """A directory that can be created: no existing file on the way, a writable existing ancestor."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{flag} {out}: a file is in the way (expected a directory)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{flag} {out}: {parent} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"{flag} {out}: {parent} is not writable")
-            return
+    _check_ancestor(out, flag)
 
 
 def check_output_file(path: Path, flag: str, overwrite: bool = True) -> None:
@@ -170,10 +175,4 @@ def check_output_file(path: Path, flag: str, overwrite: bool = True) -> None:
         raise InputError(f"{flag} {path}: a directory, expected a file name")
     if path.exists() and not overwrite:
         raise InputError(f"{flag} {path}: the file exists; choose a new name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{flag} {path}: {parent} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"{flag} {path}: {parent} is not writable")
-            return
+    _check_ancestor(path, flag)
