@@ -1,7 +1,7 @@
 """One typed configuration for a Ray search run: ``RunConfig = search + engine + ray``.
 
 * ``search``: :class:`search.SearchConfig` (policy space, GA, fitness, projector step);
-* ``engine``: :class:`prune_engine.candidates.EngineSpec` (model, proxy data, pruning mode);
+* ``engine``: :class:`prune_engine.candidates.EngineConfig` (model, proxy data, pruning mode);
 * ``ray``: :class:`RayOptions` (cluster address, actors, GPUs/CPUs per actor, restarts).
 
 Built from a YAML/TOML file with those three sections and/or CLI flags (flags win), validated
@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prune_engine.candidates import EngineSpec
+from prune_engine.config import EngineConfig
 from search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
 
 EMBEDDED_MODELS = ("smollm2", "smol-llava")
@@ -31,7 +31,7 @@ SECTIONS = ("search", "engine", "ray")
 #:   whole fitness set, in database mode (a level database built once, candidates stitched); as in
 #:   the paper, a few proxy samples score the candidates (8 text segments + the image-text samples)
 #:   while all calibration data (32 x 256 text tokens + the image-text samples) builds the Hessians.
-#: none: the built-in default of every setting (SearchConfig, EngineSpec).
+#: none: the built-in default of every setting (SearchConfig, EngineConfig).
 #: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
 #:   many children screened per generation on a small slice of the proxy data, survivors on all of it.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -88,12 +88,12 @@ class RayOptions(BaseModel):
         return self
 
 
-def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None:
+def _check_engine(engine: EngineConfig, search: SearchConfig, local: bool) -> None:
     """Cheap checks that need no model weights and no data loading."""
     from prune_engine.data.text import DataError, parse_text_spec
     from prune_engine.sparsegpt import Pattern
 
-    from prune_engine.calibration import check_calibration_data, mm_specs
+    from prune_engine.data.calibration import check_calibration_data, mm_specs
 
     if engine.mode not in ("sequential", "database"):
         raise ConfigError(f"invalid engine config: mode must be 'sequential' or 'database', got '{engine.mode}'")
@@ -146,8 +146,8 @@ def _check_engine(engine: EngineSpec, search: SearchConfig, local: bool) -> None
         check_calibration_data(engine.calib, engine.mm_calib, engine.allow_eval_split)
     except ValueError as exc:
         raise ConfigError(f"invalid engine config: {exc}") from None
-    from prune_engine.checks import model_facts
-    from prune_engine.models import ModelError
+    from prune_engine.models.loading import model_facts
+    from prune_engine.models.adapter import ModelError
 
     model = engine.model
     try:
@@ -169,7 +169,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     search: SearchConfig
-    engine: EngineSpec
+    engine: EngineConfig
     ray: RayOptions = RayOptions()
 
     # ---- construction ----------------------------------------------------------------
@@ -183,7 +183,7 @@ class RunConfig(BaseModel):
             raise ConfigError(f"invalid run config: unknown section '{sorted(unknown)[0]}' "
                               f"(expected {', '.join(SECTIONS)})")
         parts = {}
-        for name, kind in (("search", SearchConfig), ("engine", EngineSpec), ("ray", RayOptions)):
+        for name, kind in (("search", SearchConfig), ("engine", EngineConfig), ("ray", RayOptions)):
             section = data.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"invalid {name} config: expected a mapping, got {type(section).__name__}")
@@ -200,8 +200,8 @@ class RunConfig(BaseModel):
         if "granularity" not in (data.get("engine") or {}):
             engine = engine.model_copy(update={"granularity": search.granularity})
         if local if local is not None else ray_options.address is None:
-            from prune_engine.checks import absolute_model
-            from prune_engine.models import ModelError
+            from prune_engine.models.loading import absolute_model
+            from prune_engine.models.adapter import ModelError
 
             try:  # a local directory is saved absolute: the run resumes from any folder
                 engine = engine.model_copy(update={"model": absolute_model(engine.model)})

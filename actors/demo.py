@@ -41,7 +41,7 @@ class DemoConfig(BaseModel):
 
 
 def _evaluate(model_dir_or_spec: str, cfg: DemoConfig, log) -> dict:
-    from prune_engine.evaluate import heldout_metrics
+    from prune_engine.evaluation.perplexity import heldout_metrics
 
     return heldout_metrics(model_dir_or_spec, cfg.eval_text, cfg.eval_segments, cfg.eval_seqlen,
                            vqa_samples=cfg.eval_vqa, seed=cfg.seed)
@@ -59,7 +59,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)
     check_new_run_dir(str(out))
-    from prune_engine.models import load_processor
+    from prune_engine.models.loading import load_processor
 
     if not hasattr(load_processor(cfg.model), "image_processor"):  # text-only model: no image-text data
         cfg = cfg.model_copy(update={"mm_calib": None})

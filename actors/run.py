@@ -236,7 +236,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
 
     on_event / on_candidate: extra subscribers (tests); on_ready(evaluator) is called once the
     actors are up."""
-    from actors.evaluator import RayEvaluator
+    from actors.actor_pool import ActorPool
     from actors.observe import ConsoleProgress, SearchMetrics
     from search.driver import SearchDriver
 
@@ -251,7 +251,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
             fan.event_subs.append(on_event)
         if on_candidate is not None:
             fan.candidate_subs.append(on_candidate)
-        evaluator = RayEvaluator(run, run_name, on_candidate=fan.on_candidate, log_fn=log)
+        evaluator = ActorPool(run, run_name, on_candidate=fan.on_candidate, log_fn=log)
         try:
             if on_ready is not None:
                 on_ready(evaluator)
@@ -276,7 +276,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
 
 
 def policy_document(driver, result, run: RunConfig) -> dict:
-    from prune_engine.models import MATRIX_NAMES
+    from prune_engine.models.adapter import MATRIX_NAMES
 
     space, cfg = driver.space, driver.config
     ratios = [round(float(r), 6) for r in result.ratios]

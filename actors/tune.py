@@ -78,7 +78,7 @@ def search_trial(config: dict) -> None:
 
     from actors.config import RunConfig
     from actors.run import resume_search, run_search
-    from prune_engine.evaluate import heldout_metrics
+    from prune_engine.evaluation.perplexity import heldout_metrics
     from search.checkpoint import CONFIG, RunStore
 
     job = TuneJob.model_validate_json(config["job"])

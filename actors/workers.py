@@ -1,6 +1,6 @@
 """The Ray processes of a search (docs/method.md §5): a loader task, evaluator actors and the learner actor.
 
-Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateEvaluator` and
+Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateScorer` and
 :class:`prune_engine.projector.ProjectorLearner`.
 
 * ``load_dense`` (task): loads the dense model once and returns its weights as numpy arrays,
@@ -29,36 +29,9 @@ import numpy as np
 import ray
 import torch
 
+from prune_engine.tensors import pack_tensors, unpack_tensors
+
 FAULT_ENV = "EFFICIENTLLAVA_FAULT_FILE"  # test hook: see EvaluatorActor._maybe_fail
-
-
-# ---- tensors through the object store --------------------------------------------------
-def pack_tensors(state: dict[str, torch.Tensor]) -> dict:
-    """numpy arrays (zero-copy in the object store); tied tensors are stored once."""
-    arrays, aliases, seen = {}, {}, {}
-    for name, t in state.items():
-        t = t.detach().cpu()
-        key = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        dtype = str(t.dtype).removeprefix("torch.")
-        t = t.contiguous()
-        arrays[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy(), dtype
-    return {"arrays": arrays, "aliases": aliases}
-
-
-def unpack_tensors(packed: dict) -> dict[str, torch.Tensor]:
-    out = {}
-    with warnings.catch_warnings():  # object-store arrays are read-only; load_state_dict copies them
-        warnings.simplefilter("ignore", UserWarning)
-        for name, (array, dtype) in packed["arrays"].items():
-            t = torch.from_numpy(array)
-            out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
-    for name, target in packed["aliases"].items():
-        out[name] = out[target]
-    return out
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -68,7 +41,8 @@ def _dtype(name: str) -> torch.dtype:
 @ray.remote(max_retries=3)
 def load_dense(engine: dict, dtype: str) -> tuple[dict, dict | None]:
     """The dense model's weights, and its projector's (None for text-only models)."""
-    from prune_engine.models import ModelError, load_model
+    from prune_engine.models.adapter import ModelError
+    from prune_engine.models.loading import load_model
 
     try:
         adapter, _ = load_model(engine["model"], dtype=_dtype(dtype))
@@ -121,12 +95,13 @@ class EvaluatorActor:
         self.node_id = ctx.get_node_id()
         self.candidates = 0
         try:
-            from prune_engine.candidates import CandidateEvaluator, EngineSpec
+            from prune_engine.scoring import CandidateScorer
+            from prune_engine.config import EngineConfig
 
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
-            spec = EngineSpec(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
-            self.ev = CandidateEvaluator(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))),
+            spec = EngineConfig(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
+            self.ev = CandidateScorer(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))),
                                          build_database=not shared_database or self.restarted)
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc

@@ -41,11 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
-from prune_engine.calibration import text_batches  # noqa: E402
+from prune_engine.data.calibration import text_batches  # noqa: E402
 from prune_engine.export import (DecodeWrapper, OnnxRunner, PrefillWrapper, compare_logits,  # noqa: E402
                                  export_decode, export_prefill, initializer_sparsity, kv_shape,
                                  prefill_with_cache)
-from prune_engine.models import load_model  # noqa: E402
+from prune_engine.models.loading import load_model  # noqa: E402
 from prune_engine.pipeline import SequentialPruner  # noqa: E402
 
 TARGET = 1.6  # prefill speed-up at 50% over dense DeepSparse, from the issue

@@ -34,7 +34,7 @@ from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 def candidate_set(param_counts: np.ndarray, population: int, n: int, seed: int):
     """Generation 1 of the search over this policy space, sorted; the chunk of the first actor."""
-    from actors.pool import contiguous_chunks, lexicographic_order
+    from actors.schedule import contiguous_chunks, lexicographic_order
     from search import SearchConfig, feasible_space
     from search.operators import initial_population, next_generation
 
@@ -56,12 +56,12 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def measure(label: str, run_config, candidates: list[np.ndarray]) -> dict:
-    from actors.evaluator import RayEvaluator
+    from actors.actor_pool import ActorPool
 
     summaries: list[dict] = []
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    ev = RayEvaluator(run_config, f"bench-{label}", on_candidate=summaries.append, log_fn=lambda m: None)
+    ev = ActorPool(run_config, f"bench-{label}", on_candidate=summaries.append, log_fn=lambda m: None)
     startup = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
@@ -109,9 +109,9 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        from actors.evaluator import RayEvaluator
+        from actors.actor_pool import ActorPool
 
-        probe = RayEvaluator(config(1), "bench-facts", log_fn=lambda m: None)
+        probe = ActorPool(config(1), "bench-facts", log_fn=lambda m: None)
         param_counts, blocks = probe.param_counts, probe.n_blocks
         probe.shutdown()
         population, cands, space = candidate_set(param_counts, args.population, args.candidates, args.seed)

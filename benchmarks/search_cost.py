@@ -43,8 +43,8 @@ def main(argv=None) -> int:
 
     from actors.config import RunConfig
     from actors.run import run_search
-    from prune_engine.calibration import calibration_vqa, text_batches, vqa_batches
-    from prune_engine.models import load_model, load_processor
+    from prune_engine.data.calibration import calibration_vqa, text_batches, vqa_batches
+    from prune_engine.models.loading import load_model, load_processor
     from prune_engine.pipeline import SequentialPruner
 
     processor = load_processor(args.model)

@@ -66,10 +66,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prune_engine.calibration import text_batches, tokenizer_of  # noqa: E402
+from prune_engine.data.calibration import text_batches, tokenizer_of  # noqa: E402
 from prune_engine.data.text import eval_segments, load_text  # noqa: E402
-from prune_engine.evaluate import perplexity  # noqa: E402
-from prune_engine.models import load_model  # noqa: E402
+from prune_engine.evaluation.perplexity import perplexity  # noqa: E402
+from prune_engine.models.loading import load_model  # noqa: E402
 from prune_engine.pipeline import SequentialPruner  # noqa: E402
 from prune_engine.sparsegpt import Hessian, Pattern, sparsegpt  # noqa: E402
 

@@ -14,7 +14,7 @@ unless ``--lora-rank`` > 0. Two stages:
    computed once), the projector (and the LoRA adapters, if any) learn the answer tokens of
    question-answer pairs in the demo model's chat format, with question types balanced.
 
-Then the TEST splits are scored by constrained choice (``prune_engine.eval_vqa``) through the
+Then the TEST splits are scored by constrained choice (``prune_engine.evaluation.vqa``) through the
 regular ``LlavaForConditionalGeneration`` forward, and the weights (vision tower + projector
 only, fp32) go to ``prune_engine/assets/smol_llava_vision.safetensors`` with a JSON record of
 the command, seed, versions, timings and accuracies next to it.
@@ -42,8 +42,7 @@ sys.path.insert(0, str(ROOT))
 from prune_engine.data.vqa import (  # noqa: E402
     EASY_VQA_COLOURS, EASY_VQA_SHAPES, FASHION_MNIST_CLASSES, answer_ids, easy_vqa_image_labels,
     encode_prompts, load_easy_vqa, load_fashion_mnist)
-from prune_engine.demo_model import (  # noqa: E402
-    DEFAULT_ARCH, IMAGE_TOKEN_ID, WEIGHTS_FILE, build_demo_model, save_weights)
+from prune_engine.models.smol_llava import (DEFAULT_ARCH, IMAGE_TOKEN_ID, WEIGHTS_FILE, build_demo_model, save_weights)
 
 
 def log(msg: str) -> None:
@@ -327,7 +326,7 @@ def stage2(model, processor, easy, fashion, easy_pix, fm_pix, arch, args, rng: r
 
 
 def eval_only(args) -> int:
-    from prune_engine.eval_vqa import vqa_accuracy
+    from prune_engine.evaluation.vqa import vqa_accuracy
 
     t0 = time.time()
     model, processor = build_demo_model(args.out)
@@ -395,7 +394,7 @@ def main(argv=None) -> int:
 
     import transformers
 
-    from prune_engine.eval_vqa import vqa_accuracy
+    from prune_engine.evaluation.vqa import vqa_accuracy
 
     torch.set_num_threads(args.threads)
     if args.eval_only:

@@ -73,7 +73,7 @@ class Settings(BaseModel):
 
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print) -> dict:
     """Prune (or search) one variant, evaluate it, cache and return its row."""
-    from prune_engine.evaluate import heldout_metrics
+    from prune_engine.evaluation.perplexity import heldout_metrics
 
     key = settings.key(variant, target if target is not None else 0.0)
     cached = work / f"{key}.json"

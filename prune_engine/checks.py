@@ -2,68 +2,14 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
-from prune_engine.models import EMBEDDED_SMOLLM2, ModelError
-
-EMBEDDED_MODELS = (EMBEDDED_SMOLLM2, "smol-llava")
-# facts of the embedded models needed by the checks (their directories are assembled on first use)
-_EMBEDDED_FACTS = {EMBEDDED_SMOLLM2: {"llava": False, "max_positions": 8192},
-                   "smol-llava": {"llava": True, "max_positions": 8192}}
+from prune_engine.models.loading import model_facts
 
 
 class InputError(ValueError):
     """Bad command-line input found before any expensive work (one-line message)."""
-
-
-def model_kind(spec: str) -> str:
-    """'embedded', 'dir' or 'hub' for a --model value; a path-like value that does not exist is an error.
-
-    A value is path-like when it starts with '.', '/' or '~', has more than one '/', or its first
-    component is an existing local directory (`models/tiny-lama` next to a `models/` folder)."""
-    if spec in EMBEDDED_MODELS:
-        return "embedded"
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{spec}: not a model directory (no config.json)")
-        return "dir"
-    if path.exists():
-        raise ModelError(f"{spec}: a file, not a model directory")
-    first = spec.split("/", 1)[0]
-    path_like = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or ("/" in spec and Path(first).is_dir())
-    if path_like:
-        raise ModelError(f"no such directory: {spec} (check the path; hub ids look like org/name)")
-    if spec.count("/") == 1 and all(spec.split("/")):
-        return "hub"
-    raise ModelError(f"unknown model '{spec}': not a directory, a hub id (org/name), "
-                     f"or one of {', '.join(EMBEDDED_MODELS)}")
-
-
-def absolute_model(spec: str) -> str:
-    """A local model directory as an absolute path (a run must resume from any folder); others unchanged."""
-    return str(Path(spec).expanduser().resolve()) if model_kind(spec) == "dir" else spec
-
-
-def model_facts(spec: str) -> dict | None:
-    """{'llava': bool, 'max_positions': int | None, ...} from config.json alone; None for hub ids."""
-    kind = model_kind(spec)
-    if kind == "embedded":
-        return dict(_EMBEDDED_FACTS[spec])
-    if kind == "hub":
-        return None
-    cfg_file = Path(spec).expanduser() / "config.json"
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ModelError(f"cannot read {cfg_file}") from None
-    text = cfg.get("text_config") or cfg if cfg.get("model_type") == "llava" else cfg
-    return {"llava": cfg.get("model_type") == "llava", "max_positions": text.get("max_position_embeddings"),
-            "vocab": text.get("vocab_size"), "hidden": text.get("hidden_size"),
-            "heads": text.get("num_attention_heads"), "layers": text.get("num_hidden_layers"),
-            "intermediate": text.get("intermediate_size")}
 
 
 def check_device(device: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from prune_engine.models import BlockInputs, ModelAdapter, _StopForward
+from prune_engine.models.adapter import BlockInputs, ModelAdapter, _StopForward
 from prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
 
 Ratios = dict[str, float]  # target sparsity per matrix name of one block

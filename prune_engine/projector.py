@@ -12,7 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prune_engine.candidates import ProjectorError, deserialise, serialise
+from prune_engine.tensors import deserialise, serialise
+
+
+class ProjectorError(RuntimeError):
+    """A non-finite projector loss, gradient or weight (one line: which, and what to change)."""
 
 
 class ProjectorLearner:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import model_validator, BaseModel, ConfigDict, field_validator
 
-from prune_engine.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
-from prune_engine.models import MATRIX_NAMES, ModelError, load_model, load_processor
+from prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
+from prune_engine.models.adapter import MATRIX_NAMES, ModelError
+from prune_engine.models.loading import load_model, load_processor
 from prune_engine.pipeline import SequentialPruner, block_ratios
 from prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
 
@@ -57,7 +58,7 @@ class PruneJob(BaseModel):
 
     @model_validator(mode="after")
     def _training_splits(self):
-        from prune_engine.calibration import check_calibration_data
+        from prune_engine.data.calibration import check_calibration_data
 
         check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
         return self
@@ -98,7 +99,7 @@ def read_policy(path: Path) -> list:
 
 def _check_against_config(job: PruneJob, policy, pattern: Pattern) -> None:
     """Policy length and N:M divisibility from config.json alone, before calibration."""
-    from prune_engine.checks import model_facts
+    from prune_engine.models.loading import model_facts
 
     facts = model_facts(job.model) or {}
     blocks = facts.get("layers")

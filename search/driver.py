@@ -25,7 +25,7 @@ import yaml
 
 from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compatible, normalise
 from .config import SearchConfig
-from .evaluator import Evaluation, Evaluator, ProjectorUpdate, has_projector
+from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate, has_projector
 from .events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, ProjectorStepped, SearchFinished
 from .fitness import fitness, norm_term, proxy_loss, srm_scale
 from .neighbours import effective_candidates, neighbour_weights
@@ -50,7 +50,7 @@ class SearchDriver:
     def __init__(
         self,
         config: SearchConfig,
-        evaluator: Evaluator,
+        evaluator: EvaluationProtocol,
         run_dir: str,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
@@ -82,7 +82,7 @@ class SearchDriver:
     def resume(
         cls,
         run_dir: str,
-        evaluator: Evaluator,
+        evaluator: EvaluationProtocol,
         on_event: Callable[[Event], None] | None = None,
         config: SearchConfig | None = None,
     ) -> "SearchDriver":

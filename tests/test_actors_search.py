@@ -16,8 +16,7 @@ ray = pytest.importorskip("ray")
 
 from actors.observe import METRIC_NAMES  # noqa: E402
 from actors.run import run_search  # noqa: E402
-from actors.testing import (assert_same_outcome, free_port, language_model_sparsity, metric_value,  # noqa: E402
-                            outcome, probe_dashboard, tiny_run, tiny_sections, zeros_match_policy)
+from ray_helpers import (assert_same_outcome, free_port, language_model_sparsity, metric_value, outcome, probe_dashboard, tiny_run, tiny_sections, zeros_match_policy)
 from actors.workers import FAULT_ENV  # noqa: E402
 from search.events import GenerationFinished  # noqa: E402
 
@@ -161,10 +160,10 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
     import numpy as np
     import torch
 
-    from actors.evaluator import RayEvaluator
-    from prune_engine.candidates import deserialise
+    from actors.actor_pool import ActorPool
+    from prune_engine.tensors import deserialise
 
-    ev = RayEvaluator(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
+    ev = ActorPool(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
     try:
         seen = []
         ev.on_candidate = seen.append
@@ -203,14 +202,14 @@ def test_driver_killed_then_resume_gives_the_same_result(cluster, reference, tin
     """(c) SIGKILL the CLI driver after its first checkpoint, `efficientllava resume` on the same cluster."""
     from typer.testing import CliRunner
 
-    from prune_engine.cli import app
+    from actors.cli import app
     from search.checkpoint import RunStore
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_sections(tiny_llava_dir)))
     out = tmp_path / "run"
     log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prune_engine.cli", "search", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "search", "--config", str(config),
                              "--out", str(out), "--address", cluster["address"], "--no-progress", "--preset", "none"],
                             stdout=log, stderr=subprocess.STDOUT)
     store, deadline = RunStore(str(out)), time.monotonic() + 240

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from actors.config import RunConfig, levels_of
-from actors.pool import Schedule, contiguous_chunks, lexicographic_order
-from actors.workers import pack_tensors, unpack_tensors
+from actors.schedule import Schedule, contiguous_chunks, lexicographic_order
+from prune_engine.tensors import pack_tensors, unpack_tensors
 from search.config import ConfigError, SearchConfig
 from search.policy import PolicySpace
 
@@ -107,7 +107,7 @@ def test_pack_unpack_keeps_values_ties_and_bfloat16():
 
 
 def test_model_built_from_shared_weights_reads_no_weights_from_disk(tmp_path, tiny_llava_dir):
-    from prune_engine.models import load_model
+    from prune_engine.models.loading import load_model
 
     dense, _ = load_model(str(tiny_llava_dir))
     shared = unpack_tensors(pack_tensors(dense.model.state_dict()))
@@ -125,9 +125,10 @@ def test_model_built_from_shared_weights_reads_no_weights_from_disk(tmp_path, ti
 def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llava_dir, mode):
     """Prefix reuse (and the database) must give bit-identical results in any order, on a fresh
     evaluator or a used one: the pool may hand a candidate to any actor."""
-    from prune_engine.candidates import CandidateEvaluator, EngineSpec
+    from prune_engine.scoring import CandidateScorer
+    from prune_engine.config import EngineConfig
 
-    spec = EngineSpec(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
+    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
                       threads=1, mode=mode, **({"screen_nsamples": 2, "screen_mm_samples": 2} if mode == "database"
                                                else {}))
     levels = [0.4, 0.45, 0.5, 0.55, 0.6]
@@ -140,10 +141,10 @@ def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llav
             out[i] = (r, ev.projector_gradient(policies[i], i))
         return [out[i] for i in sorted(out)]
 
-    a = CandidateEvaluator(spec, levels)
+    a = CandidateScorer(spec, levels)
     forward = run(a, range(4), "full")
     assert forward[1][0].blocks_run < 3  # shares blocks 0-1 with the previous one
-    b = CandidateEvaluator(spec, levels)
+    b = CandidateScorer(spec, levels)
     if mode == "database":
         run(b, [2, 0, 3], "screen")  # a used evaluator: screened candidates first (per-batch stacks)
     backward = run(b, reversed(range(4)), "full")

@@ -5,7 +5,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from prune_engine.cli import app
+from actors.cli import app
 
 
 def _file(path, text="x"):

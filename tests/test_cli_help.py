@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from prune_engine.cli import app
+from actors.cli import app
 
 COMMANDS = [[], ["prune"], ["eval"], ["eval", "ppl"], ["eval", "vqa"], ["search"], ["resume"], ["tune"], ["report"],
             ["demo"]]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prune_engine.cli import app
+from actors.cli import app
 
 runner = CliRunner()
 
@@ -18,7 +18,7 @@ def run(*args):
 def test_prune_save_load_same_logits(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from prune_engine.models import load_model
+    from prune_engine.models.loading import load_model
 
     out = tmp_path / "pruned"
     code, output = run("prune", "--model", tiny_llama_dir, "--out", out, "--sparsity", 0.6, "--nsamples", 8,
@@ -31,7 +31,7 @@ def test_prune_save_load_same_logits(tiny_llama_dir, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     adapter, tok = load_model(str(tiny_llama_dir))
     # re-prune in-process with the same settings: the saved model must give the same logits
-    from prune_engine.calibration import text_batches
+    from prune_engine.data.calibration import text_batches
     from prune_engine.pipeline import SequentialPruner
 
     SequentialPruner(adapter, text_batches(tok, "wiki:calib", 8, 64, seed=0), progress=False).prune(0.6)

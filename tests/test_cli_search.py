@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from prune_engine.cli import app
+from actors.cli import app
 
 runner = CliRunner()
 
@@ -77,7 +77,7 @@ def test_search_end_to_end_on_a_local_cluster(tiny_llava_dir, tmp_path):
     import ray
     from transformers import LlavaForConditionalGeneration
 
-    from actors.testing import language_model_sparsity
+    from ray_helpers import language_model_sparsity
 
     assert not ray.is_initialized()
     out = tmp_path / "run"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.testing import free_port
+from ray_helpers import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -125,7 +125,7 @@ def test_search_submitted_as_a_job_with_token_auth(head_node, tiny_llava_dir, tm
     # without the token the job API (and the dashboard) refuse
     assert _request(f"{head['dashboard']}/api/jobs/")[0] == 401
     out = tmp_path / "run"
-    search = (f"{sys.executable} -m prune_engine.cli search --address auto --model {tiny_llava_dir} "
+    search = (f"{sys.executable} -m actors.cli search --address auto --model {tiny_llava_dir} "
               f"--out {out} --target 0.5 --population 4 --generations 2 --mm-calib easy-vqa:train --actors 1 "
               "--nsamples 4 --seqlen 32 --mm-samples 4 --no-progress")
     job = _submit(head, search)
@@ -152,7 +152,7 @@ def test_search_submitted_as_a_job_with_token_auth(head_node, tiny_llava_dir, tm
     assert 'run="' + run_name + '"' in metrics_seen.get("evaluated", ""), metrics_seen  # counters end in _total
 
     # resume under a new job: the run name (actor names, run= tag) is the stored one
-    job2 = _submit(head, f"{sys.executable} -m prune_engine.cli resume {out} --address auto --generations 3 "
+    job2 = _submit(head, f"{sys.executable} -m actors.cli resume {out} --address auto --generations 3 "
                          "--no-progress")
     info2 = _wait(head, job2)
     log2 = json.loads(_request(f"{head['dashboard']}/api/jobs/{job2}/logs", head["token"])[1])["logs"]
@@ -167,7 +167,7 @@ def test_interrupted_search_says_how_to_resume(tiny_llava_dir, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, RAY_metrics_report_interval_ms="1000")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "prune_engine.cli", "search", "--model", str(tiny_llava_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "search", "--model", str(tiny_llava_dir),
                              "--out", str(out), "--population", "4", "--generations", "50", "--actors", "1",
                              "--preset", "none",
                              "--num-cpus", "1", "--nsamples", "4", "--seqlen", "32", "--no-progress",

@@ -143,8 +143,8 @@ def test_fashion_mnist_fixtures(tmp_path):
 # --- collate -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def processor():
-    from prune_engine.demo_model import build_processor
-    from prune_engine.models import embedded_smollm2_dir
+    from prune_engine.models.smol_llava import build_processor
+    from prune_engine.models.embedded import embedded_smollm2_dir
 
     return build_processor({"image_size": 32, "patch_size": 16}, embedded_smollm2_dir())
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prune_engine.calibration import text_batches
-from prune_engine.cli import app
-from prune_engine.models import load_model
+from prune_engine.data.calibration import text_batches
+from actors.cli import app
+from prune_engine.models.loading import load_model
 from prune_engine.owl import outlier_ratios, owl_policy
 
 

@@ -40,9 +40,10 @@ def test_wheel_holds_packages_assets_and_entry_point(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("efficientllava-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package in ("prune_engine", "prune_engine/data", "search", "actors"):
+    for package in ("prune_engine", "prune_engine/data", "prune_engine/models", "prune_engine/evaluation", "search",
+                    "actors"):
         assert f"{package}/__init__.py" in names
-    assert "prune_engine/cli.py" in names and "prune_engine/checks.py" in names
+    assert "actors/cli.py" in names and "prune_engine/checks.py" in names
     for asset in (ROOT / "prune_engine" / "assets").iterdir():
         assert f"prune_engine/assets/{asset.name}" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
@@ -50,4 +51,4 @@ def test_wheel_holds_packages_assets_and_entry_point(tmp_path):
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: torch>=2.4" in text and "Provides-Extra: deepsparse" in text
     entry_points = zipfile.ZipFile(wheel).read(metadata.replace("METADATA", "entry_points.txt")).decode()
-    assert "efficientllava = prune_engine.cli:app" in entry_points
+    assert "efficientllava = actors.cli:app" in entry_points

@@ -69,7 +69,7 @@ def test_relative_model_is_saved_absolute(tiny_llava_dir, tmp_path, monkeypatch)
 def test_identity_covers_vision_tower_and_projector(tiny_llava_dir):
     import torch
 
-    from prune_engine.models import load_model, model_identity
+    from prune_engine.models.loading import load_model, model_identity
 
     adapter, _ = load_model(str(tiny_llava_dir))
     base = model_identity(adapter, "m")
@@ -112,7 +112,7 @@ def test_tune_refuses_an_experiment_made_with_other_settings(tmp_path):
 
 @pytest.mark.parametrize("model, included", [("tiny", False), ("smol-llava", True)])
 def test_report_appends_repository_benchmarks_only_for_smol_llava(tmp_path, model, included):
-    from prune_engine.cli import app
+    from actors.cli import app
 
     run = make_run(tmp_path / "run")
     doc = json.loads((run / "policy.json").read_text())
@@ -128,7 +128,7 @@ def test_report_generation_axes_have_integer_ticks(tmp_path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from prune_engine import report
+    from actors import report
 
     captured = []
     real_close = plt.close

@@ -106,7 +106,7 @@ def test_ablations_change_the_search(tmp_path):
 
 
 def test_synthetic_evaluator_meets_the_protocol():
-    from search import Evaluator
+    from search import EvaluationProtocol as Evaluator
 
     assert isinstance(SyntheticEvaluator(), Evaluator)
 

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from actors.tune import TuneJob, format_rows
-from prune_engine.cli import app
+from actors.cli import app
 
 
 def test_tune_job_validation():

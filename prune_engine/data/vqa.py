@@ -8,7 +8,7 @@ Offline sources (read by path; their Python modules are never imported):
   asked as "What is shown?".
 
 ``collate_vqa`` turns samples into a LLaVA batch with the processor's chat template; the
-prompt/answer token layout it builds is the one ``prune_engine.eval_vqa`` scores, so
+prompt/answer token layout it builds is the one ``prune_engine.evaluation.vqa`` scores, so
 training, calibration and evaluation agree token for token.
 """
 from __future__ import annotations

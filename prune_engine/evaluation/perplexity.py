@@ -6,7 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from prune_engine.models import ModelAdapter
+from prune_engine.models.adapter import ModelAdapter
 
 
 @torch.no_grad()
@@ -31,10 +31,10 @@ def heldout_metrics(model: str, text: str = "wiki:eval", segments: int = 16, seq
     Held-out perplexity on `text`, accuracy (constrained choice) on each VQA set of `vqa`
     ({column: spec}, skipped — NaN — for text-only models) and the achieved mean sparsity of
     the decoder's pruned matrices."""
-    from prune_engine.calibration import load_vqa, tokenizer_of
+    from prune_engine.data.calibration import load_vqa, tokenizer_of
     from prune_engine.data.text import eval_segments, load_text
-    from prune_engine.eval_vqa import vqa_accuracy
-    from prune_engine.models import load_model
+    from prune_engine.evaluation.vqa import vqa_accuracy
+    from prune_engine.models.loading import load_model
 
     vqa = {"easy_vqa": "easy-vqa:test", "fashion_mnist": "fashion-mnist:test"} if vqa is None else vqa
     adapter, processor = load_model(model)

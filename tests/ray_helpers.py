@@ -32,7 +32,7 @@ def outcome(run_dir: str | Path) -> dict:
     import pyarrow.parquet as pq
     from safetensors.torch import load_file
 
-    from prune_engine.candidates import deserialise
+    from prune_engine.tensors import deserialise
     from search.checkpoint import RunStore
 
     run_dir = Path(run_dir)
@@ -69,7 +69,7 @@ def assert_same_outcome(a: dict, b: dict) -> None:
 
 def language_model_sparsity(model) -> float:
     """Zeros over all prunable decoder linears (q, k, v, o, gate, up, down)."""
-    from prune_engine.models import ModelAdapter
+    from prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model)
     zeros = total = 0
@@ -118,7 +118,7 @@ def free_port() -> int:
 
 
 def zeros_match_policy(model, ratios: list[float]) -> bool:
-    from prune_engine.models import ModelAdapter
+    from prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model)
     for i, r in enumerate(ratios):

@@ -46,7 +46,7 @@ def one_line_errors():
     from pydantic import ValidationError
 
     from prune_engine.data.text import DataError
-    from prune_engine.models import ModelError
+    from prune_engine.models.adapter import ModelError
     from prune_engine.sparsegpt import PruneConfigError
 
     try:
@@ -105,7 +105,8 @@ def prune(
 ):
     """Prune a model's language model with layer-sequential SparseGPT (uniform ratio, N:M, or a policy)."""
     with one_line_errors():
-        from prune_engine.checks import check_device, check_positive, check_seqlen, model_kind
+        from prune_engine.checks import check_device, check_positive, check_seqlen
+        from prune_engine.models.loading import model_kind
         from prune_engine.prune import PruneJob, run_prune
 
         if sparsity is not None and (pattern or policy):
@@ -135,8 +136,8 @@ def eval_ppl(
 ):
     """Perplexity on held-out text."""
     with one_line_errors():
-        from prune_engine.checks import (check_device, check_forward_memory, check_output_file, check_positive,
-                                         check_seqlen, model_kind)
+        from prune_engine.checks import (check_device, check_forward_memory, check_output_file, check_positive, check_seqlen)
+        from prune_engine.models.loading import model_kind
 
         check_positive(nsamples=nsamples, seqlen=seqlen, batch_size=batch_size)
         check_device(device)
@@ -145,10 +146,10 @@ def eval_ppl(
         check_forward_memory(model, min(batch_size, nsamples or batch_size), seqlen, device)
         if json_out:
             check_output_file(json_out, "--json")
-        from prune_engine.calibration import tokenizer_of
+        from prune_engine.data.calibration import tokenizer_of
         from prune_engine.data.text import eval_segments, load_text
-        from prune_engine.evaluate import perplexity
-        from prune_engine.models import load_model
+        from prune_engine.evaluation.perplexity import perplexity
+        from prune_engine.models.loading import load_model
 
         adapter, processor = load_model(model, device=device)
         segments = eval_segments(tokenizer_of(processor), load_text(text), nsamples, seqlen)
@@ -343,7 +344,8 @@ def tune(
 
         from actors.config import RunConfig
         from actors.tune import TuneJob, format_rows, run_tune
-        from prune_engine.checks import check_output_file, model_facts
+        from prune_engine.checks import check_output_file
+        from prune_engine.models.loading import model_facts
 
         try:
             etas = tuple(float(e) for e in eta.split(",") if e.strip())
@@ -387,7 +389,8 @@ def eval_vqa(
 ):
     """VQA accuracy by constrained choice over the answer set, with a per-category breakdown."""
     with one_line_errors():
-        from prune_engine.checks import check_device, check_output_file, check_positive, model_facts
+        from prune_engine.checks import check_device, check_output_file, check_positive
+        from prune_engine.models.loading import model_facts
 
         check_positive(batch_size=batch_size)
         if limit < 0:
@@ -398,9 +401,9 @@ def eval_vqa(
                              "(use `efficientllava eval ppl`)")
         if json_out:
             check_output_file(json_out, "--json")
-        from prune_engine.calibration import load_vqa
-        from prune_engine.eval_vqa import vqa_accuracy
-        from prune_engine.models import load_model
+        from prune_engine.data.calibration import load_vqa
+        from prune_engine.evaluation.vqa import vqa_accuracy
+        from prune_engine.models.loading import load_model
 
         samples = load_vqa(data, limit=limit or None, seed=seed)
         adapter, processor = load_model(model, device=device)
@@ -425,7 +428,7 @@ def report(
     """Markdown + HTML report of a search run: fitness curve, policy heatmap, neighbour weights, tables."""
     with one_line_errors():
         from prune_engine.checks import check_output_dir
-        from prune_engine.report import DEFAULT_BENCHMARKS, run_model, write_report
+        from actors.report import DEFAULT_BENCHMARKS, run_model, write_report
 
         if benchmarks is not None and not benchmarks.is_dir():
             raise ValueError(f"--benchmarks {benchmarks}: not a directory")

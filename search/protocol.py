@@ -31,7 +31,7 @@ class ProjectorUpdate:
 
 
 @runtime_checkable
-class Evaluator(Protocol):
+class EvaluationProtocol(Protocol):
     param_counts: np.ndarray  # prunable params per policy entry (block or matrix granularity)
     identity: dict  # model identity, JSON-able (saved in checkpoints, checked on resume)
 

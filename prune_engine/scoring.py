@@ -7,56 +7,28 @@ selection — a `SequentialPruner` with prefix reuse and, in database mode, the 
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from prune_engine.calibration import calibration_vqa, check_token_ids, text_batches, vqa_batches
-from prune_engine.models import load_model, load_processor, model_identity
+from prune_engine.config import EngineConfig
+from prune_engine.data.calibration import (
+    calibration_vqa,
+    check_token_ids,
+    text_batches,
+    vqa_batches,
+)
+from prune_engine.models.loading import load_model, load_processor, model_identity
 from prune_engine.pipeline import SequentialPruner
+from prune_engine.projector import ProjectorError
 from prune_engine.sparsegpt import Pattern
 
 
-class ProjectorError(RuntimeError):
-    """A non-finite projector loss, gradient or weight (one line: which, and what to change)."""
-
-
-class EngineSpec(BaseModel):
-    """Everything an evaluator needs to rebuild the same model and proxy data anywhere."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = "smollm2"
-    calib: str = "wiki:calib"
-    nsamples: int = 32
-    seqlen: int = 256
-    mm_calib: str | None = None  # image-text proxy data from training splits; a comma-separated mix is allowed
-    mm_samples: int = 32
-    seed: int = 0
-    pattern: str | None = None
-    mode: str = "sequential"  # or "database"
-    granularity: str = "block"  # or "matrix"
-    batch_size: int | None = None
-    prefix_reuse: bool = True
-    device: str = "cpu"
-    threads: int | None = None  # torch threads in this evaluator (None: torch's default)
-    loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
-    fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
-    screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
-    screen_mm_samples: int = 0  # image-text samples of the screening slice
-    projector_batch: int = 4  # image-text samples per projector mini-batch step
-    monitor_samples: int = 8  # image-text samples on which sum c_m L_m is recorded before/after an update
-    allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
-
-
 @dataclass
-class CandidateResult:
+class CandidateScore:
     l_text: float  # mean token loss on the text proxy targets (NaN: no text batch was scored)
     l_mm: float | None  # ... on the answer tokens of the image-text samples (None: no image-text data)
     log_norm_ratio: np.ndarray  # (K,)
@@ -75,8 +47,8 @@ def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], 
     return out[0], out[1]
 
 
-class CandidateEvaluator:
-    def __init__(self, spec: EngineSpec, levels: list[float] | None = None, state_dict: dict | None = None,
+class CandidateScorer:
+    def __init__(self, spec: EngineConfig, levels: list[float] | None = None, state_dict: dict | None = None,
                  progress: bool = False, build_database: bool = True):
         """In database mode the level database is built here unless `build_database` is False (then
         the caller shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
@@ -173,7 +145,7 @@ class CandidateEvaluator:
 
     # --- evaluation ------------------------------------------------------------------
     def evaluate(self, ratios: np.ndarray, fidelity: str = "full",
-                 modalities: tuple[str, ...] = ("text", "mm")) -> CandidateResult:
+                 modalities: tuple[str, ...] = ("text", "mm")) -> CandidateScore:
         """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
         screening slice only, `modalities=("mm",)` on the image-text batches only (database mode;
         sequential pruning always needs all the data)."""
@@ -187,7 +159,7 @@ class CandidateEvaluator:
         else:
             report = self.pruner.prune(policy)
         l_text = report.loss_text if report.loss_text is not None else math.nan
-        return CandidateResult(l_text, report.loss_mm, np.array(report.log_norm_ratio),
+        return CandidateScore(l_text, report.loss_mm, np.array(report.log_norm_ratio),
                                time.perf_counter() - start, report.mean_sparsity, self.pruner.blocks_run - before)
 
     def _install(self, ratios: np.ndarray) -> None:
@@ -262,15 +234,3 @@ class CandidateEvaluator:
         self.adapter.projector.load_state_dict(state)
         self.pruner.refresh_inputs([self.batches[i] for i in self.mm_indices], self.mm_indices)
         self.projector_version = version
-
-
-def serialise(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def deserialise(data: bytes):
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-

@@ -1,4 +1,4 @@
-"""`RayEvaluator`: the search's `Evaluator` (search/evaluator.py) on a pool of Ray actors.
+"""`ActorPool`: the search's `Evaluator` (search/evaluator.py) on a pool of Ray actors.
 
 Driver side. It never holds a model: the dense weights are loaded once by a task into the object
 store, the evaluator actors are built from them inside a placement group (one bundle per actor:
@@ -25,9 +25,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.config import ConfigError, RunConfig
-from actors.pool import Schedule
+from actors.schedule import Schedule
 from actors.workers import EvaluatorActor, LearnerActor, ObjectHolder, load_dense
-from search.evaluator import Evaluation, ProjectorUpdate
+from search.protocol import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _key(ratios: np.ndarray) -> bytes:
     return np.asarray(ratios, dtype=np.float64).tobytes()
 
 
-class RayEvaluator:
+class ActorPool:
     """Implements the `search.Evaluator` protocol; needs `ray.init()` done."""
 
     def __init__(self, run: RunConfig, run_name: str, on_candidate: Callable[[dict], None] | None = None,

@@ -1,0 +1,1 @@
+"""Held-out evaluation: perplexity on text, constrained-choice VQA accuracy."""
