@@ -166,8 +166,8 @@ class ActorPool:
             name=f"{self.run_name}.evaluator-{i}", namespace=self.opts.namespace,
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-        ).remote(engine, self.levels, (f"{self.run_name}.weights", self.opts.namespace, 0), i,
-                 self.run_name, self.shared_database)
+        ).remote(engine, self.run.data.model_dump(mode="json"), self.levels,
+                 (f"{self.run_name}.weights", self.opts.namespace, 0), i, self.run_name, self.shared_database)
 
     def actor_names(self) -> list[str]:
         names = [f"{self.run_name}.evaluator-{i}" for i in range(self.n_actors)]

@@ -1,15 +1,16 @@
-"""One typed configuration for a Ray search run: ``RunConfig = search + engine + ray``.
+"""The one configuration of a run: ``RunConfig = search + engine + data + ray``, composed, validated once, saved.
 
 * ``search``: :class:`search.SearchConfig` (policy space, GA, fitness, projector step);
-* ``engine``: :class:`prune_engine.candidates.EngineConfig` (model, proxy data, pruning mode);
+* ``engine``: :class:`prune_engine.config.EngineConfig` (model, pruning mode, fitness loss, screening);
+* ``data``: :class:`prune_engine.config.DataConfig` (calibration = proxy data);
 * ``ray``: :class:`RayOptions` (cluster address, actors, GPUs/CPUs per actor, restarts).
 
-Built from a YAML/TOML file with those three sections and/or CLI flags (flags win), validated
-completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the engine
-and Ray sections travel in ``SearchConfig.extra`` (``extra.engine``, ``extra.ray``), so the run
-directory's checkpoint alone rebuilds the run (``efficientllava resume RUN_DIR``). The Ray section
-is runtime-only: a resumed run may use another cluster, actor count or GPU share without changing
-its result.
+Built from a preset, then a YAML/TOML file with those sections, then ``--set``, then CLI flags
+(actors/options.py derives the flags of every command from this one table of settings), validated
+completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the engine,
+data and Ray sections travel in ``SearchConfig.extra``, so the run directory's checkpoint alone
+rebuilds the run (``efficientllava resume RUN_DIR``). The Ray section is runtime-only: a resumed
+run may use another cluster, actor count or GPU share without changing its result.
 """
 from __future__ import annotations
 
@@ -20,18 +21,18 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prune_engine.config import EngineConfig
+from prune_engine.config import DataConfig, EngineConfig
 from search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
 
-EMBEDDED_MODELS = ("smollm2", "smol-llava")
-SECTIONS = ("search", "engine", "ray")
+SECTIONS = ("search", "engine", "data", "ray")
+KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
 
 #: Named starting points for a new run (a config file, --set and flags override them).
 #: paper: the paper's search (16 policies x 10 generations, eta 0.5, k = 5), every candidate on the
 #:   whole fitness set, in database mode (a level database built once, candidates stitched); as in
 #:   the paper, a few proxy samples score the candidates (8 text segments + the image-text samples)
 #:   while all calibration data (32 x 256 text tokens + the image-text samples) builds the Hessians.
-#: none: the built-in default of every setting (SearchConfig, EngineConfig).
+#: none: the built-in default of every setting (SearchConfig, EngineConfig, DataConfig).
 #: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
 #:   many children screened per generation on a small slice of the proxy data, survivors on all of it.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,10 +41,20 @@ PRESETS: dict[str, dict[str, Any]] = {
               "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
     "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
                 "search.init": "uniform", "search.tolerance": 0.0,
-                "search.offspring": 16, "engine.mode": "database", "engine.nsamples": 16, "engine.seqlen": 128,
-                "engine.fitness_nsamples": 4, "engine.mm_samples": 16, "engine.screen_nsamples": 1,
+                "search.offspring": 16, "engine.mode": "database", "data.nsamples": 16, "data.seqlen": 128,
+                "engine.fitness_nsamples": 4, "data.mm_samples": 16, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }
+
+
+def setting_default(key: str, preset: str | None = None) -> Any:
+    """The value a dotted setting takes when nobody sets it: the preset's, else the section's default."""
+    if preset and key in PRESETS[preset]:
+        return PRESETS[preset][key]
+    section, _, leaf = key.partition(".")
+    kind = KINDS.get(section, RayOptions)
+    field = kind.model_fields[leaf]
+    return field.default
 
 
 def _validation_message(section: str, err: ValidationError) -> str:
@@ -88,19 +99,18 @@ class RayOptions(BaseModel):
         return self
 
 
-def _check_engine(engine: EngineConfig, search: SearchConfig, local: bool) -> None:
+def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, local: bool) -> None:
     """Cheap checks that need no model weights and no data loading."""
+    from prune_engine.data.calibration import mm_specs
     from prune_engine.data.text import DataError, parse_text_spec
     from prune_engine.sparsegpt import Pattern
-
-    from prune_engine.data.calibration import check_calibration_data, mm_specs
 
     if engine.mode not in ("sequential", "database"):
         raise ConfigError(f"invalid engine config: mode must be 'sequential' or 'database', got '{engine.mode}'")
     if engine.granularity != search.granularity:
         raise ConfigError(f"invalid engine config: granularity '{engine.granularity}' differs from the search's "
                           f"'{search.granularity}' (set it once, in the search section)")
-    for key in ("nsamples", "seqlen", "mm_samples", "projector_batch"):
+    for key in ("projector_batch",):
         if getattr(engine, key) < 1:
             raise ConfigError(f"invalid engine config: {key} must be a positive integer")
     for key in ("screen_nsamples", "screen_mm_samples", "fitness_nsamples"):
@@ -109,8 +119,6 @@ def _check_engine(engine: EngineConfig, search: SearchConfig, local: bool) -> No
     if search.offspring and engine.mode != "database":
         raise ConfigError("invalid run config: search.offspring (screening children on a slice of the proxy data) "
                           "needs engine.mode database; sequential mode prunes every candidate on all the data")
-    if engine.batch_size is not None and engine.batch_size < 1:
-        raise ConfigError("invalid engine config: batch_size must be a positive integer")
     if engine.threads is not None and engine.threads < 1:
         raise ConfigError("invalid engine config: threads must be a positive integer")
     try:
@@ -121,33 +129,29 @@ def _check_engine(engine: EngineConfig, search: SearchConfig, local: bool) -> No
         raise ConfigError(f"invalid engine config: an N:M pattern ({engine.pattern}) fixes the sparsity of every "
                           "matrix; the search needs unstructured pruning")
     try:
-        spec = parse_text_spec(engine.calib)
+        spec = parse_text_spec(data.calib)
     except DataError as exc:
-        raise ConfigError(f"invalid engine config: calib: {exc}") from None
+        raise ConfigError(f"invalid data config: calib: {exc}") from None
     if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
-        raise ConfigError(f"invalid engine config: calib: text file not found: {spec.path}")
+        raise ConfigError(f"invalid data config: calib: text file not found: {spec.path}")
     if local:
         from prune_engine.checks import check_text_budget
 
         try:
-            check_text_budget(engine.calib, engine.nsamples, engine.seqlen)
+            check_text_budget(data.calib, data.nsamples, data.seqlen)
         except (ValueError, DataError) as exc:
-            raise ConfigError(f"invalid engine config: calib: {str(exc).removeprefix('--calib ')}") from None
-    if engine.mm_calib is not None:
+            raise ConfigError(f"invalid data config: calib: {str(exc).removeprefix('--calib ')}") from None
+    if data.mm_calib is not None:
         from prune_engine.data.hub import BENCHMARKS
 
-        for part in mm_specs(engine.mm_calib) or [engine.mm_calib]:
+        for part in mm_specs(data.mm_calib) or [data.mm_calib]:
             name = part.partition(":")[0]
             if name not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
-                raise ConfigError(f"invalid engine config: mm_calib: unknown image-text data '{part}' (use "
+                raise ConfigError(f"invalid data config: mm_calib: unknown image-text data '{part}' (use "
                                   f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))}; "
                                   "a comma-separated mix is allowed)")
-    try:
-        check_calibration_data(engine.calib, engine.mm_calib, engine.allow_eval_split)
-    except ValueError as exc:
-        raise ConfigError(f"invalid engine config: {exc}") from None
-    from prune_engine.models.loading import model_facts
     from prune_engine.models.adapter import ModelError
+    from prune_engine.models.loading import model_facts
 
     model = engine.model
     try:
@@ -158,11 +162,15 @@ def _check_engine(engine: EngineConfig, search: SearchConfig, local: bool) -> No
         facts = None
     is_llava = None if facts is None else facts["llava"]
     limit = (facts or {}).get("max_positions")
-    if limit and engine.seqlen > limit:
-        raise ConfigError(f"invalid engine config: seqlen {engine.seqlen} is beyond the model's context "
+    if limit and data.seqlen > limit:
+        raise ConfigError(f"invalid data config: seqlen {data.seqlen} is beyond the model's context "
                           f"({limit} positions)")
-    if engine.mm_calib and is_llava is False:
-        raise ConfigError(f"invalid engine config: mm_calib needs a LLaVA model; {model} is a text-only model")
+    if data.mm_calib and is_llava is False:
+        raise ConfigError(f"invalid data config: mm_calib needs a LLaVA model; {model} is a text-only model")
+
+
+#: settings of the data section that older run directories kept in the engine section
+_LEGACY_ENGINE_DATA = tuple(DataConfig.model_fields)
 
 
 class RunConfig(BaseModel):
@@ -170,38 +178,41 @@ class RunConfig(BaseModel):
 
     search: SearchConfig
     engine: EngineConfig
+    data: DataConfig = DataConfig()
     ray: RayOptions = RayOptions()
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
-    def from_sections(cls, data: dict[str, Any], local: bool | None = None) -> "RunConfig":
-        """From ``{"search": {...}, "engine": {...}, "ray": {...}}``; validates across sections."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"invalid run config: expected a mapping, got {type(data).__name__}")
-        unknown = set(data) - set(SECTIONS)
+    def from_sections(cls, sections: dict[str, Any], local: bool | None = None) -> "RunConfig":
+        """From ``{"search": {...}, "engine": {...}, "data": {...}, "ray": {...}}``; validates across sections."""
+        if not isinstance(sections, dict):
+            raise ConfigError(f"invalid run config: expected a mapping, got {type(sections).__name__}")
+        unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"invalid run config: unknown section '{sorted(unknown)[0]}' "
                               f"(expected {', '.join(SECTIONS)})")
         parts = {}
-        for name, kind in (("search", SearchConfig), ("engine", EngineConfig), ("ray", RayOptions)):
-            section = data.get(name) or {}
+        for name in SECTIONS:
+            section = sections.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"invalid {name} config: expected a mapping, got {type(section).__name__}")
             if name == "search":
-                section = {k: v for k, v in section.items()}
-                extra = dict(section.get("extra") or {})
-                extra.pop("engine", None), extra.pop("ray", None)  # rebuilt from the sections below
-                section["extra"] = extra
+                extra = {k: v for k, v in (section.get("extra") or {}).items() if k not in ("engine", "data", "ray")}
+                section = {**section, "extra": extra}  # the other sections are rebuilt below
+            if name == "engine" and set(section) & set(_LEGACY_ENGINE_DATA):
+                key = sorted(set(section) & set(_LEGACY_ENGINE_DATA))[0]
+                raise ConfigError(f"invalid engine config: '{key}' is a data setting: write data.{key}")
             try:
-                parts[name] = kind(**section)
+                parts[name] = KINDS.get(name, RayOptions)(**section)
             except ValidationError as exc:
                 raise ConfigError(_validation_message(name, exc)) from None
-        search, engine, ray_options = parts["search"], parts["engine"], parts["ray"]
-        if "granularity" not in (data.get("engine") or {}):
+        search, engine, data, ray_options = parts["search"], parts["engine"], parts["data"], parts["ray"]
+        if "granularity" not in (sections.get("engine") or {}):
             engine = engine.model_copy(update={"granularity": search.granularity})
-        if local if local is not None else ray_options.address is None:
-            from prune_engine.models.loading import absolute_model
+        local = local if local is not None else ray_options.address is None
+        if local:
             from prune_engine.models.adapter import ModelError
+            from prune_engine.models.loading import absolute_model
 
             try:  # a local directory is saved absolute: the run resumes from any folder
                 engine = engine.model_copy(update={"model": absolute_model(engine.model)})
@@ -209,69 +220,86 @@ class RunConfig(BaseModel):
                 pass  # reported by _check_engine below
         if engine.threads is None:  # fixed per run: results must not depend on the cluster it resumes on
             engine = engine.model_copy(update={"threads": max(1, int(ray_options.cpus_per_actor))})
-        if engine.seed != search.seed and "seed" not in (data.get("engine") or {}):
-            engine = engine.model_copy(update={"seed": search.seed})
-        _check_engine(engine, search, local if local is not None else ray_options.address is None)
-        extra = dict(search.extra, engine=engine.model_dump(mode="json"), ray=ray_options.model_dump(mode="json"))
+        if data.seed != search.seed and "seed" not in (sections.get("data") or {}):
+            data = data.model_copy(update={"seed": search.seed})  # one --seed: the search's and the draw's
+        _check_engine(engine, data, search, local)
+        extra = dict(search.extra, engine=engine.model_dump(mode="json"), data=data.model_dump(mode="json"),
+                     ray=ray_options.model_dump(mode="json"))
         search = search.model_copy(update={"extra": extra})
-        return cls(search=search, engine=engine, ray=ray_options)
+        return cls(search=search, engine=engine, data=data, ray=ray_options)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
              sets: list[str] | None = None, preset: str | None = None) -> "RunConfig":
         """A preset's settings (PRESETS) first, then the file's sections, then ``sets``
-        (``["search.elites=2", "engine.nsamples=8"]``), then ``overrides`` (dotted keys, None values
-        ignored, as for unset CLI flags)."""
+        (``["search.elites=2", "data.nsamples=8"]``), then ``overrides`` (dotted keys, None values
+        ignored, as for unset CLI flags).
+
+        A population chosen at most 4 without a chosen elites count keeps population - 1 elites
+        (at least one child per generation), whatever the preset's elites."""
         if preset is not None and preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (choose one of {', '.join(PRESETS)})")
-        data: dict[str, Any] = {}
-        if path is not None:
-            data = read_sections(Path(path))
-        layers = list(PRESETS[preset].items()) if preset else []
-        file_keys = {f"{sec}.{k}" for sec, body in data.items() if isinstance(body, dict) for k in body}
-        layers = [(k, v) for k, v in layers if k not in file_keys]  # the file wins over the preset
-        chosen = {**{k: v for k, v in parse_overrides(sets or []).items()},
-                  **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        if str(chosen.get("engine.mode", (data.get("engine") or {}).get("mode"))) == "sequential":
+        sections: dict[str, Any] = read_sections(Path(path)) if path is not None else {}
+        file_keys = {f"{sec}.{k}" for sec, body in sections.items() if isinstance(body, dict) for k in body}
+        chosen = [(k.replace("-", "_"), v) for k, v in list(parse_overrides(sets or []).items())
+                  + list((overrides or {}).items()) if v is not None]
+        chosen_keys = file_keys | {k for k, _ in chosen}
+        layers = [(k, v) for k, v in (PRESETS[preset].items() if preset else []) if k not in file_keys]
+        mode = dict(chosen).get("engine.mode", (sections.get("engine") or {}).get("mode"))
+        if str(mode) == "sequential":
             # sequential mode on purpose: the preset's screening (a database-mode feature) steps aside
             layers = [(k, v) for k, v in layers if k not in ("search.offspring", "engine.mode")]
-        for key, value in layers + list(parse_overrides(sets or []).items()) + list((overrides or {}).items()):
-            if value is None:
-                continue
-            section, dot, leaf = key.replace("-", "_").partition(".")
+        population = dict(chosen).get("search.population", (sections.get("search") or {}).get("population"))
+        if isinstance(population, int) and population <= 4 and "search.elites" not in chosen_keys:
+            layers = [(k, v) for k, v in layers if k != "search.elites"] + [("search.elites", max(1, population - 1))]
+        for key, value in layers + chosen:
+            section, dot, leaf = key.partition(".")
             if not dot or section not in SECTIONS:
                 raise ConfigError(f"invalid override '{key}': expected <section>.<key> with section "
                                   f"one of {', '.join(SECTIONS)}")
-            node = data.setdefault(section, {})
+            node = sections.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"invalid {section} config: expected a mapping")
             *parents, last = leaf.split(".")
             for p in parents:
                 node = node.setdefault(p, {})
             node[last] = value
-        return cls.from_sections(data)
+        return cls.from_sections(sections)
 
     @classmethod
     def from_saved(cls, saved_search: dict[str, Any], ray_overrides: dict[str, Any] | None = None) -> "RunConfig":
-        """Rebuild from a run directory's saved search config (its ``extra`` holds engine and ray)."""
+        """Rebuild from a run directory's saved search config (its ``extra`` holds engine, data and ray)."""
         extra = dict(saved_search.get("extra") or {})
         if "engine" not in extra:
             raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
         search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
+        engine, data = dict(extra["engine"]), dict(extra.get("data") or {})
+        for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
+            if key in engine:
+                data.setdefault(key, engine.pop(key))
         ray_section = dict(extra.get("ray") or {})
         ray_section.update({k: v for k, v in (ray_overrides or {}).items() if v is not None})
-        return cls.from_sections({"search": search, "engine": extra["engine"], "ray": ray_section}, local=False)
+        return cls.from_sections({"search": search, "engine": engine, "data": data, "ray": ray_section},
+                                 local=False)
 
     # ---- derived facts ----------------------------------------------------------------
     @property
     def levels(self) -> list[float]:
         return levels_of(self.search)
 
+    def sections(self, without: tuple[str, ...] = ()) -> dict[str, dict]:
+        """The JSON-able sections (what a config file holds), less the dotted keys in `without`."""
+        sections = {"search": self.search.to_dict(), "engine": self.engine.model_dump(mode="json"),
+                    "data": self.data.model_dump(mode="json"), "ray": self.ray.model_dump(mode="json")}
+        sections["search"]["extra"] = {k: v for k, v in sections["search"]["extra"].items()
+                                       if k not in ("engine", "data", "ray")}
+        for key in without:
+            section, _, leaf = key.partition(".")
+            sections[section].pop(leaf, None)
+        return sections
+
     def to_yaml(self) -> str:
-        data = {"search": self.search.to_dict(), "engine": self.engine.model_dump(mode="json"),
-                "ray": self.ray.model_dump(mode="json")}
-        data["search"]["extra"] = {k: v for k, v in data["search"]["extra"].items() if k not in ("engine", "ray")}
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(self.sections(), sort_keys=False)
 
 
 def levels_of(search: SearchConfig) -> list[float]:

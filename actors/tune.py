@@ -22,6 +22,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prune_engine.config import HeldoutConfig
+
 METRICS = ("ppl", "easy_vqa", "fashion_mnist")
 
 
@@ -30,16 +32,13 @@ class TuneJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    run: dict  # RunConfig sections (search / engine / ray), validated by RunConfig.from_sections
+    run: dict  # RunConfig sections (search / engine / data / ray) without eta, validated by RunConfig.from_sections
     etas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
     storage: str = "runs/tune"
     name: str = "eta-sweep"
     metric: str = "ppl"  # ppl is minimised, accuracies maximised
     max_concurrent: int = Field(1, ge=1)
-    eval_text: str = "wiki:eval"
-    eval_segments: int = Field(16, ge=1)
-    eval_seqlen: int = Field(256, ge=2)
-    eval_vqa: int = Field(200, ge=1)
+    heldout: HeldoutConfig = HeldoutConfig()  # how each trial's model is scored
 
     @field_validator("etas")
     @classmethod
@@ -78,7 +77,7 @@ def search_trial(config: dict) -> None:
 
     from actors.config import RunConfig
     from actors.run import resume_search, run_search
-    from prune_engine.evaluation.perplexity import heldout_metrics
+    from prune_engine.evaluation.heldout import heldout_metrics
     from search.checkpoint import CONFIG, RunStore
 
     job = TuneJob.model_validate_json(config["job"])
@@ -96,8 +95,7 @@ def search_trial(config: dict) -> None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         run_search(run, str(run_dir), progress=False, log=quiet)
     doc = json.loads((run_dir / "policy.json").read_text())
-    row = heldout_metrics(str(run_dir / "model"), job.eval_text, job.eval_segments, job.eval_seqlen,
-                          vqa_samples=job.eval_vqa, seed=run.search.seed)
+    row = heldout_metrics(str(run_dir / "model"), job.heldout)
     tune.report({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()},
                  "fitness": doc["fitness"], "l_proxy": doc["l_proxy"], "g": doc["g"],
                  "mean_sparsity": doc.get("achieved_mean_sparsity", doc["mean_sparsity"]),

@@ -1,6 +1,6 @@
 """The Ray processes of a search (docs/method.md §5): a loader task, evaluator actors and the learner actor.
 
-Thin wrappers: the work is done by :class:`prune_engine.candidates.CandidateScorer` and
+Thin wrappers: the work is done by :class:`prune_engine.scoring.CandidateScorer` and
 :class:`prune_engine.projector.ProjectorLearner`.
 
 * ``load_dense`` (task): loads the dense model once and returns its weights as numpy arrays,
@@ -79,7 +79,7 @@ def held_ref(handle):
 # ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
-    def __init__(self, engine: dict, levels: list[float], weights: list, index: int, run: str,
+    def __init__(self, engine: dict, data: dict, levels: list[float], weights: list, index: int, run: str,
                  shared_database: bool = False):
         """weights: [ObjectRef of load_dense's weights], nested so that Ray does not resolve it
         before the constructor runs (a restarted actor fetches it again from the object store).
@@ -95,14 +95,15 @@ class EvaluatorActor:
         self.node_id = ctx.get_node_id()
         self.candidates = 0
         try:
+            from prune_engine.config import DataConfig, EngineConfig
             from prune_engine.scoring import CandidateScorer
-            from prune_engine.config import EngineConfig
 
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
             spec = EngineConfig(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
-            self.ev = CandidateScorer(spec, levels, state_dict=unpack_tensors(ray.get(held_ref(weights))),
-                                         build_database=not shared_database or self.restarted)
+            self.ev = CandidateScorer(spec, DataConfig(**data), levels,
+                                      state_dict=unpack_tensors(ray.get(held_ref(weights))),
+                                      build_database=not shared_database or self.restarted)
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc
         from ray.util.metrics import Counter, Gauge
@@ -125,7 +126,7 @@ class EvaluatorActor:
         ev = self.ev
         return {"param_counts": ev.param_counts().tolist(), "identity": ev.identity(),
                 "has_projector": ev.has_projector, "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
-                "pid": os.getpid(), "device": ev.spec.device, "threads": torch.get_num_threads(),
+                "pid": os.getpid(), "device": ev.engine.device, "threads": torch.get_num_threads(),
                 "restarted": self.restarted}
 
     def database_part(self, index: int, parts: int) -> dict:

@@ -34,9 +34,14 @@ def settings_from_args(args) -> Settings:
         torch.set_num_threads(args.threads)
     import yaml
 
+    from prune_engine.config import HeldoutConfig
+
+    d = Settings()
     return Settings(model=args.model, preset=args.preset, search=yaml.safe_load(args.search or "{}") or {},
-                    engine=yaml.safe_load(args.engine or "{}") or {}, eval_segments=args.eval_segments,
-                    eval_seqlen=args.eval_seqlen, eval_vqa=args.eval_vqa, seed=args.seed, actors=args.actors)
+                    engine=yaml.safe_load(args.engine or "{}") or {},
+                    data={**d.data, **(yaml.safe_load(args.data or "{}") or {})},
+                    heldout=HeldoutConfig(segments=args.eval_segments, seqlen=args.eval_seqlen, vqa=args.eval_vqa,
+                                          seed=d.heldout.seed), seed=args.seed, actors=args.actors)
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -44,10 +49,11 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default=d.model)
     ap.add_argument("--preset", default=d.preset, help="search settings (actors.config.PRESETS)")
     ap.add_argument("--search", default=None, help="search overrides as YAML, e.g. '{generations: 4}'")
-    ap.add_argument("--engine", default=None, help="engine overrides as YAML, e.g. '{mm_samples: 32}'")
-    ap.add_argument("--eval-segments", type=int, default=d.eval_segments, help="held-out text segments")
-    ap.add_argument("--eval-seqlen", type=int, default=d.eval_seqlen, help="tokens per held-out segment")
-    ap.add_argument("--eval-vqa", type=int, default=d.eval_vqa, help="held-out questions per VQA set")
+    ap.add_argument("--engine", default=None, help="engine overrides as YAML, e.g. '{loss: ce}'")
+    ap.add_argument("--data", default=None, help="calibration-data overrides as YAML, e.g. '{mm_samples: 32}'")
+    ap.add_argument("--eval-segments", type=int, default=d.heldout.segments, help="held-out text segments")
+    ap.add_argument("--eval-seqlen", type=int, default=d.heldout.seqlen, help="tokens per held-out segment")
+    ap.add_argument("--eval-vqa", type=int, default=d.heldout.vqa, help="held-out questions per VQA set")
     ap.add_argument("--seed", type=int, default=d.seed, help="calibration seed of the single-seed variants")
     ap.add_argument("--actors", type=int, default=None, help="evaluator actors (default: one per CPU)")
     ap.add_argument("--threads", type=int, default=None,
@@ -114,12 +120,14 @@ def main(argv=None) -> int:
                 verdict.append(f"At {t}, chose Full's (seed {seeds[0]}) policy: {', '.join(same)}.")
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
              f"(actors.config.PRESETS) with the overrides shown; uniform and OWL calibrate on the searches' "
-             f"calibration data. Held-out: {settings.eval_segments}x{settings.eval_seqlen} tokens of "
-             f"{settings.eval_text}, {settings.eval_vqa} questions per VQA set (the same for every model). "
+             f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "
+             f"{settings.heldout.text}, {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
     print("\n" + "\n".join(verdict))
     write_results("ablation", f"Ablation on {settings.model} (Tables 1-2)", table,
-                  {"seed": settings.seed, "seeds": seeds, "settings": settings.model_dump(), "dense": dense,
+                  {"seed": settings.seed, "seeds": seeds,
+                   # eval_vqa at the top of settings: the layout readers of ablation.json rely on
+                   "settings": {**settings.model_dump(), "eval_vqa": settings.heldout.vqa}, "dense": dense,
                    "results": {str(t): r for t, r in results.items()}, "seconds": time.perf_counter() - t0},
                   notes)
     return 0

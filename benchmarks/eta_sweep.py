@@ -45,14 +45,13 @@ def main(argv=None) -> int:
 
     run = RunConfig.load(preset=args.preset, overrides={
         "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
-        "engine.model": args.model, "engine.mm_calib": "easy-vqa:train,fashion-mnist:train",
+        "engine.model": args.model, "data.mm_calib": "easy-vqa:train,fashion-mnist:train",
         "ray.actors": args.actors})
-    import yaml
+    from prune_engine.config import HeldoutConfig
 
-    sections = yaml.safe_load(run.to_yaml())
-    sections["search"].pop("eta")
-    job = TuneJob(run=sections, etas=tuple(float(e) for e in args.eta.split(",")), storage=args.storage,
-                  name=args.name, max_concurrent=args.max_concurrent, eval_segments=args.eval_segments, eval_vqa=args.eval_vqa)
+    job = TuneJob(run=run.sections(without=("search.eta",)), etas=tuple(float(e) for e in args.eta.split(",")),
+                  storage=args.storage, name=args.name, max_concurrent=args.max_concurrent,
+                  heldout=HeldoutConfig(segments=args.eval_segments, vqa=args.eval_vqa, seed=args.seed))
     t0 = time.perf_counter()
     rows = run_tune(job)
     table = format_rows(rows, job.metric)
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
              f"{run.search.offspring} screened children per generation, {run.engine.mode} mode, proxy "
-             f"{run.engine.nsamples}x{run.engine.seqlen} wiki:calib + {run.engine.mm_samples} image-text), held-out "
+             f"{run.data.nsamples}x{run.data.seqlen} wiki:calib + {run.data.mm_samples} image-text), held-out "
              f"{args.eval_segments}x256 wiki:eval tokens and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)

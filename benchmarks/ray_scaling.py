@@ -102,8 +102,8 @@ def main() -> None:
     def config(actors: int, **engine) -> RunConfig:
         return RunConfig.from_sections({
             "search": {"population": args.population, "seed": args.seed, "projector_mode": "off"},
-            "engine": {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen, "threads": 1,
-                       "prefix_reuse": False, **engine},
+            "engine": {"model": args.model, "threads": 1, "prefix_reuse": False, **engine},
+            "data": {"nsamples": args.nsamples, "seqlen": args.seqlen},
             "ray": {"actors": actors, "cpus_per_actor": 1}})
 
     load_start = os.getloadavg()[0]

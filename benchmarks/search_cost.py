@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     mm_calib = MM_CALIB if llava else None
     runs_cfg = {p: RunConfig.load(preset=p, overrides={
         "search.target": args.target, "search.seed": args.seed, "engine.model": args.model,
-        "engine.mm_calib": mm_calib, "ray.actors": args.actors, "ray.num_cpus": args.actors}) for p in presets}
-    ref = runs_cfg["paper"].engine if "paper" in runs_cfg else next(iter(runs_cfg.values())).engine
+        "data.mm_calib": mm_calib, "ray.actors": args.actors, "ray.num_cpus": args.actors}) for p in presets}
+    ref = runs_cfg["paper"].data if "paper" in runs_cfg else next(iter(runs_cfg.values())).data
     torch.set_num_threads(1)
     batches = text_batches(processor, ref.calib, ref.nsamples, ref.seqlen, ref.seed)
     if llava:
@@ -74,15 +74,15 @@ def main(argv=None) -> int:
         summary = run_search(run, str(args.work / name), progress=False, log=lambda m: print("  " + m, flush=True))
         wall = time.perf_counter() - t0
         stats = summary["stats"]
-        s, e = run.search, run.engine
+        s, e, d = run.search, run.engine, run.data
         runs[name] = {"wall_s": wall, "candidates": stats["candidates"], "screened": stats["screened"],
                       "gradients": stats["gradients"], "per_minute": 60.0 * stats["candidates"] / wall,
                       "x_one_pass": wall / one_pass, "fitness": summary["policy"]["fitness"],
                       "policy": summary["policy"]["levels"],
                       "settings": {"population": s.population, "generations": s.generations, "elites": s.elites,
                                    "offspring": s.offspring, "projector_steps": s.projector_steps,
-                                   "calibration": f"{e.nsamples}x{e.seqlen}", "fitness_text": e.fitness_nsamples,
-                                   "mm_samples": e.mm_samples, "screen": [e.screen_nsamples, e.screen_mm_samples],
+                                   "calibration": f"{d.nsamples}x{d.seqlen}", "fitness_text": e.fitness_nsamples,
+                                   "mm_samples": d.mm_samples, "screen": [e.screen_nsamples, e.screen_mm_samples],
                                    "loss": e.loss, "mode": e.mode}}
         print(f"{name}: {wall:.1f} s = {wall / one_pass:.1f}x one pass, {stats['candidates']} candidate evaluations "
               f"({stats['screened']} screened), {runs[name]['per_minute']:.1f} per minute", flush=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from prune_engine.config import HeldoutConfig
+
 SEARCHES = {
     "auto_wo_gen": {"search.eta": 0.0},
     "full": {"search.eta": 0.5},
@@ -37,24 +39,20 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 
 class Settings(BaseModel):
     """One set of settings shared by every variant of a benchmark (hashed into the cache key). The
-    search settings are a preset's (actors.config.PRESETS) plus `search`/`engine` overrides; the
-    uniform and OWL baselines calibrate on exactly the search's calibration data."""
+    search settings are a preset's (actors.config.PRESETS) plus `search`/`engine`/`data` overrides;
+    the uniform and OWL baselines calibrate on exactly the search's calibration data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "smol-llava"
     preset: str = "default"
     search: dict = {}  # e.g. {"generations": 4}
-    engine: dict = {}  # e.g. {"mm_samples": 32}
-    calib: str = "wiki:calib"
-    mm_calib: str = "easy-vqa:train,fashion-mnist:train"
+    engine: dict = {}  # e.g. {"loss": "ce"}
+    data: dict = {"calib": "wiki:calib", "mm_calib": "easy-vqa:train,fashion-mnist:train"}  # e.g. mm_samples
     owl_lambda: float = 0.08
     owl_m: float = 5.0
     seed: int = 0
-    eval_text: str = "wiki:eval"
-    eval_segments: int = 64
-    eval_seqlen: int = 256
-    eval_vqa: int = 1000
+    heldout: HeldoutConfig = HeldoutConfig(segments=64, seqlen=256, vqa=1000, seed=0)  # the same for every variant
     actors: int | None = None
 
     def key(self, variant: str, target: float) -> str:
@@ -67,13 +65,13 @@ class Settings(BaseModel):
 
         return RunConfig.load(preset=self.preset, overrides={
             **{f"search.{k}": v for k, v in self.search.items()}, **{f"engine.{k}": v for k, v in self.engine.items()},
-            "search.target": target, "search.seed": self.seed, "engine.model": self.model, "engine.calib": self.calib,
-            "engine.mm_calib": self.mm_calib, "ray.actors": self.actors, **(overrides or {})})
+            **{f"data.{k}": v for k, v in self.data.items()}, "search.target": target, "search.seed": self.seed,
+            "engine.model": self.model, "ray.actors": self.actors, **(overrides or {})})
 
 
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print) -> dict:
     """Prune (or search) one variant, evaluate it, cache and return its row."""
-    from prune_engine.evaluation.perplexity import heldout_metrics
+    from prune_engine.evaluation.heldout import heldout_metrics
 
     key = settings.key(variant, target if target is not None else 0.0)
     cached = work / f"{key}.json"
@@ -90,10 +88,8 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     elif variant in ("uniform", "owl"):
         from prune_engine.prune import PruneJob, run_prune
 
-        e = settings.run_config(target).engine  # the search's calibration data, exactly
-        summary = run_prune(PruneJob(model=settings.model, out=out, sparsity=target, calib=e.calib,
-                                     nsamples=e.nsamples, seqlen=e.seqlen, mm_calib=e.mm_calib,
-                                     mm_samples=e.mm_samples, seed=e.seed, progress=False,
+        data = settings.run_config(target).data  # the search's calibration data, exactly
+        summary = run_prune(PruneJob(model=settings.model, out=out, sparsity=target, data=data, progress=False,
                                      owl=settings.owl_lambda if variant == "owl" else None, owl_m=settings.owl_m),
                             log=lambda m: None)
         model_dir, row["ratios"] = str(out), summary["ratios"]
@@ -110,8 +106,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         raise ValueError(f"unknown variant {variant}")
     row["prune_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    row.update(heldout_metrics(model_dir, settings.eval_text, settings.eval_segments, settings.eval_seqlen,
-                               vqa_samples=settings.eval_vqa, seed=0))  # the same held-out questions for all
+    row.update(heldout_metrics(model_dir, settings.heldout))  # the same held-out questions for all
     row["eval_seconds"] = time.perf_counter() - t1
     if variant != "dense":
         shutil.rmtree(out / "model" if (out / "model").exists() else out, ignore_errors=True)  # weights: GBs

@@ -1,27 +1,60 @@
-"""What an evaluator needs to rebuild the same model and proxy data anywhere: the engine's settings."""
+"""The engine's settings: the calibration data (`DataConfig`), how candidates are pruned and scored (`EngineConfig`), held-out evaluation (`HeldoutConfig`).
+
+Each setting is declared once, here; the one-shot `prune` job, the search's run config (actors/config.py),
+the demo, `tune` and the benchmarks compose these classes instead of re-declaring their fields.
+"""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _positive(v: int | None, what: str = "must be a positive integer") -> int | None:
+    if v is not None and v < 1:
+        raise ValueError(what)
+    return v
+
+
+class DataConfig(BaseModel):
+    """Calibration (= proxy) data: text segments, plus image-text samples for LLaVA models, drawn with `seed`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calib: str = Field("wiki:calib", description="calibration/proxy text (a text spec)")
+    nsamples: int = Field(32, description="text segments")
+    seqlen: int = Field(256, description="tokens per text segment")
+    mm_calib: str | None = Field(None, description="image-text data from training splits; a comma-separated "
+                                 "mix is allowed (LLaVA models)")
+    mm_samples: int = Field(32, description="image-text samples")
+    seed: int = Field(0, description="seed of the draw")
+    batch_size: int | None = Field(None, description="calibration batch size (None: all at once)")
+    allow_eval_split: bool = Field(False, description="calibrate on an evaluation split anyway (leaks it into "
+                                   "the model)")
+
+    @field_validator("nsamples", "seqlen", "mm_samples", "batch_size")
+    @classmethod
+    def _sizes(cls, v):
+        return _positive(v)
+
+    @model_validator(mode="after")
+    def _training_splits(self) -> "DataConfig":
+        from prune_engine.data.calibration import check_calibration_data
+
+        check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
+        return self
 
 
 class EngineConfig(BaseModel):
-    """Everything an evaluator needs to rebuild the same model and proxy data anywhere."""
+    """The model and how an evaluator prunes and scores candidates (with a `DataConfig`, all it needs to
+    rebuild the same model and proxy data anywhere)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "smollm2"
-    calib: str = "wiki:calib"
-    nsamples: int = 32
-    seqlen: int = 256
-    mm_calib: str | None = None  # image-text proxy data from training splits; a comma-separated mix is allowed
-    mm_samples: int = 32
-    seed: int = 0
     pattern: str | None = None
     mode: str = "sequential"  # or "database"
     granularity: str = "block"  # or "matrix"
-    batch_size: int | None = None
     prefix_reuse: bool = True
     device: str = "cpu"
     threads: int | None = None  # torch threads in this evaluator (None: torch's default)
@@ -31,4 +64,15 @@ class EngineConfig(BaseModel):
     screen_mm_samples: int = 0  # image-text samples of the screening slice
     projector_batch: int = 4  # image-text samples per projector mini-batch step
     monitor_samples: int = 8  # image-text samples on which sum c_m L_m is recorded before/after an update
-    allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
+
+
+class HeldoutConfig(BaseModel):
+    """Held-out evaluation of a pruned model: perplexity on text, accuracy on the VQA test sets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = "wiki:eval"
+    segments: int = Field(16, ge=1)
+    seqlen: int = Field(256, ge=2)
+    vqa: int = Field(200, ge=1, description="questions per VQA set (LLaVA models)")
+    seed: int = 0

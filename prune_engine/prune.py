@@ -1,12 +1,13 @@
-"""`efficientllava prune`: one typed job, validated before any model is loaded."""
+"""The one-shot prune job (`efficientllava prune`): one typed job, validated before any model is loaded, saved whole or not at all."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
-from pydantic import model_validator, BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from prune_engine.config import DataConfig
 from prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
 from prune_engine.models.adapter import MATRIX_NAMES, ModelError
 from prune_engine.models.loading import load_model, load_processor
@@ -24,19 +25,12 @@ class PruneJob(BaseModel):
     policy: Path | None = None  # JSON with per-block ratios (overrides sparsity)
     owl: float | None = None  # OWL baseline: per-block ratios around `sparsity` spanning 2*owl (lambda)
     owl_m: float = 5.0  # OWL outlier threshold: score > owl_m x the block's mean score
-    calib: str = "wiki:calib"
-    nsamples: int = 32
-    seqlen: int = 256
-    mm_calib: str | None = None  # image-text calibration data for LLaVA models, e.g. easy-vqa:train
-    mm_samples: int = 32
-    seed: int = 0
-    batch_size: int | None = None  # None: all calibration samples in one batch (fastest)
+    data: DataConfig = DataConfig()  # calibration data
     blocksize: int = 128
     percdamp: float = 0.01
     device: str = "cpu"
     overwrite: bool = False
     progress: bool = True
-    allow_eval_split: bool = False  # calibrate on an evaluation split anyway (leaks it into the model)
 
     @field_validator("sparsity")
     @classmethod
@@ -56,14 +50,7 @@ class PruneJob(BaseModel):
             raise ValueError("OWL lambda must be in [0, 0.5)")
         return v
 
-    @model_validator(mode="after")
-    def _training_splits(self):
-        from prune_engine.data.calibration import check_calibration_data
-
-        check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
-        return self
-
-    @field_validator("nsamples", "seqlen", "mm_samples", "blocksize")
+    @field_validator("blocksize")
     @classmethod
     def _positive(cls, v):
         if v < 1:
@@ -147,12 +134,13 @@ def run_prune(job: PruneJob, log=print) -> dict:
     check_out_dir(job.out, job.overwrite)
     _check_against_config(job, policy, pattern)
     processor = load_processor(job.model)  # data problems surface before the weights are loaded
-    batches = text_batches(processor, job.calib, job.nsamples, job.seqlen, job.seed, job.batch_size)
-    if job.mm_calib:
+    data = job.data
+    batches = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed, data.batch_size)
+    if data.mm_calib:
         if not hasattr(processor, "image_processor"):
             raise ModelError(f"--mm-calib needs a LLaVA model; {job.model} is text-only")
-        samples = calibration_vqa(job.mm_calib, job.mm_samples, job.seed)
-        batches += vqa_batches(processor, samples, job.batch_size)
+        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed)
+        batches += vqa_batches(processor, samples, data.batch_size)
     adapter, processor = load_model(job.model, device=job.device, processor=processor)
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
     log(f"calibration: {describe(batches)}")

@@ -1,4 +1,4 @@
-"""Evaluate candidate policies on one device: prune, measure L_text / L_mm and G, projector gradients.
+"""The local candidate scorer: prune a candidate policy on one device, measure L_text / L_mm and G, projector gradients.
 
 This is what one evaluator actor holds (no Ray here): the dense model, the proxy (= calibration)
 batches — text and image-text, each split into a screening slice and the rest, for multi-fidelity
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prune_engine.config import EngineConfig
+from prune_engine.config import DataConfig, EngineConfig
 from prune_engine.data.calibration import (
     calibration_vqa,
     check_token_ids,
@@ -48,31 +48,34 @@ def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], 
 
 
 class CandidateScorer:
-    def __init__(self, spec: EngineConfig, levels: list[float] | None = None, state_dict: dict | None = None,
+    """Scores candidate policies of one model on its proxy data, on one device (what an evaluator actor holds)."""
+
+    def __init__(self, engine: EngineConfig, data: DataConfig, levels: list[float] | None = None,
+                 state_dict: dict | None = None,
                  progress: bool = False, build_database: bool = True):
         """In database mode the level database is built here unless `build_database` is False (then
         the caller shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        self.spec, self.levels = spec, levels
-        processor = load_processor(spec.model)
-        text = text_batches(processor, spec.calib, spec.nsamples, spec.seqlen, spec.seed)[0]
+        if engine.threads:
+            torch.set_num_threads(engine.threads)
+        self.engine, self.data, self.levels = engine, data, levels
+        processor = load_processor(engine.model)
+        text = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed)[0]
         # text segments: [screening slice | the rest of the fitness set | calibration only]
-        fit_text = min(spec.fitness_nsamples or spec.nsamples, spec.nsamples)
-        screen_text = min(spec.screen_nsamples, fit_text) if spec.screen_nsamples else 0
-        text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, spec.batch_size)
-        _, text_calib = _split_text(text, fit_text, spec.batch_size)
+        fit_text = min(engine.fitness_nsamples or data.nsamples, data.nsamples)
+        screen_text = min(engine.screen_nsamples, fit_text) if engine.screen_nsamples else 0
+        text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, data.batch_size)
+        _, text_calib = _split_text(text, fit_text, data.batch_size)
         text_rest = fit_rest + text_calib
-        samples = calibration_vqa(spec.mm_calib, spec.mm_samples, spec.seed) if spec.mm_calib else []
-        screen_mm = min(spec.screen_mm_samples, len(samples)) if spec.screen_mm_samples else 0
-        mm_screen = vqa_batches(processor, samples[:screen_mm], spec.batch_size)
-        mm_rest = vqa_batches(processor, samples[screen_mm:], spec.batch_size)
+        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed) if data.mm_calib else []
+        screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
+        mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)
+        mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
         self.samples = samples
         # state_dict: weights shared through the object store (then nothing is read from disk)
-        self.adapter, self.processor = load_model(spec.model, device=spec.device, processor=processor,
+        self.adapter, self.processor = load_model(engine.model, device=engine.device, processor=processor,
                                                   state_dict=state_dict)
         if samples and not self.adapter.is_llava:
-            raise ValueError(f"image-text proxy data needs a LLaVA model; {spec.model} is text-only")
+            raise ValueError(f"image-text proxy data needs a LLaVA model; {engine.model} is text-only")
         self.batches = text_screen + text_rest + mm_screen + mm_rest
         n_text = len(text_screen) + len(text_rest)
         self.kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
@@ -85,15 +88,15 @@ class CandidateScorer:
             + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else self.mm_indices)
         self.screen = screen if (screen_text or screen_mm) else None
         check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
-        self.projector_batches = [vqa_batches(processor, samples[i:i + spec.projector_batch])[0]
-                                  for i in range(0, len(samples), spec.projector_batch)]
-        self.monitor_batches = vqa_batches(processor, samples[:spec.monitor_samples])
-        self.pattern = Pattern.parse(spec.pattern)
+        self.projector_batches = [vqa_batches(processor, samples[i:i + engine.projector_batch])[0]
+                                  for i in range(0, len(samples), engine.projector_batch)]
+        self.monitor_batches = vqa_batches(processor, samples[:engine.monitor_samples])
+        self.pattern = Pattern.parse(engine.pattern)
         self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
-                                       reuse_prefix=spec.prefix_reuse, kinds=self.kinds, loss=spec.loss,
+                                       reuse_prefix=engine.prefix_reuse, kinds=self.kinds, loss=engine.loss,
                                        scored=self.scored)
         self.projector_version = 0
-        if spec.mode == "database" and build_database:  # once, from the dense model with its original projector
+        if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
 
     # --- a level database built in parts (one per evaluator) ------------------------
@@ -122,14 +125,14 @@ class CandidateScorer:
 
     def param_counts(self) -> np.ndarray:
         counts = self.adapter.param_counts()
-        if self.spec.granularity == "matrix":
+        if self.engine.granularity == "matrix":
             return np.array([c for block in counts for c in block.values()], dtype=np.int64)
         return np.array([sum(block.values()) for block in counts], dtype=np.int64)
 
     def identity(self) -> dict:
-        s = self.spec
-        return {**model_identity(self.adapter, s.model), "calib": s.calib, "nsamples": s.nsamples,
-                "seqlen": s.seqlen, "mm_calib": s.mm_calib, "mm_samples": s.mm_samples, "seed": s.seed,
+        s, d = self.engine, self.data
+        return {**model_identity(self.adapter, s.model), "calib": d.calib, "nsamples": d.nsamples,
+                "seqlen": d.seqlen, "mm_calib": d.mm_calib, "mm_samples": d.mm_samples, "seed": d.seed,
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
                 "fitness_nsamples": s.fitness_nsamples,
@@ -138,7 +141,7 @@ class CandidateScorer:
 
     def policy(self, ratios: np.ndarray) -> list:
         ratios = [round(float(r), 6) for r in np.asarray(ratios)]
-        if self.spec.granularity == "block":
+        if self.engine.granularity == "block":
             return ratios
         names = list(self.adapter.linears(0))
         return [dict(zip(names, ratios[i:i + len(names)])) for i in range(0, len(ratios), len(names))]
@@ -152,7 +155,7 @@ class CandidateScorer:
         start = time.perf_counter()
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
-        if self.spec.mode == "database":
+        if self.engine.mode == "database":
             batches = self.screen if fidelity == "screen" and self.screen is not None else self.scored
             batches = [i for i in batches if self.kinds[i] in modalities]
             report = self.pruner.stitch(policy, batches)
@@ -165,7 +168,7 @@ class CandidateScorer:
     def _install(self, ratios: np.ndarray) -> None:
         """Put the candidate's pruned weights into the model (stitched, or pruned sequentially)."""
         policy = self.policy(ratios)
-        if self.spec.mode == "database":
+        if self.engine.mode == "database":
             self.pruner.install(policy)
         else:
             self.pruner.prune(policy)

@@ -11,14 +11,16 @@ from pathlib import Path
 from actors.config import RunConfig
 
 
-def tiny_sections(model: str, search: dict | None = None, engine: dict | None = None, ray: dict | None = None) -> dict:
+def tiny_sections(model: str, search: dict | None = None, engine: dict | None = None, data: dict | None = None,
+                  ray: dict | None = None) -> dict:
     """A search on a tiny model that takes seconds per generation on two CPU cores."""
     sections = {
         "search": {"population": 6, "elites": 2, "generations": 3, "seed": 3, "eta": 0.5, "projector_lr": 1e-2},
-        "engine": {"model": str(model), "nsamples": 4, "seqlen": 32, "mm_calib": "easy-vqa:train", "mm_samples": 4},
+        "engine": {"model": str(model)},
+        "data": {"nsamples": 4, "seqlen": 32, "mm_calib": "easy-vqa:train", "mm_samples": 4},
         "ray": {"actors": 2},
     }
-    for name, over in (("search", search), ("engine", engine), ("ray", ray)):
+    for name, over in (("search", search), ("engine", engine), ("data", data), ("ray", ray)):
         sections[name].update(over or {})
     return sections
 

@@ -236,7 +236,7 @@ def test_text_only_model_in_database_mode(cluster, tiny_llama_dir, tmp_path):
 
     out = tmp_path / "run"
     rec = Recorder()
-    run = tiny_run(tiny_llama_dir, engine={"mm_calib": None, "mode": "database"},
+    run = tiny_run(tiny_llama_dir, engine={"mode": "database"}, data={"mm_calib": None},
                    search={"population": 4, "generations": 2})
     summary = run_search(run, str(out), progress=False, log=lambda m: None, **rec.hooks())
     assert not rec.evaluator.use_projector and all(not n.endswith(".learner") for n in rec.names)

@@ -48,21 +48,36 @@ def test_schedule_reruns_a_lost_candidate_elsewhere():
 # ---- the run config ---------------------------------------------------------------------------
 def test_run_config_sections_flags_and_saved_round_trip(tmp_path, tiny_llava_dir):
     path = tmp_path / "run.yaml"
-    path.write_text(f"search:\n  population: 8\n  eta: 0.25\nengine:\n  model: {tiny_llava_dir}\n  nsamples: 4\n"
+    path.write_text(f"search:\n  population: 8\n  eta: 0.25\nengine:\n  model: {tiny_llava_dir}\ndata:\n  nsamples: 4\n"
                     "ray:\n  actors: 2\n  cpus_per_actor: 2\n")
-    run = RunConfig.load(path, {"search.eta": 0.75, "ray.actors": None}, ["search.elites=2", "engine.seqlen=16"])
+    run = RunConfig.load(path, {"search.eta": 0.75, "ray.actors": None}, ["search.elites=2", "data.seqlen=16"])
     assert run.search.population == 8 and run.search.eta == 0.75 and run.search.elites == 2  # flags win
-    assert run.engine.nsamples == 4 and run.engine.seqlen == 16 and run.ray.actors == 2
+    assert run.data.nsamples == 4 and run.data.seqlen == 16 and run.ray.actors == 2
     assert run.engine.threads == 2  # fixed per run from cpus_per_actor: results do not depend on the cluster
-    assert run.engine.granularity == "block" and run.engine.seed == run.search.seed
+    assert run.engine.granularity == "block" and run.data.seed == run.search.seed
     assert run.levels == pytest.approx([0.4, 0.45, 0.5, 0.55, 0.6])
     # what the checkpoint keeps (search config with engine and ray in extra) rebuilds the same run
     saved = run.search.to_dict()
     again = RunConfig.from_saved(saved, {"actors": 1, "address": None})
-    assert again.engine == run.engine and again.ray.actors == 1
+    assert again.engine == run.engine and again.data == run.data and again.ray.actors == 1
     assert {k: v for k, v in again.search.to_dict().items() if k != "extra"} == \
         {k: v for k, v in saved.items() if k != "extra"}
     assert again.search.extra["engine"] == saved["extra"]["engine"]
+    assert again.search.extra["data"] == saved["extra"]["data"]
+
+
+def test_run_directories_from_before_the_data_section_still_resume(tiny_llava_dir):
+    run = RunConfig.load(None, {"engine.model": str(tiny_llava_dir), "data.nsamples": 4})
+    saved = run.search.to_dict()
+    old = dict(saved["extra"]["engine"], **saved["extra"].pop("data"))  # the old layout: data inside engine
+    saved["extra"]["engine"] = old
+    again = RunConfig.from_saved(saved)
+    assert again.data == run.data and again.engine == run.engine
+
+
+def test_a_data_setting_in_the_engine_section_names_its_new_place(tiny_llava_dir):
+    with pytest.raises(ConfigError, match="write data.nsamples"):
+        RunConfig.load(None, {"engine.model": str(tiny_llava_dir), "engine.nsamples": 4})
 
 
 def test_levels_match_the_policy_space():
@@ -76,9 +91,9 @@ def test_levels_match_the_policy_space():
     ({"engine.mode": "fast"}, "mode must be"),
     ({"engine.pattern": "2:4"}, "N:M pattern"),
     ({"engine.granularity": "matrix"}, "differs from the search"),
-    ({"engine.nsamples": 0}, "nsamples must be a positive"),
-    ({"engine.calib": "nope:x"}, "calib"),
-    ({"engine.mm_calib": "mnist"}, "unknown image-text data"),
+    ({"data.nsamples": 0}, "nsamples: must be a positive"),
+    ({"data.calib": "nope:x"}, "calib"),
+    ({"data.mm_calib": "mnist"}, "unknown image-text data"),
     ({"ray.gpus_per_actor": 2.5}, "whole number"),
     ({"ray.bogus": 1}, "unknown key 'bogus'"),
     ({"engine.model": "no-such-model"}, "not a directory"),
@@ -91,7 +106,7 @@ def test_bad_settings_are_one_line_errors(tiny_llava_dir, overrides, message):
 
 def test_text_only_model_with_image_text_data_is_refused(tiny_llama_dir):
     with pytest.raises(ConfigError, match="needs a LLaVA model"):
-        RunConfig.load(None, {"engine.model": str(tiny_llama_dir), "engine.mm_calib": "easy-vqa"})
+        RunConfig.load(None, {"engine.model": str(tiny_llama_dir), "data.mm_calib": "easy-vqa:train"})
 
 
 # ---- weights through the object store -------------------------------------------------------
@@ -125,12 +140,12 @@ def test_model_built_from_shared_weights_reads_no_weights_from_disk(tmp_path, ti
 def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llava_dir, mode):
     """Prefix reuse (and the database) must give bit-identical results in any order, on a fresh
     evaluator or a used one: the pool may hand a candidate to any actor."""
+    from prune_engine.config import DataConfig, EngineConfig
     from prune_engine.scoring import CandidateScorer
-    from prune_engine.config import EngineConfig
 
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
-                      threads=1, mode=mode, **({"screen_nsamples": 2, "screen_mm_samples": 2} if mode == "database"
-                                               else {}))
+    spec = EngineConfig(model=str(tiny_llava_dir), threads=1, mode=mode,
+                        **({"screen_nsamples": 2, "screen_mm_samples": 2} if mode == "database" else {}))
+    data = DataConfig(nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
     levels = [0.4, 0.45, 0.5, 0.55, 0.6]
     policies = [np.array(p) for p in ([0.4, 0.5, 0.6], [0.4, 0.5, 0.55], [0.4, 0.6, 0.5], [0.6, 0.5, 0.4])]
 
@@ -141,10 +156,10 @@ def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llav
             out[i] = (r, ev.projector_gradient(policies[i], i))
         return [out[i] for i in sorted(out)]
 
-    a = CandidateScorer(spec, levels)
+    a = CandidateScorer(spec, data, levels)
     forward = run(a, range(4), "full")
     assert forward[1][0].blocks_run < 3  # shares blocks 0-1 with the previous one
-    b = CandidateScorer(spec, levels)
+    b = CandidateScorer(spec, data, levels)
     if mode == "database":
         run(b, [2, 0, 3], "screen")  # a used evaluator: screened candidates first (per-batch stacks)
     backward = run(b, reversed(range(4)), "full")

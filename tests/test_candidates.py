@@ -5,17 +5,23 @@ import numpy as np
 import pytest
 import torch
 
+from prune_engine.config import DataConfig, EngineConfig
 from prune_engine.scoring import CandidateScorer
-from prune_engine.config import EngineConfig
+
+
+def _configs(**settings) -> tuple[EngineConfig, DataConfig]:
+    """The engine and data sections of a scorer from one flat set of settings."""
+    data = {k: settings.pop(k) for k in list(settings) if k in DataConfig.model_fields}
+    return EngineConfig(**settings), DataConfig(**data)
 from prune_engine.projector import ProjectorError
 from prune_engine.projector import ProjectorLearner
 
 
 @pytest.fixture(scope="module")
 def evaluator(tiny_llava_dir):
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+    spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
                       loss="ce", projector_batch=4)
-    return CandidateScorer(spec, levels=[0.4, 0.5, 0.6])
+    return CandidateScorer(*spec, levels=[0.4, 0.5, 0.6])
 
 
 def _model_answer_loss(evaluator, batches) -> float:
@@ -111,9 +117,9 @@ def test_learner_steps_lower_the_weighted_loss_and_record_the_change(evaluator):
 
 @pytest.fixture(scope="module")
 def database_evaluator(tiny_llava_dir):
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+    spec = _configs(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
                       mode="database", screen_nsamples=2, screen_mm_samples=2, loss="kl")
-    return CandidateScorer(spec, levels=[0.4, 0.5, 0.6])
+    return CandidateScorer(*spec, levels=[0.4, 0.5, 0.6])
 
 
 def test_database_is_built_once_and_kept_across_projector_versions(database_evaluator):
@@ -141,16 +147,16 @@ def test_screening_scores_a_slice_and_shares_work_with_full(database_evaluator, 
     screen = ev.evaluate(policy, "screen")
     full = ev.evaluate(policy, "full")
     assert screen.l_text != full.l_text and screen.l_mm is not None
-    other = CandidateScorer(ev.spec, levels=[0.4, 0.5, 0.6])
+    other = CandidateScorer(ev.engine, ev.data, levels=[0.4, 0.5, 0.6])
     other.set_projector(ev.projector_state_dict(), ev.projector_version)  # as ev holds it now
     fresh = other.evaluate(policy, "full")
     assert (fresh.l_text, fresh.l_mm) == pytest.approx((full.l_text, full.l_mm), rel=1e-6)
 
 
 def test_kl_to_dense_is_zero_for_the_dense_model(tiny_llava_dir):
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
+    spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
                       loss="kl")
-    ev = CandidateScorer(spec, levels=[0.0, 0.5])
+    ev = CandidateScorer(*spec, levels=[0.0, 0.5])
     dense = ev.evaluate(np.zeros(3))
     assert abs(dense.l_text) < 1e-2 and abs(dense.l_mm) < 1e-2  # fp16-stored teacher: tiny, not exactly 0
     pruned = ev.evaluate(np.full(3, 0.5))
@@ -158,17 +164,17 @@ def test_kl_to_dense_is_zero_for_the_dense_model(tiny_llava_dir):
 
 
 def test_text_only_database_mode(tiny_llava_dir):
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mode="database")
-    ev = CandidateScorer(spec, levels=[0.4, 0.5, 0.6])
+    spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mode="database")
+    ev = CandidateScorer(*spec, levels=[0.4, 0.5, 0.6])
     assert not ev.has_projector
     r = ev.evaluate(np.array([0.4, 0.6, 0.5]))
     assert r.mean_sparsity == pytest.approx(0.5, abs=0.01) and r.l_mm is None
 
 
 def test_fitness_is_measured_on_its_slice_and_the_rest_only_calibrates(tiny_llava_dir):
-    spec = EngineConfig(model=str(tiny_llava_dir), nsamples=6, seqlen=32, fitness_nsamples=2, screen_nsamples=1,
+    spec = _configs(model=str(tiny_llava_dir), nsamples=6, seqlen=32, fitness_nsamples=2, screen_nsamples=1,
                       mm_calib="easy-vqa:train", mm_samples=4, mode="database", loss="kl")
-    ev = CandidateScorer(spec, levels=[0.4, 0.5, 0.6])
+    ev = CandidateScorer(*spec, levels=[0.4, 0.5, 0.6])
     seqs = [len(ev.batches[i]["input_ids"]) for i in range(len(ev.batches)) if ev.kinds[i] == "text"]
     calib_only = [i for i in range(len(ev.batches)) if i not in ev.scored]
     assert seqs == [1, 1, 4] and len(calib_only) == 1 and ev.kinds[calib_only[0]] == "text"

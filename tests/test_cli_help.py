@@ -21,6 +21,23 @@ def test_help_keeps_brackets_and_braces():
     assert "easy-vqa[:split]" in text
 
 
-def test_demo_options_have_help():
-    text = " ".join(CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}).output.split())
-    assert "Policies per generation of the search" in text and "Generations of the search" in text
+def _options(command: str) -> dict[str, str]:
+    import typer
+
+    group = typer.main.get_command(app)
+    return {opt: param.help for param in group.commands[command].params for opt in param.opts if opt.startswith("--")}
+
+
+def test_search_tune_and_demo_share_one_declaration_of_the_run_options():
+    from actors.options import RUN, SETTINGS
+
+    search, tune, demo = _options("search"), _options("tune"), _options("demo")
+    flags = {SETTINGS[k].flags[0] for k in RUN}
+    assert flags <= set(search) and flags - {"--eta"} <= set(tune) and flags <= set(demo)
+    assert "--eta" in tune and tune["--eta"] != search["--eta"]  # tune's own: the list of eta values it sweeps
+    for flag in flags - {"--eta"}:
+        assert search[flag] == tune[flag], flag  # the same words, from the same declaration
+    assert search["--population"].startswith("Policies per generation") and "paper preset: 16" in search["--population"]
+    assert "(default: smol-llava)" in demo["--model"] and "(default: 150)" in demo["--eval-vqa"]
+    # the defaults shown come from the config classes: prune shows DataConfig's, search the default preset's
+    assert "(default: 32)" in _options("prune")["--nsamples"] and "(default: 16)" in search["--nsamples"]

@@ -4,16 +4,18 @@ import math
 
 import pytest
 
-from actors.demo import DemoConfig, run_demo
+from actors.demo import DemoJob, demo_run_config, run_demo
+from prune_engine.config import HeldoutConfig
 
 
 @pytest.mark.ray
 def test_demo_job_on_tiny_llava(tiny_llava_dir, tmp_path):
     import ray
 
-    cfg = DemoConfig(out=tmp_path / "demo", model=str(tiny_llava_dir), population=4, generations=2, elites=2,
-                     nsamples=4, seqlen=32, mm_samples=4, mode="sequential", actors=2, eval_segments=2,
-                     eval_seqlen=32, eval_vqa=6, projector_lr=1e-3)
+    run = demo_run_config({"engine.model": str(tiny_llava_dir), "search.population": 4, "search.generations": 2,
+                           "search.elites": 2, "data.nsamples": 4, "data.seqlen": 32, "data.mm_samples": 4,
+                           "engine.mode": "sequential", "ray.actors": 2, "search.projector_lr": 1e-3})
+    cfg = DemoJob(out=tmp_path / "demo", run=run, heldout=HeldoutConfig(segments=2, seqlen=32, vqa=6))
     try:
         result = run_demo(cfg, log=lambda m: None)
     finally:
