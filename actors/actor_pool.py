@@ -25,8 +25,11 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.config import ConfigError, RunConfig
+from actors.dense_loader import load_dense
+from actors.evaluator_actor import EvaluatorActor
+from actors.learner_actor import LearnerActor
+from actors.object_holder import ObjectHolder
 from actors.schedule import Schedule
-from actors.workers import EvaluatorActor, LearnerActor, ObjectHolder, load_dense
 from search.protocol import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ ray = pytest.importorskip("ray")
 
 from actors.observe import METRIC_NAMES  # noqa: E402
 from actors.run import run_search  # noqa: E402
+import faults  # noqa: E402
 from ray_helpers import (assert_same_outcome, free_port, language_model_sparsity, metric_value, outcome, probe_dashboard, tiny_run, tiny_sections, zeros_match_policy)
-from actors.workers import FAULT_ENV  # noqa: E402
 from search.events import GenerationFinished  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -27,16 +27,15 @@ ACTOR_METRICS = ("efficientllava_actor_candidates", "efficientllava_actor_blocks
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"
-    os.environ[FAULT_ENV] = str(fault)  # inherited by the workers of the cluster started below
+    fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"  # armed in this job's workers (tests/faults.py)
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=True, namespace="efficientllava",  # never another cluster
-             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
+             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False,
+             runtime_env=faults.runtime_env(fault))
     try:
         yield {"address": ray.get_runtime_context().gcs_address, "metrics_port": port, "fault": fault}
     finally:
         ray.shutdown()
-        os.environ.pop(FAULT_ENV, None)
 
 
 class Recorder:

@@ -1,25 +1,18 @@
-"""The Ray processes of a search (docs/method.md §5): a loader task, evaluator actors and the learner actor.
+"""The evaluator actor: scores candidate policies on its own copy of the model (docs/method.md §5).
 
-Thin wrappers: the work is done by :class:`prune_engine.scoring.CandidateScorer` and
-:class:`prune_engine.projector.ProjectorLearner`.
+A thin wrapper around :class:`prune_engine.scoring.CandidateScorer`. ``EvaluatorActor`` builds the
+model from the dense weights that the loader task (actors/dense_loader.py) put in the object store
+(nothing read from disk), holds the proxy batches, the layer-sequential pruner and its prefix stack /
+level database. For a policy it returns L_text, L_mm and the per-block log-norm ratios (at full or
+screening fidelity); for the projector step, a candidate's answer-token loss on one mini-batch and
+its gradient with respect to the projector; at the end, the pruned model saved (``export``).
 
-* ``load_dense`` (task): loads the dense model once and returns its weights as numpy arrays,
-  which live in the object store (zero-copy reads on the node, one transfer per other node).
-* ``EvaluatorActor``: builds the model from those shared weights (nothing read from disk),
-  holds the proxy batches, the layer-sequential pruner and its prefix stack / database; for a
-  policy it returns L_text, L_mm and the per-block log-norm ratios (at full or screening
-  fidelity); for the projector step, a candidate's answer-token loss on one mini-batch and its
-  gradient with respect to the projector.
-* ``LearnerActor``: owns the projector (fp32) and its optimizer; combines the drawn candidates'
-  gradients in a fixed order and steps.
-
-Every evaluation names the projector version it needs and carries (unresolved) the object
-holding that projector, so an actor that was restarted catches up before it evaluates.
+Every evaluation names the projector version it needs and carries (unresolved) the object holding
+that projector, so an actor that was restarted catches up before it evaluates.
 """
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import time
 import warnings
@@ -29,54 +22,10 @@ import numpy as np
 import ray
 import torch
 
-from prune_engine.tensors import pack_tensors, unpack_tensors
-
-FAULT_ENV = "EFFICIENTLLAVA_FAULT_FILE"  # test hook: see EvaluatorActor._maybe_fail
-
-
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
+from actors.object_holder import held_ref
+from prune_engine.tensors import unpack_tensors
 
 
-@ray.remote(max_retries=3)
-def load_dense(engine: dict, dtype: str) -> tuple[dict, dict | None]:
-    """The dense model's weights, and its projector's (None for text-only models)."""
-    from prune_engine.models.adapter import ModelError
-    from prune_engine.models.loading import load_model
-
-    try:
-        adapter, _ = load_model(engine["model"], dtype=_dtype(dtype))
-    except ModelError:
-        raise
-    except Exception as exc:  # unreadable weights and the like: one line for the CLI
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot load the weights of {engine['model']}: {first}") from None
-    weights = pack_tensors(adapter.model.state_dict())
-    projector = pack_tensors(adapter.projector.state_dict()) if adapter.projector is not None else None
-    return weights, projector
-
-
-@ray.remote(max_restarts=0)
-class ObjectHolder:
-    """Holds ObjectRefs for actors that restart: passing a ref to a restartable actor's constructor
-    makes Ray log an error-level warning (ray#53727); the actors fetch the refs from here instead."""
-
-    def __init__(self, refs: list):
-        self.held = refs
-
-    def refs(self) -> list:
-        return self.held
-
-
-def held_ref(handle):
-    """The ObjectRef behind `handle`: [ref], or (holder name, namespace, index) of an ObjectHolder."""
-    if isinstance(handle, (list, tuple)) and len(handle) == 1:
-        return handle[0]
-    name, namespace, index = handle
-    return ray.get(ray.get_actor(name, namespace=namespace).refs.remote())[index]
-
-
-# ---- evaluator ---------------------------------------------------------------------------
 @ray.remote
 class EvaluatorActor:
     def __init__(self, engine: dict, data: dict, levels: list[float], weights: list, index: int, run: str,
@@ -164,7 +113,6 @@ class EvaluatorActor:
         cpu = time.process_time()
         r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), fidelity, tuple(modalities))
         cpu = time.process_time() - cpu
-        self._maybe_fail(version)
         self.candidates += 1
         self.m_candidates.inc(1.0, self._tags)
         if r.blocks_run:  # 0 when the whole policy was the actor's previous one (Counter.inc needs > 0)
@@ -191,25 +139,6 @@ class EvaluatorActor:
         self._check()
         self._sync(version, projector)
         return self.ev.answer_loss(np.asarray(ratios, dtype=np.float64))
-
-    def _maybe_fail(self, version: int) -> None:
-        """Fault injection for tests: when the file named by $EFFICIENTLLAVA_FAULT_FILE exists (its
-        content: the least projector version to fail at, default 0), the first actor to see it
-        deletes it and dies by SIGKILL in the middle of a candidate (pruned, result not returned)."""
-        path = os.environ.get(FAULT_ENV)
-        if not path or not os.path.exists(path):
-            return
-        try:
-            least = int(Path(path).read_text().strip() or 0)
-        except (OSError, ValueError):
-            least = 0
-        if version < least:
-            return
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            return  # another actor took it
-        os.kill(os.getpid(), signal.SIGKILL)
 
     def export(self, ratios: np.ndarray, version: int, projector: list, dest: str, how: str,
                files: dict[str, dict]) -> dict:
@@ -248,44 +177,3 @@ class EvaluatorActor:
                                                      for p in sorted(local.rglob("*")) if p.is_file()}}
         finally:
             ev.pruner.restore_dense()  # the actor stays usable
-
-
-# ---- learner -----------------------------------------------------------------------------
-@ray.remote
-class LearnerActor:
-    def __init__(self, projector: list, lr: float):
-        """projector: [ObjectRef of the dense projector state] (nested, as for the evaluators)."""
-        from prune_engine.projector import ProjectorLearner
-
-        self.learner = ProjectorLearner(unpack_tensors(ray.get(held_ref(projector))), lr=lr)
-
-    def _state(self) -> dict:
-        return pack_tensors(self.learner.state_dict())
-
-    @ray.method(num_returns=2)
-    def step(self, weights: np.ndarray, steps: int, lr: float, *gradients) -> tuple[int, dict]:
-        """gradients[m]: drawn candidate m's gradient, in draw order."""
-        if any(g is None for g in gradients):
-            raise RuntimeError("a candidate gradient is missing")
-        version = self.learner.step(list(gradients), np.asarray(weights, dtype=np.float64), steps, lr)
-        return version, self._state()
-
-    def mark(self) -> int:
-        self.learner.mark()
-        return self.learner.version
-
-    def change_since_mark(self) -> float:
-        return self.learner.change_since_mark()
-
-    def state(self) -> dict:
-        return self._state()
-
-    def version(self) -> int:
-        return self.learner.version
-
-    def to_bytes(self) -> bytes:
-        return self.learner.to_bytes()
-
-    def load_bytes(self, data: bytes, version: int) -> dict:
-        self.learner.load_bytes(data, version)
-        return self._state()
