@@ -1,4 +1,4 @@
-"""`ActorPool`: the search's `Evaluator` (search/evaluator.py) on a pool of Ray actors.
+"""`ActorPool`: the search's evaluation protocol (search/protocol.py) on a pool of Ray actors.
 
 Driver side. It never holds a model: the dense weights are loaded once by a task into the object
 store, the evaluator actors are built from them inside a placement group (one bundle per actor:

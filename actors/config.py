@@ -17,12 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prune_engine.config import DataConfig, EngineConfig
 from search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
+from search.policy import levels_of
 
 SECTIONS = ("search", "engine", "data", "ray")
 KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
@@ -300,12 +300,6 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.sections(), sort_keys=False)
-
-
-def levels_of(search: SearchConfig) -> list[float]:
-    """The sparsity levels of the policy space, exactly as ``search.policy.PolicySpace`` builds them."""
-    m = round(search.span / search.step)
-    return [float(x) for x in np.round(search.target + search.step * np.arange(-m, m + 1), 12)]
 
 
 def read_sections(path: Path) -> dict[str, Any]:

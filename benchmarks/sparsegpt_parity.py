@@ -36,7 +36,7 @@ Methods (the first two always run; the next two with ``--ablations``, the last w
   ``ours`` (checks that this script's driver is faithful).
 
 Each run starts from a freshly loaded dense model. Perplexity: held-out ``wiki:eval`` segments
-(articles disjoint from ``wiki:calib``) with ``prune_engine.evaluate.perplexity``. Diagnostics per
+(articles disjoint from ``wiki:calib``) with ``prune_engine.evaluation.perplexity``. Diagnostics per
 run (not timed): calibration loss of the pruned model, achieved sparsity, and per decoder block
 the relative output error of the pruned block against the dense block on the same (pruned-model)
 input, plus the relative drift of the hidden states from the dense model's after each block,

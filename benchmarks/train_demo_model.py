@@ -504,7 +504,7 @@ def main(argv=None) -> int:
                    "training_total": round(train_s, 1), "evaluation": round(eval_s, 1)},
         "vision_head_test_accuracy": vis,
         "test_accuracy": {"easy_vqa": acc_easy, "fashion_mnist": acc_fm},
-        "eval": "constrained choice (prune_engine.eval_vqa.vqa_accuracy), full test splits" if not args.eval_limit
+        "eval": "constrained choice (prune_engine.evaluation.vqa.vqa_accuracy), full test splits" if not args.eval_limit
         else f"constrained choice, seeded test subsets of {args.eval_limit}",
     }
     if not args.no_save:

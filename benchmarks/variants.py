@@ -2,7 +2,7 @@
 
 Every variant at a target sparsity uses the same proxy (= calibration) data and seed; searches run
 on Ray (a local cluster started once per benchmark) and end with the sequential re-prune of the
-best policy; then the model is scored on held-out data (prune_engine.evaluate.heldout_metrics).
+best policy; then the model is scored on held-out data (prune_engine.evaluation.heldout.heldout_metrics).
 A finished variant is cached as JSON next to its outputs (keyed by its exact settings), so an
 interrupted benchmark run continues where it stopped and two benchmarks share identical runs.
 

@@ -15,6 +15,12 @@ MATRICES_PER_BLOCK = 7  # q, k, v, o, gate, up, down
 _EPS = 1e-9  # float slack on the tolerance band
 
 
+def levels_of(config: SearchConfig) -> list[float]:
+    """The sparsity levels of the policy space: target ± k·step for k = 0..span/step."""
+    m = round(config.span / config.step)
+    return [float(x) for x in np.round(config.target + config.step * np.arange(-m, m + 1), 12)]
+
+
 class PolicySpace:
     def __init__(
         self,
@@ -52,10 +58,8 @@ class PolicySpace:
 
     @classmethod
     def from_config(cls, config: SearchConfig, param_counts: np.ndarray) -> "PolicySpace":
-        m = round(config.span / config.step)
-        levels = np.round(config.target + config.step * np.arange(-m, m + 1), 12)
         per_block = MATRICES_PER_BLOCK if config.granularity == "matrix" else 1
-        return cls(levels, param_counts, config.tolerance, config.target, per_block)
+        return cls(np.array(levels_of(config)), param_counts, config.tolerance, config.target, per_block)
 
     # ---- queries ------------------------------------------------------------
     def ratios(self, policy: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors.config import RunConfig, levels_of
+from actors.config import RunConfig
+from search.policy import levels_of
 from actors.schedule import Schedule, contiguous_chunks, lexicographic_order
 from prune_engine.tensors import pack_tensors, unpack_tensors
 from search.config import ConfigError, SearchConfig
