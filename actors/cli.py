@@ -277,9 +277,12 @@ def eval_vqa(
         if limit < 0:
             raise ValueError(f"--limit must be 0 (all) or positive, got {limit}")
         check_device(device)
-        if (model_facts(model) or {}).get("llava") is False:
+        facts = model_facts(model) or {}
+        if facts.get("llava") is False:
             raise ValueError(f"eval vqa needs a LLaVA (image-text) model; {model} is text-only "
                              "(use `efficientllava eval ppl`)")
+        if facts.get("image_processor"):
+            raise ValueError(f"eval vqa needs the model's image processor: {facts['image_processor']}")
         if json_out:
             check_output_file(json_out, "--json")
         from prune_engine.data.calibration import load_vqa
@@ -288,6 +291,11 @@ def eval_vqa(
 
         samples = load_vqa(data, limit=limit or None, seed=seed)
         adapter, processor = load_model(model, device=device)
+        from prune_engine.models.loading import text_only_reason
+
+        reason = text_only_reason(model, processor)
+        if reason:
+            raise ValueError(f"eval vqa needs the model's image processor: {reason}")
         result = {"model": model, "data": data, **vqa_accuracy(adapter.model, processor, samples, batch_size)}
         typer.echo(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['count']}) on {data}")
         for category, r in sorted(result["per_category"].items()):

@@ -167,6 +167,8 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
                           f"({limit} positions)")
     if data.mm_calib and is_llava is False:
         raise ConfigError(f"invalid data config: mm_calib needs a LLaVA model; {model} is a text-only model")
+    if data.mm_calib and (facts or {}).get("image_processor"):
+        raise ConfigError(f"invalid data config: mm_calib needs the model's image processor: {facts['image_processor']}")
 
 
 #: settings of the data section that older run directories kept in the engine section

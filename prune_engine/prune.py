@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from prune_engine.config import DataConfig
 from prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
 from prune_engine.models.adapter import MATRIX_NAMES, ModelError
-from prune_engine.models.loading import load_model, load_processor
+from prune_engine.models.loading import load_model, load_processor, resolve_model_path, text_only_reason
 from prune_engine.pipeline import SequentialPruner, block_ratios
 from prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
 
@@ -114,6 +114,8 @@ def save_model_dir(adapter, processor, out: Path, extra_files: dict[str, dict], 
     shutil.rmtree(tmp, ignore_errors=True)
     adapter.model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    if adapter.is_multimodal and not hasattr(processor, "image_processor"):
+        _copy_processor_files(adapter.name, tmp)
     for name, content in extra_files.items():
         (tmp / name).write_text(json.dumps(content, indent=2))
     if out.exists():
@@ -122,6 +124,21 @@ def save_model_dir(adapter, processor, out: Path, extra_files: dict[str, dict], 
             raise PruneConfigError(f"output directory {out} appeared while pruning")
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+#: processor files besides the tokenizer's (kept when the engine only used the tokenizer)
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+                   "chat_template.json", "chat_template.jinja")
+
+
+def _copy_processor_files(spec: str, dest: Path) -> None:
+    """The source directory's processor files that the tokenizer alone did not write."""
+    source = Path(resolve_model_path(spec)) if spec else None
+    if source is None or not source.is_dir():
+        return
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file() and not (dest / name).exists():
+            shutil.copyfile(source / name, dest / name)
 
 
 def run_prune(job: PruneJob, log=print) -> dict:
@@ -137,8 +154,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
     data = job.data
     batches = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed, data.batch_size)
     if data.mm_calib:
-        if not hasattr(processor, "image_processor"):
-            raise ModelError(f"--mm-calib needs a LLaVA model; {job.model} is text-only")
+        reason = text_only_reason(job.model, processor)
+        if reason:
+            raise ModelError(f"--mm-calib needs a LLaVA model (image-text) with its image processor: {reason}")
         samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed)
         batches += vqa_batches(processor, samples, data.batch_size)
     adapter, processor = load_model(job.model, device=job.device, processor=processor)

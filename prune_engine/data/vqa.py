@@ -304,15 +304,30 @@ def prompt_text(processor, sample: VQASample) -> str:
                                          tokenize=False)
 
 
-def encode_prompts(processor, samples: list[VQASample]) -> tuple[list[list[int]], object]:
-    """Token ids of each sample's prompt (image tokens expanded) and the pixel values of its images (or None)."""
+#: processor outputs aligned with the tokens (one value per token): padded and extended with zeros
+SEQUENCE_INPUTS = ("token_type_ids", "mm_token_type_ids")
+
+
+def encode_prompts(processor, samples: list[VQASample]) -> tuple[list[list[int]], dict]:
+    """Token ids of each sample's prompt (image tokens expanded) and the image inputs of the batch.
+
+    The image inputs are every other tensor the processor returns (``pixel_values``, and per family
+    ``image_sizes``, ``image_grid_thw``, ``pixel_attention_mask``...), except the token-aligned ones
+    (``SEQUENCE_INPUTS``), which are returned per row like the ids. Empty without images."""
     prompts = [prompt_text(processor, s) for s in samples]
-    images = [s.image for s in samples if s.image is not None]
-    if images:  # pixel_values holds the images of the samples that have one, in order (LLaVA convention)
+    with_image = [s.image for s in samples if s.image is not None]
+    if with_image:  # the images of the samples that have one, in order (LLaVA convention); per sample when all do
+        images = [[s.image] for s in samples] if len(with_image) == len(samples) else with_image
         out = processor(text=prompts, images=images, add_special_tokens=False)
-        return [list(ids) for ids in out["input_ids"]], _as_tensor(out["pixel_values"])
+        ids = [list(row) for row in out["input_ids"]]
+        extra = {}
+        for key, value in out.items():
+            if key in ("input_ids", "attention_mask"):
+                continue
+            extra[key] = [list(row) for row in value] if key in SEQUENCE_INPUTS else _as_tensor(value)
+        return ids, extra
     tok = _tokenizer(processor)
-    return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts], None
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts], {}
 
 
 def answer_ids(processor, text: str, end: bool = True) -> list[int]:
@@ -331,12 +346,19 @@ def _as_tensor(x):
         return x
     import numpy as np
 
-    return torch.from_numpy(np.stack([np.asarray(a) for a in x])).float()
+    parts = [np.asarray(a) for a in x]
+    longest = max((len(a) for a in parts if a.ndim), default=0)
+    if len({a.shape for a in parts}) > 1 and all(a.ndim and a.shape[1:] == parts[0].shape[1:] for a in parts):
+        # a different number of tiles per image (any-resolution families): zero tiles after the
+        # real ones, as transformers batches them (the model reads the real count from image_sizes)
+        parts = [np.concatenate([a, np.zeros((longest - len(a), *a.shape[1:]), a.dtype)]) for a in parts]
+    array = np.stack(parts)
+    return torch.from_numpy(array).float() if array.dtype.kind == "f" else torch.from_numpy(array)
 
 
 def collate_vqa(processor, samples: list[VQASample], with_answer: bool = True,
                 padding_side: str = "right") -> dict:
-    """A LLaVA batch: ``input_ids, attention_mask, pixel_values, labels`` (tensors).
+    """An image-text batch: ``input_ids, attention_mask, labels``, the image inputs (tensors).
 
     Each row is the chat-formatted prompt (``<|im_start|>user\\n<image>...\\nquestion<|im_end|>\\n
     <|im_start|>assistant\\n``) followed, when ``with_answer``, by the answer's tokens and the
@@ -344,7 +366,9 @@ def collate_vqa(processor, samples: list[VQASample], with_answer: bool = True,
     without answers). Padding uses the tokenizer's pad token, on the right by default (use
     ``padding_side="left"`` for generation). Samples without an image (``image=None``) get
     no image tokens; ``pixel_values`` holds the images of the others in order, and is omitted
-    when no sample has one.
+    when no sample has one. Every other image input of the family's processor is carried too
+    (``image_sizes``, ``image_grid_thw``, ``pixel_attention_mask``...); token-aligned ones
+    (``token_type_ids``...) are padded with zeros like the rows.
     """
     import torch
 
@@ -352,7 +376,7 @@ def collate_vqa(processor, samples: list[VQASample], with_answer: bool = True,
         raise DataError("collate_vqa: empty batch")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    prompts, pixel_values = encode_prompts(processor, samples)
+    prompts, image_inputs = encode_prompts(processor, samples)
     tok = _tokenizer(processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     rows, label_rows = [], []
@@ -370,6 +394,13 @@ def collate_vqa(processor, samples: list[VQASample], with_answer: bool = True,
         labels[i, sl] = torch.tensor(lab)
         attention[i, sl] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-    if pixel_values is not None:
-        batch["pixel_values"] = pixel_values
+    for key, value in image_inputs.items():
+        if key in SEQUENCE_INPUTS:  # per token: zeros on the answer and the padding
+            aligned = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, (r, v) in enumerate(zip(rows, value)):
+                sl = slice(0, len(v)) if padding_side == "right" else slice(length - len(r), length - len(r) + len(v))
+                aligned[i, sl] = torch.tensor(v)
+            batch[key] = aligned
+        else:
+            batch[key] = value
     return batch

@@ -5,15 +5,27 @@ tokens (exactly the answer tokens ``collate_vqa`` trains on, without the end-of-
 following the sample's prompt; the prediction is the argmax (first choice on ties). A batch
 of prompts is run once, left-padded, with the KV cache (logits only at the last position);
 the cache is then repeated once per multi-token choice and the remaining tokens of all
-choices of all samples are scored in one padded continuation forward.
+choices of all samples are scored in one padded continuation forward. Families whose positions
+the model derives from the images (M-RoPE: Qwen2-VL, Qwen2.5-VL) score every (prompt + choice)
+sequence whole instead, so that the model computes its own positions.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import torch
 
 from prune_engine.data.vqa import VQASample, answer_ids, collate_vqa
+from prune_engine.models.families import family_of
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _image_inputs(batch: dict, device, dtype) -> dict:
+    """The batch's image inputs on the device (floating ones in the model's dtype)."""
+    return {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            for k, v in batch.items() if k not in _TEXT_KEYS}
 
 
 def _device(model) -> torch.device:
@@ -33,14 +45,15 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
     """Summed log-likelihood of every choice of every sample (one list per sample)."""
     if not samples:
         return []
+    family = family_of(getattr(model.config, "model_type", None))
+    if family is not None and not family.cached_choice_scoring:
+        return whole_sequence_logliks(model, processor, samples)
     body, head = _split_head(model)
     device = _device(model)
     batch = collate_vqa(processor, samples, with_answer=False, padding_side="left")
     mask = batch["attention_mask"].to(device)
     inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": mask,
-              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-    if "pixel_values" in batch:
-        inputs["pixel_values"] = batch["pixel_values"].to(device, dtype=model.dtype)
+              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), **_image_inputs(batch, device, model.dtype)}
     out = body(**inputs, use_cache=True)
     first = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V): answer's 1st token
     prompt_len = mask.sum(-1)  # real tokens per row
@@ -83,6 +96,40 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
     for n in counts:
         result.append(scores[start:start + n])
         start += n
+    return result
+
+
+@torch.no_grad()
+def whole_sequence_logliks(model, processor, samples: list[VQASample], rows_per_batch: int = 16) -> list[list[float]]:
+    """The same scores as `choice_logliks`, from one forward of every (prompt + choice) sequence through
+    the whole model (right-padded, no cache): slower, and right for any family's positions."""
+    body, head = _split_head(model)
+    device = _device(model)
+    if any(not s.choices for s in samples):
+        raise ValueError(f"sample '{next(s for s in samples if not s.choices).id}' has no choices")
+    rows = [dataclasses.replace(s, answer=c) for s in samples for c in s.choices]
+    eos = getattr(getattr(processor, "tokenizer", processor), "eos_token_id", None)
+    scores: list[float] = []
+    for start in range(0, len(rows), rows_per_batch):
+        batch = collate_vqa(processor, rows[start:start + rows_per_batch], with_answer=True)
+        labels = batch["labels"].to(device)
+        if eos is not None:  # the end-of-turn token closes every answer: not part of a choice
+            last = (labels != -100).long().cumsum(-1).argmax(-1)
+            labels[torch.arange(len(labels), device=device), last] = -100
+        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
+                  **_image_inputs(batch, device, model.dtype)}
+        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logp = torch.log_softmax(head(hidden[keep]).float(), dim=-1)
+        token_scores = logp.gather(1, targets[keep].unsqueeze(1)).squeeze(1)
+        per_row = torch.zeros(targets.shape, dtype=token_scores.dtype, device=device)
+        per_row[keep] = token_scores
+        scores += per_row.sum(1).cpu().tolist()
+    result, start = [], 0
+    for s in samples:
+        result.append(scores[start:start + len(s.choices)])
+        start += len(s.choices)
     return result
 
 

@@ -1,4 +1,9 @@
-"""Loading a model by its --model value (directory, hub id or embedded name): facts from config.json, processor, weights, identity."""
+"""Loading a model by its --model value (directory, hub id or embedded name): facts from config.json, processor, weights, identity.
+
+Loading cannot go silently wrong: an unsupported family, the original (liuhaotian) LLaVA layout,
+and weights that do not fill the architecture exactly (missing or unexpected keys) are one-line
+ModelErrors. A model directory without an image processor loads with its tokenizer alone (text
+calibration); asking it for image-text data says what is missing."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +14,16 @@ import torch
 
 from prune_engine.models.adapter import ModelAdapter, ModelError
 from prune_engine.models.embedded import EMBEDDED_SMOLLM2, embedded_smollm2_dir
+from prune_engine.models.families import family_of, supported
 
 EMBEDDED_MODELS = (EMBEDDED_SMOLLM2, "smol-llava")
 # facts of the embedded models needed by the checks (their directories are assembled on first use)
-_EMBEDDED_FACTS = {EMBEDDED_SMOLLM2: {"llava": False, "max_positions": 8192},
-                   "smol-llava": {"llava": True, "max_positions": 8192}}
+_EMBEDDED_FACTS = {EMBEDDED_SMOLLM2: {"llava": False, "max_positions": 8192, "image_processor": None},
+                   "smol-llava": {"llava": True, "max_positions": 8192, "image_processor": None}}
+#: transformers' script that turns an original (liuhaotian) LLaVA checkpoint into the HF layout
+LLAVA_CONVERSION = "transformers/models/llava/convert_llava_weights_to_hf.py"
+_ORIGINAL_LLAVA_CLASSES = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM",
+                           "LlavaQwenForCausalLM")
 
 
 
@@ -47,22 +57,84 @@ def absolute_model(spec: str) -> str:
 
 
 def model_facts(spec: str) -> dict | None:
-    """{'llava': bool, 'max_positions': int | None, ...} from config.json alone; None for hub ids."""
+    """{'llava': bool (an image-text model), 'family', 'max_positions', ..., 'image_processor': why the
+    image processor is missing (None when present)} from the directory's files alone; None for hub ids."""
     kind = model_kind(spec)
     if kind == "embedded":
         return dict(_EMBEDDED_FACTS[spec])
     if kind == "hub":
         return None
-    cfg_file = Path(spec).expanduser() / "config.json"
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ModelError(f"cannot read {cfg_file}") from None
-    text = cfg.get("text_config") or cfg if cfg.get("model_type") == "llava" else cfg
-    return {"llava": cfg.get("model_type") == "llava", "max_positions": text.get("max_position_embeddings"),
+    path = Path(spec).expanduser()
+    cfg = _config_json(spec, path)
+    check_supported(spec, cfg, path)
+    family = family_of(cfg.get("model_type"))
+    text = (cfg.get("text_config") or cfg) if family else cfg
+    return {"llava": family is not None, "family": family.model_type if family else None,
+            "max_positions": text.get("max_position_embeddings"),
             "vocab": text.get("vocab_size"), "hidden": text.get("hidden_size"),
             "heads": text.get("num_attention_heads"), "layers": text.get("num_hidden_layers"),
-            "intermediate": text.get("intermediate_size")}
+            "intermediate": text.get("intermediate_size"),
+            "image_processor": _missing_image_processor(spec, path) if family else None}
+
+
+def _config_json(spec: str, path: Path) -> dict:
+    cfg_file = path / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"cannot read {cfg_file}") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{cfg_file}: not a JSON object")
+    return cfg
+
+
+def _weight_names(path: Path) -> list[str]:
+    """Tensor names of a model directory, from its index file or its single safetensors file (headers only)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            try:
+                return list(json.loads((path / index).read_text()).get("weight_map", {}))
+            except (OSError, json.JSONDecodeError):
+                return []
+    if (path / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+                return list(f.keys())
+        except Exception:  # a broken file is reported when the weights are loaded
+            return []
+    return []
+
+
+def check_supported(spec: str, cfg: dict, path: Path | None = None) -> None:
+    """A one-line ModelError for the original LLaVA layout and for families the engine does not know."""
+    model_type = cfg.get("model_type")
+    architectures = [str(a) for a in cfg.get("architectures") or []]
+    if model_type == "llava" and "text_config" not in cfg:
+        original = (any(a in _ORIGINAL_LLAVA_CLASSES for a in architectures)
+                    or any(k.startswith("mm_") for k in cfg)
+                    or (path is not None and any(n.startswith("model.mm_projector.") for n in _weight_names(path))))
+        if original:
+            raise ModelError(f"'{spec}' is an original-format LLaVA checkpoint ({', '.join(architectures) or 'llava'}: "
+                             "flat LLaMA keys with model.mm_projector); convert it to the transformers layout "
+                             f"first with transformers' convert_llava_weights_to_hf.py ({LLAVA_CONVERSION})")
+    if family_of(model_type) is None and "ForCausalLM" not in "".join(architectures):
+        raise ModelError(f"'{spec}' is a {model_type or 'model of unknown type'} model "
+                         f"({', '.join(architectures) or '?'}); supported: {supported()}, and LLaMA-family causal LMs")
+
+
+def _missing_image_processor(spec: str, path: Path) -> str | None:
+    """Why a model directory cannot give image inputs (None: it has an image processor)."""
+    if (path / "preprocessor_config.json").is_file():
+        return None
+    try:
+        if "image_processor" in json.loads((path / "processor_config.json").read_text()):
+            return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return (f"{spec} has no image processor (no preprocessor_config.json, and no image_processor in "
+            "processor_config.json; save the model's processor there with save_pretrained)")
 
 
 def resolve_model_path(spec: str) -> str:
@@ -84,22 +156,78 @@ def _config(spec: str):
     from transformers import AutoConfig
 
     path = resolve_model_path(spec)
+    if Path(path).is_dir():
+        check_supported(spec, _config_json(spec, Path(path)), Path(path))
     try:
         config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the config of '{spec}': {str(exc).splitlines()[0]}") from None
-    if config.model_type != "llava" and "ForCausalLM" not in "".join(config.architectures or []):
-        raise ModelError(f"'{spec}' is a {config.model_type} model ({', '.join(config.architectures or ['?'])}); "
-                         "supported: LLaVA (LlavaForConditionalGeneration) and LLaMA-family causal LMs")
+    check_supported(spec, {"model_type": config.model_type, "architectures": config.architectures,
+                           "text_config": getattr(config, "text_config", None)})
     return path, config
 
 
+def text_only_reason(spec: str, processor) -> str | None:
+    """Why `processor` (from load_processor) cannot make image-text batches for `spec`; None when it can."""
+    if hasattr(processor, "image_processor"):
+        return None
+    path = resolve_model_path(spec)
+    if family_of(_config(spec)[1].model_type) is None:
+        return f"{spec} is a text-only model"
+    reason = _missing_image_processor(spec, Path(path)) if Path(path).is_dir() else None
+    return reason or _PROCESSOR_PROBLEMS.get(spec) or f"{spec}: its processor has no image processor"
+
+
+_PROCESSOR_PROBLEMS: dict[str, str] = {}  # spec -> why its full processor could not be built
+
+
 def load_processor(spec: str):
-    """The tokenizer (causal LMs) or processor (LLaVA) of a model, without loading its weights."""
+    """The tokenizer (causal LMs) or processor (image-text families) of a model, without loading its weights.
+
+    An image-text model directory without an image processor, or whose processor transformers cannot
+    build here (some need torchvision), gives its tokenizer alone: text calibration works, and
+    `text_only_reason` says what image-text data would need."""
     from transformers import AutoProcessor, AutoTokenizer
 
     path, config = _config(spec)
-    return AutoProcessor.from_pretrained(path) if config.model_type == "llava" else AutoTokenizer.from_pretrained(path)
+    if family_of(config.model_type) is None:
+        return AutoTokenizer.from_pretrained(path)
+    if Path(path).is_dir() and _missing_image_processor(spec, Path(path)):
+        return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except Exception as exc:  # transformers raises many types here
+        import importlib.util
+
+        if importlib.util.find_spec("torchvision") is None:
+            _PROCESSOR_PROBLEMS[spec] = (f"transformers cannot build the processor of '{spec}' without torchvision "
+                                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                         "pip install torchvision")
+            return AutoTokenizer.from_pretrained(path)
+        raise ModelError(f"cannot load the processor of '{spec}': "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, LlavaForConditionalGeneration
+
+    if config.model_type == "llava":
+        return LlavaForConditionalGeneration
+    return AutoModelForImageTextToText if family_of(config.model_type) else AutoModelForCausalLM
+
+
+def _check_loading_info(spec: str, info: dict) -> None:
+    """Missing, unexpected or mismatched weights are an error naming the first few."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or [])
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            problems.append(f"{len(names)} {what} ({shown})")
+    if problems:
+        raise ModelError(f"the weights of '{spec}' do not fit its architecture: " + "; ".join(problems)
+                         + " (a different layout, or an incomplete checkpoint)")
 
 
 def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None = None,
@@ -109,19 +237,18 @@ def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None 
     With `state_dict` (e.g. weights shared through the Ray object store) the weights are not read
     from disk: the model is built from its config without initialisation and the tensors are copied in.
     """
-    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
-
     path, config = _config(spec)
     if dtype == "auto":
         dtype = torch.float32 if (device or "cpu") == "cpu" else torch.float16
-    cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
+    cls = _model_class(config)
     if state_dict is None:
-        model = cls.from_pretrained(path, dtype=dtype)
+        model, info = cls.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        _check_loading_info(spec, info)
     else:
         from transformers.initialization import no_init_weights
 
         with no_init_weights():
-            model = cls._from_config(config, dtype=dtype) if cls is LlavaForConditionalGeneration \
+            model = cls._from_config(config, dtype=dtype) if hasattr(cls, "_from_config") \
                 else cls.from_config(config, dtype=dtype)
         model.tie_weights()
         model.load_state_dict(state_dict, strict=True)
