@@ -43,6 +43,43 @@ def smollm2_tokenizer(special: list[str] = (), named: dict[str, str] | None = No
     return tok
 
 
+class ProcessorParts:
+    """A processor's parts saved as its files, for processors transformers cannot build here
+    (those with a video processor need torchvision): image processor, tokenizer, chat template."""
+
+    def __init__(self, cls, image_processor, tokenizer, chat_template: str, **kwargs):
+        self.cls, self.image_processor, self.tokenizer = cls, image_processor, tokenizer
+        self.chat_template, self.kwargs = chat_template, kwargs
+
+    def save_pretrained(self, out) -> None:
+        import json
+
+        self.tokenizer.save_pretrained(out)
+        self.image_processor.save_pretrained(out)  # preprocessor_config.json
+        (Path(out) / "chat_template.jinja").write_text(self.chat_template)
+        (Path(out) / "processor_config.json").write_text(json.dumps({"processor_class": self.cls.__name__,
+                                                                     **self.kwargs}, indent=2))
+
+
+def build_processor(cls, image_processor, tokenizer, chat_template: str, **kwargs):
+    """`cls(...)`, or its ProcessorParts when transformers cannot build it without torchvision."""
+    import importlib.util
+
+    try:
+        return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+    except (AttributeError, ValueError):
+        if importlib.util.find_spec("torchvision") is not None:
+            raise
+        return ProcessorParts(cls, image_processor, tokenizer, chat_template, **kwargs)
+
+
+def processor_needs_torchvision(family: str) -> bool:
+    """True when this family's processor cannot be built here (transformers without torchvision)."""
+    import importlib.util
+
+    return family in ("llava_onevision", "qwen2_vl", "qwen2_5_vl") and importlib.util.find_spec("torchvision") is None
+
+
 def _token_ids(tok) -> dict:
     return dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id)
@@ -65,13 +102,13 @@ def _llama_text(tok):
 
 # --- one builder per family: (config, processor) --------------------------------------------
 def _llava(tok):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaProcessor
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaProcessor
 
     size = CLIP_VISION["image_size"]
     config = LlavaConfig(vision_config=CLIPVisionConfig(**CLIP_VISION), text_config=_llama_text(tok),
                          image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
                          vision_feature_select_strategy="default", tie_word_embeddings=True)
-    images = CLIPImageProcessor(size={"height": size, "width": size}, crop_size={"height": size, "width": size},
+    images = CLIPImageProcessorPil(size={"height": size, "width": size}, crop_size={"height": size, "width": size},
                                 do_center_crop=False)
     processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=CLIP_VISION["patch_size"],
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -80,7 +117,7 @@ def _llava(tok):
 
 
 def _llava_next(tok):
-    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextImageProcessor, LlavaNextProcessor
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
 
     size = CLIP_VISION["image_size"]
     grid = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
@@ -88,7 +125,7 @@ def _llava_next(tok):
                              image_token_id=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
                              vision_feature_layer=-1, vision_feature_select_strategy="default",
                              tie_word_embeddings=True)
-    images = LlavaNextImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                      image_grid_pinpoints=grid)
     processor = LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=CLIP_VISION["patch_size"],
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -97,7 +134,7 @@ def _llava_next(tok):
 
 
 def _llava_onevision(tok):
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionImageProcessor, LlavaOnevisionProcessor,
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor,
                               Qwen2Config, SiglipVisionConfig)
 
     size = SIGLIP_VISION["image_size"]
@@ -108,11 +145,10 @@ def _llava_onevision(tok):
                                   video_token_id=tok.convert_tokens_to_ids("<video>"), image_grid_pinpoints=grid,
                                   vision_feature_layer=-1, vision_feature_select_strategy="full",
                                   vision_aspect_ratio="anyres_max_9", tie_word_embeddings=True)
-    images = LlavaOnevisionImageProcessor(size={"height": size, "width": size}, image_grid_pinpoints=grid)
-    processor = LlavaOnevisionProcessor(image_processor=images, tokenizer=tok,
-                                        num_image_tokens=(size // SIGLIP_VISION["patch_size"]) ** 2,
-                                        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
-                                        chat_template=chatml_template("<image>\\n"))
+    images = LlavaOnevisionImageProcessorPil(size={"height": size, "width": size}, image_grid_pinpoints=grid)
+    processor = build_processor(LlavaOnevisionProcessor, images, tok, chatml_template("<image>\\n"),
+                                num_image_tokens=(size // SIGLIP_VISION["patch_size"]) ** 2,
+                                vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
     return config, processor
 
 
@@ -124,10 +160,10 @@ def _qwen2_vl_ids(tok) -> dict:
 
 
 def _qwen2_vl_images():
-    from transformers import Qwen2VLImageProcessor
+    from transformers import Qwen2VLImageProcessorPil
 
     # 64 px images -> 56 x 56 -> a 4 x 4 grid of 14 px patches -> 4 tokens after the 2 x 2 merge
-    return Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2)
+    return Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2)
 
 
 def _qwen2_vl(tok):
@@ -138,8 +174,8 @@ def _qwen2_vl(tok):
     vision = dict(depth=1, embed_dim=32, hidden_size=TEXT["hidden_size"], mlp_ratio=2, num_heads=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2)
     config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **_qwen2_vl_ids(tok))
-    processor = Qwen2VLProcessor(image_processor=_qwen2_vl_images(), tokenizer=tok,
-                                 chat_template=chatml_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    processor = build_processor(Qwen2VLProcessor, _qwen2_vl_images(), tok,
+                                chatml_template("<|vision_start|><|image_pad|><|vision_end|>"))
     return config, processor
 
 
@@ -153,20 +189,20 @@ def _qwen2_5_vl(tok):
                   fullatt_block_indexes=[1])
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
                               **_qwen2_vl_ids(tok))
-    processor = Qwen2_5_VLProcessor(image_processor=_qwen2_vl_images(), tokenizer=tok,
-                                    chat_template=chatml_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    processor = build_processor(Qwen2_5_VLProcessor, _qwen2_vl_images(), tok,
+                                chatml_template("<|vision_start|><|image_pad|><|vision_end|>"))
     return config, processor
 
 
 def _idefics3(tok):
-    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor, Idefics3VisionConfig
+    from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor, Idefics3VisionConfig
 
     size, patch, scale = 32, 8, 2
     config = Idefics3Config(vision_config=Idefics3VisionConfig(**{**SIGLIP_VISION, "image_size": size,
                                                                   "patch_size": patch}),
                             text_config=_llama_text(tok), scale_factor=scale,
                             image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
-    images = Idefics3ImageProcessor(size={"longest_edge": size}, max_image_size={"longest_edge": size},
+    images = Idefics3ImageProcessorPil(size={"longest_edge": size}, max_image_size={"longest_edge": size},
                                     do_image_splitting=False)
     processor = Idefics3Processor(image_processor=images, tokenizer=tok,
                                   image_seq_len=(size // patch) ** 2 // scale ** 2,
@@ -175,7 +211,7 @@ def _idefics3(tok):
 
 
 def _gemma3(tok):
-    from transformers import Gemma3Config, Gemma3ImageProcessor, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
 
     # sliding-window layers (window 8) and full layers alternate: their masks differ per layer
     text = Gemma3TextConfig(**_token_ids(tok), **TEXT, query_pre_attn_scalar=32, sliding_window=8,
@@ -186,7 +222,7 @@ def _gemma3(tok):
                           boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
                           eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
                           image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), tie_word_embeddings=True)
-    images = Gemma3ImageProcessor(size={"height": size, "width": size})
+    images = Gemma3ImageProcessorPil(size={"height": size, "width": size})
     processor = Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=4,
                                 chat_template=chatml_template("<start_of_image>"))
     return config, processor
