@@ -250,3 +250,19 @@ def test_no_image_processor_prunes_on_text_and_says_what_image_text_needs(llava_
     code, output = run("search", "--model", bare, "--out", tmp_path / "run", "--mm-calib", "easy-vqa:train")
     assert code == 2 and "no image processor" in output and len(output.strip().splitlines()) == 1, output
     assert not (tmp_path / "run").exists()
+
+
+def test_choice_scores_with_the_cached_prompt_equal_whole_sequences(family_dir):
+    """eval vqa: the fast path (prompt once, cached) scores the choices as whole (prompt + choice) forwards do."""
+    family, model_dir = family_dir
+    if processor_needs_torchvision(family):
+        pytest.skip(f"{family}: transformers cannot build its processor without torchvision")
+    from prune_engine.evaluation.vqa import choice_logliks, whole_sequence_logliks
+    from prune_engine.models.loading import load_model
+
+    adapter, processor = load_model(str(model_dir))
+    samples = _samples(2)
+    fast, whole = choice_logliks(adapter.model, processor, samples), whole_sequence_logliks(adapter.model, processor,
+                                                                                            samples)
+    assert len(fast) == 2 and len(fast[0]) == len(samples[0].choices)
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(whole), rtol=1e-4, atol=1e-4)
