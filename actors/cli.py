@@ -16,8 +16,8 @@ eval_app = typer.Typer(help="Evaluate a (pruned) model.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 from actors.demo import DEMO_DEFAULTS, DEMO_HELDOUT_VQA
-from actors.options import (DATA, HELDOUT, MODEL_HELP, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, PresetOption,
-                            SetOption, heldout_config, run_config, with_settings)
+from actors.options import (DATA, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
+                            ModelOption, PresetOption, SetOption, heldout_config, run_config, with_settings)
 
 
 @app.callback()
@@ -79,7 +79,7 @@ def resumable(how_to_continue: str):
 @with_settings(DATA, presets=False)
 def prune(
     settings: dict,
-    model: str = typer.Option(..., help=MODEL_HELP),
+    model: str = ModelOption,
     out: Path = typer.Option(..., help="Output directory (save_pretrained + policy.json + sparsity.json)."),
     sparsity: Optional[float] = typer.Option(None, help="Target sparsity of every pruned matrix, in \\[0, 1) "
                                              "(default: 0.5; not with --pattern or --policy)."),
@@ -90,7 +90,7 @@ def prune(
                                         help="OWL baseline: per-block ratios from the blocks' outlier ratios, "
                                              "spanning 2*LAMBDA around --sparsity (OWL's default: 0.08)."),
     owl_m: float = typer.Option(5.0, help="OWL outlier threshold M (score > M x the block's mean)."),
-    device: str = typer.Option("cpu", help="Device, e.g. cpu or cuda:0."),
+    device: str = DeviceOption,
     overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
 ):
     """Prune a model's language model with layer-sequential SparseGPT (uniform ratio, N:M, or a policy)."""
@@ -117,13 +117,13 @@ def prune(
 
 @eval_app.command("ppl")
 def eval_ppl(
-    model: str = typer.Option(..., help=MODEL_HELP),
+    model: str = ModelOption,
     text: str = typer.Option("wiki:eval", help=TEXT_HELP),
     nsamples: Optional[int] = typer.Option(64, help="Evaluation segments (consecutive windows)."),
     seqlen: int = typer.Option(256, help="Tokens per segment (at most the model's context)."),
     batch_size: int = typer.Option(8, help="Segments per forward pass."),
-    device: str = typer.Option("cpu", help="Device, e.g. cpu or cuda:0."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    device: str = DeviceOption,
+    json_out: Optional[Path] = JsonOption,
 ):
     """Perplexity on held-out text."""
     with one_line_errors():
@@ -260,13 +260,13 @@ def tune(
 
 @eval_app.command("vqa")
 def eval_vqa(
-    model: str = typer.Option(..., help=MODEL_HELP),
+    model: str = ModelOption,
     data: str = typer.Option("easy-vqa:test", help=VQA_HELP + " Multiple choice needs a closed answer set."),
     limit: int = typer.Option(500, help="Samples (seeded subset); 0 for all."),
     seed: int = typer.Option(0, help="Seed of the subset."),
     batch_size: int = typer.Option(32, help="Questions per forward pass."),
-    device: str = typer.Option("cpu", help="Device, e.g. cpu or cuda:0."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    device: str = DeviceOption,
+    json_out: Optional[Path] = JsonOption,
 ):
     """VQA accuracy by constrained choice over the answer set, with a per-category breakdown."""
     with one_line_errors():

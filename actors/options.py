@@ -181,6 +181,10 @@ PRESET_HELP = ("Starting settings: 'default' (many children screened on a slice 
                "--config, --set and flags override it.")
 
 ConfigOption = typer.Option(None, "--config", help=CONFIG_HELP)
+# options of the one-model commands (prune, eval ppl, eval vqa)
+ModelOption = typer.Option(..., "--model", help=MODEL_HELP)
+DeviceOption = typer.Option("cpu", "--device", help="Device, e.g. cpu or cuda:0.")
+JsonOption = typer.Option(None, "--json", help="Also write the result as JSON here.")
 SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP)
 PresetOption = typer.Option("default", "--preset", help=PRESET_HELP)
 
