@@ -154,8 +154,18 @@ def test_prune_image_text_calibration_load_back_and_generate(family_dir, tmp_pat
     check_pruned_checkpoint(family, model_dir, out)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray cluster for the searches of every family (each search joins it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="efficientllava")
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.ray
-def test_search_with_projector_step_and_load_back(family_dir, tmp_path):
+def test_search_with_projector_step_and_load_back(family_dir, tmp_path, local_ray):
     family, model_dir = family_dir
     if processor_needs_torchvision(family):
         pytest.skip(f"{family}: transformers cannot build its processor without torchvision")
