@@ -72,13 +72,15 @@ from prune_engine.evaluation.perplexity import perplexity  # noqa: E402
 from prune_engine.models.loading import load_model  # noqa: E402
 from prune_engine.pipeline import SequentialPruner  # noqa: E402
 from prune_engine.sparsegpt import Hessian, Pattern, sparsegpt  # noqa: E402
+from prune_engine.threads import one_cpu_thread  # noqa: E402
 
 import prune_engine.pipeline as _pipeline_module  # noqa: E402
 import prune_engine.sparsegpt as _sparsegpt_module  # noqa: E402
+import prune_engine.threads as _threads_module  # noqa: E402
 
 # What our code was at import time (prune_engine/ is being edited by others while benchmarks run).
 SOURCES = {f"prune_engine/{Path(m.__file__).name}": hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:16]
-           for m in (_sparsegpt_module, _pipeline_module)}
+           for m in (_sparsegpt_module, _pipeline_module, _threads_module)}
 
 MAIN_METHODS = ("ours", "reference")
 ABLATIONS = ("ours-kernel/dense-sched", "ref-kernel/true-seq")
@@ -186,8 +188,9 @@ def run_driver(adapter, batches, sparsity, pattern, *, kernel: str, schedule: st
                 for stage, hessian in zip(group, hessians):
                     modules = [m for _, m in stage]
                     ratios = None if pattern.structured else [[sparsity] for _ in modules]
-                    out = sparsegpt([m.weight.data for m in modules], hessian.matrix(), ratios, pattern,
-                                    blocksize, percdamp)
+                    H = hessian.matrix()
+                    with one_cpu_thread(H.device):  # as the pipeline runs it
+                        out = sparsegpt([m.weight.data for m in modules], H, ratios, pattern, blocksize, percdamp)
                     for m, per_ratio in zip(modules, out):
                         m.weight.data.copy_(per_ratio[0].weight)
         hidden = [adapter.run_block(b, h, x.kwargs) for h, x in zip(hidden, inputs)]

@@ -2,28 +2,50 @@
 
 Block l is calibrated on the outputs of the already pruned blocks < l, and inside a block each
 stage (q/k/v, then o, then gate/up, then down) is calibrated on the outputs of the already
-pruned stages before it. With the whole calibration set in one batch this costs a single
-forward per block: a pre-hook on the first linear of each stage accumulates the stage's
-Hessian from the input the forward hands it, prunes the stage in place, and lets the forward
-go on. With several batches (large models), each stage runs the block over all batches up to
-that stage, then prunes; a last pass computes the block's outputs.
+pruned stages before it. The steps for one block (`_prune_block`):
+
+1. start from the block's dense weights;
+2. for each stage, in order: accumulate the stage's Hessian from the input its linears receive
+   on every calibration batch (`_accumulate_hessian`: the block runs only up to the stage), then
+   prune the stage with SparseGPT (`_prune_stage`: the pruned weights go into the model, so the
+   stages after it are calibrated on its pruned outputs);
+3. propagate: run the pruned block on every batch (`_propagate`); its outputs are the next
+   block's inputs.
+
+A stage can only be pruned once all batches have reached it, so with several batches the block
+runs up to each stage once per batch. With the whole calibration set in one batch, the same
+steps take a single forward per block (`_prune_block_in_one_forward`): each stage is pruned the
+moment the forward reaches it, from the input it is about to receive, and the forward goes on
+through the pruned stage, so its output is the pruned block's output.
+
+In database mode (`build_database`) every stage is pruned at every level from the dense model's
+activations, so one forward per batch records the inputs of all the stages of a block at once
+(`_record_all_hessians`), and one SparseGPT run per stage serves all the levels
+(`_prune_at_levels`).
 
 The vision tower, projector, embeddings, final norm and lm_head are never touched.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from prune_engine.models.adapter import BlockInputs, ModelAdapter, _StopForward
+from prune_engine.models.adapter import BlockInputs, ModelAdapter
 from prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
+from prune_engine.threads import one_cpu_thread
 
 Ratios = dict[str, float]  # target sparsity per matrix name of one block
+Stage = list[tuple[str, nn.Linear]]  # linears of one block that read the same input, by name
 
 
 @dataclass
@@ -76,6 +98,38 @@ def block_ratios(policy, adapter: ModelAdapter) -> list[Ratios]:
 LOSS_KINDS = ("ce", "kl")
 
 
+@dataclass
+class BlockResult:
+    """What pruning one decoder block gives."""
+
+    outputs: list[torch.Tensor] = field(default_factory=list)  # per batch: the pruned block's outputs
+    pruned: dict[str, Pruned] = field(default_factory=dict)  # per matrix: at the policy's ratio (in the model)
+    levels: dict[tuple[str, float], Pruned] = field(default_factory=dict)  # with levels: per (matrix, ratio)
+
+    def add(self, pruned: dict[str, Pruned], levels: dict[tuple[str, float], Pruned]) -> None:
+        """Add the matrices of one pruned stage."""
+        self.pruned.update(pruned)
+        self.levels.update(levels)
+
+    @property
+    def sq_norm(self) -> float:
+        """Σ ||Ŵ||_F² over the block's pruned matrices."""
+        return sum(p.sq_norm for p in self.pruned.values())
+
+    @property
+    def sparsity(self) -> dict[str, float]:
+        return {n: p.ratio for n, p in self.pruned.items()}
+
+
+class _PrunedBlock(NamedTuple):
+    """Sequential mode: one block of the last policy, kept to start a next policy after it."""
+
+    key: tuple  # the block's ratios (and levels)
+    outputs: list[torch.Tensor] | None  # its outputs per batch (kept with prefix reuse only)
+    sq_norm: float
+    sparsity: dict[str, float]
+
+
 class SequentialPruner:
     """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy.
 
@@ -110,7 +164,7 @@ class SequentialPruner:
         self.counts = adapter.param_counts()
         self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
         self.database: dict[tuple[int, str, float], Pruned] = {}  # off the device (CPU memory)
-        self._stack: list[tuple] = []  # sequential mode, per block of the last policy: (key, outputs, sq_norm, sparsity)
+        self._stack: list[_PrunedBlock] = []  # sequential mode: the blocks of the last policy
         self._stacks: dict[int, list[tuple]] = {}  # database mode, per batch: [(block key, output)]
         self._installed: list = [None] * adapter.num_blocks  # database mode: the level key held by each block
         self.blocks_run = 0  # block passes actually computed (prefix reuse skips some)
@@ -210,40 +264,12 @@ class SequentialPruner:
         levels = [float(r) for r in levels]
         hidden = [x.hidden for x in self.inputs]
         for b in range(max(wanted) + 1 if wanted else 0):
-            stages = self.adapter.stages(b)
-            hessians: list = []
-            handles = []
-            mask: dict = {}
             if b in wanted:
-                hessians = [Hessian(stage[0][1].in_features, device=stage[0][1].weight.device) for stage in stages]
-
-                def make_hook(s: int):
-                    def hook(_module, args):
-                        t0 = time.perf_counter()
-                        hessians[s].add(args[0], mask["token"])
-                        self.timings["hessian"] += time.perf_counter() - t0
-                    return hook
-
-                handles = [stage[0][1].register_forward_pre_hook(make_hook(s)) for s, stage in enumerate(stages)]
-            try:
-                outputs = []
-                for h, x in zip(hidden, self.inputs):
-                    mask["token"] = x.token_mask
-                    outputs.append(self.adapter.run_block(b, h, x.kwargs))
-            finally:
-                for handle in handles:
-                    handle.remove()
-            for s, stage in enumerate(stages if b in wanted else []):
-                t0 = time.perf_counter()
-                names = [n for n, _ in stage]
-                out = sparsegpt([self.dense[b][n] for n in names], hessians[s].matrix(), [levels] * len(names),
-                                self.pattern, self.blocksize, self.percdamp)
-                for n, per_level in zip(names, out):
-                    for r, p in zip(levels, per_level):
-                        self.database[(b, n, round(r, 6))] = dataclasses.replace(p, weight=p.weight.to("cpu"))
-                hessians[s] = None  # free
-                self.timings["sparsegpt"] += time.perf_counter() - t0
-            hidden = outputs
+                hessians, hidden = self._record_all_hessians(b, hidden)
+                for stage in self.adapter.stages(b):
+                    self._prune_at_levels(b, stage, hessians.pop(0), levels)  # each Hessian freed once used
+            else:
+                hidden = self._propagate(b, hidden)
             self.blocks_run += 1
 
     def _run(self, policy, levels) -> PruneReport:
@@ -255,22 +281,22 @@ class SequentialPruner:
             keys = [k + ("levels", tuple(levels)) for k in keys]
         shared = 0
         if self.reuse_prefix:
-            while shared < len(self._stack) and self._stack[shared][0] == keys[shared]:
+            while shared < len(self._stack) and self._stack[shared].key == keys[shared]:
                 shared += 1
         self._stack = self._stack[:shared]
-        hidden = self._stack[-1][1] if shared else [x.hidden for x in self.inputs]
+        hidden = self._stack[-1].outputs if shared else [x.hidden for x in self.inputs]
         bar = tqdm(range(shared, self.adapter.num_blocks), desc="sparsegpt", unit="block",
                    disable=not self.progress, leave=False)
         for b in bar:
-            pruned = self._prune_block(b, hidden, ratios[b], levels)
-            hidden = pruned.pop("__outputs__")
-            for (n, r), p in pruned.pop("__levels__").items():
-                self.database[(b, n, round(r, 6))] = dataclasses.replace(p, weight=p.weight.to("cpu"))
+            block = self._prune_block(b, hidden, ratios[b], levels)
+            for (name, ratio), pruned in block.levels.items():
+                self._store_level(b, name, ratio, pruned)
+            hidden = block.outputs
             self.blocks_run += 1
-            self._stack.append((keys[b], hidden if self.reuse_prefix else None,
-                                sum(p.sq_norm for p in pruned.values()), {n: p.ratio for n, p in pruned.items()}))
+            self._stack.append(_PrunedBlock(keys[b], hidden if self.reuse_prefix else None,
+                                            block.sq_norm, block.sparsity))
         losses = {i: self._batch_loss(i, h) for i, h in enumerate(hidden) if i in self.scored}
-        return self._report(losses, [e[2] for e in self._stack], [e[3] for e in self._stack], start)
+        return self._report(losses, [e.sq_norm for e in self._stack], [e.sparsity for e in self._stack], start)
 
     # ---- database mode --------------------------------------------------------------------
     def _level(self, b: int, name: str, ratio: float) -> Pruned:
@@ -323,64 +349,129 @@ class SequentialPruner:
         return self._report(losses, [sum(p.sq_norm for p in block.values()) for block in levels],
                             [{n: p.ratio for n, p in block.items()} for block in levels], start)
 
-    def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> dict:
-        adapter, stages = self.adapter, self.adapter.stages(b)
-        for n, m in adapter.linears(b).items():  # start from the dense weights
+    # ---- the steps of one block ------------------------------------------------------------
+    def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> BlockResult:
+        """Prune block b, whose inputs are `hidden` (one per batch), stage by stage: see the module docstring."""
+        self._load_dense(b)
+        if len(hidden) == 1:
+            return self._prune_block_in_one_forward(b, hidden[0], self.inputs[0], ratios, levels)
+        result = BlockResult()
+        for stage in self.adapter.stages(b):
+            hessian = self._accumulate_hessian(b, stage, hidden)
+            result.add(*self._prune_stage(b, stage, hessian, ratios, levels))
+        result.outputs = self._propagate(b, hidden)
+        return result
+
+    def _prune_block_in_one_forward(self, b: int, hidden: torch.Tensor, x: BlockInputs, ratios: Ratios,
+                                    levels) -> BlockResult:
+        """The steps of `_prune_block` for a single batch, in one forward of block b.
+
+        When the forward reaches a stage, the stage's Hessian is accumulated from the input it is
+        about to receive (computed by the pruned stages before it) and the stage is pruned; then
+        the forward goes on through the pruned stage. Its output is the pruned block's output.
+        """
+        result = BlockResult()
+
+        def prune_stage_now(stage: Stage, stage_input: torch.Tensor) -> None:
+            hessian = _new_hessian(stage)
+            self._add_to_hessian(hessian, stage_input, x.token_mask)
+            result.add(*self._prune_stage(b, stage, hessian, ratios, levels))
+
+        with _calls_on_input([(stage[0][1], functools.partial(prune_stage_now, stage))
+                              for stage in self.adapter.stages(b)]):
+            result.outputs = [self.adapter.run_block(b, hidden, x.kwargs)]
+        return result
+
+    def _load_dense(self, b: int) -> None:
+        for n, m in self.adapter.linears(b).items():
             m.weight.data.copy_(self.dense[b][n])
-        results: dict = {"__levels__": {}}
-        hessians = [Hessian(stage[0][1].in_features, device=stage[0][1].weight.device) for stage in stages]
-        done = [False] * len(stages)
-        single = len(hidden) == 1
-        state = {"mask": None, "target": -1}
 
-        def prune_stage(s: int) -> None:
-            t0 = time.perf_counter()
-            names = [n for n, _ in stages[s]]
-            targets = [[ratios[n]] + [r for r in (levels or []) if r != ratios[n]] for n in names]
-            out = sparsegpt([self.dense[b][n] for n in names], hessians[s].matrix(),
-                            None if self.pattern.structured else targets, self.pattern,
-                            self.blocksize, self.percdamp)
-            for (n, module), per_ratio, want in zip(stages[s], out, targets):
-                module.weight.data.copy_(per_ratio[0].weight)
-                results[n] = per_ratio[0]
-                for r, p in zip(want, per_ratio):
-                    if levels is not None:
-                        results["__levels__"][(n, r)] = p
-            done[s] = True
-            hessians[s] = None  # free
-            self.timings["sparsegpt"] += time.perf_counter() - t0
+    def _accumulate_hessian(self, b: int, stage: Stage, hidden: list[torch.Tensor]) -> Hessian:
+        """The stage's Hessian from the input its linears receive on every batch, with block b's
+        weights as they are now. The block runs only up to the stage."""
+        hessian = _new_hessian(stage)
+        for h, x in zip(hidden, self.inputs):
+            self._add_to_hessian(hessian, self.adapter.linear_input(b, stage[0][1], h, x.kwargs), x.token_mask)
+        return hessian
 
-        def make_hook(s: int):
-            def hook(_module, args):
-                if done[s]:
-                    return
-                t0 = time.perf_counter()
-                hessians[s].add(args[0], state["mask"])
-                self.timings["hessian"] += time.perf_counter() - t0
-                if single:
-                    prune_stage(s)
-                elif s == state["target"]:
-                    raise _StopForward
-            return hook
+    def _record_all_hessians(self, b: int, hidden: list[torch.Tensor]) -> tuple[list[Hessian], list[torch.Tensor]]:
+        """Database mode (dense weights, so no stage waits for another): one forward of block b per
+        batch, recording the input of every stage into the stage's Hessian. Returns the Hessians
+        and the block's outputs."""
+        stages = self.adapter.stages(b)
+        hessians = [_new_hessian(stage) for stage in stages]
+        outputs = []
+        for h, x in zip(hidden, self.inputs):
+            record = [(stage[0][1], functools.partial(self._add_to_hessian, hessian, token_mask=x.token_mask))
+                      for stage, hessian in zip(stages, hessians)]
+            with _calls_on_input(record):
+                outputs.append(self.adapter.run_block(b, h, x.kwargs))
+        return hessians, outputs
 
-        handles = [stage[0][1].register_forward_pre_hook(make_hook(s)) for s, stage in enumerate(stages)]
-        try:
-            if not single:
-                for s in range(len(stages)):
-                    state["target"] = s
-                    for h, x in zip(hidden, self.inputs):
-                        state["mask"] = x.token_mask
-                        try:
-                            adapter.run_block(b, h, x.kwargs)
-                        except _StopForward:
-                            pass
-                    prune_stage(s)
-            outputs = []
-            for h, x in zip(hidden, self.inputs):
-                state["mask"] = x.token_mask
-                outputs.append(adapter.run_block(b, h, x.kwargs))
-        finally:
-            for handle in handles:
-                handle.remove()
-        results["__outputs__"] = outputs
-        return results
+    def _add_to_hessian(self, hessian: Hessian, stage_input: torch.Tensor, token_mask: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        hessian.add(stage_input, token_mask)
+        self.timings["hessian"] += time.perf_counter() - t0
+
+    def _prune_stage(self, b: int, stage: Stage, hessian: Hessian, ratios: Ratios,
+                     levels) -> tuple[dict[str, Pruned], dict[tuple[str, float], Pruned]]:
+        """Prune the stage's dense weights with its Hessian at each matrix's ratio in the policy, and
+        put them into the model (the stages after it are calibrated on them). With `levels`, the
+        same OBS run also prunes every matrix at every level.
+
+        Returns the pruned matrices by name, and with `levels` by (name, ratio) at every ratio.
+        """
+        t0 = time.perf_counter()
+        names = [n for n, _ in stage]
+        wanted = {n: [ratios[n]] + [r for r in (levels or []) if r != ratios[n]] for n in names}
+        out = self._sparsegpt(b, names, hessian, None if self.pattern.structured else list(wanted.values()))
+        pruned, at_levels = {}, {}
+        for (n, module), per_ratio in zip(stage, out):
+            module.weight.data.copy_(per_ratio[0].weight)
+            pruned[n] = per_ratio[0]
+            if levels is not None:
+                at_levels.update({(n, r): p for r, p in zip(wanted[n], per_ratio)})
+        self.timings["sparsegpt"] += time.perf_counter() - t0
+        return pruned, at_levels
+
+    def _prune_at_levels(self, b: int, stage: Stage, hessian: Hessian, levels: list[float]) -> None:
+        """Database mode: prune the stage's dense weights at every level into the database (the
+        model keeps the dense weights)."""
+        t0 = time.perf_counter()
+        names = [n for n, _ in stage]
+        out = self._sparsegpt(b, names, hessian, [levels] * len(names))
+        for n, per_level in zip(names, out):
+            for r, p in zip(levels, per_level):
+                self._store_level(b, n, r, p)
+        self.timings["sparsegpt"] += time.perf_counter() - t0
+
+    def _sparsegpt(self, b: int, names: list[str], hessian: Hessian, ratios) -> list[list[Pruned]]:
+        """SparseGPT on the dense weights of the matrices `names` of block b, which share `hessian`."""
+        H = hessian.matrix()
+        with one_cpu_thread(H.device):
+            return sparsegpt([self.dense[b][n] for n in names], H, ratios, self.pattern, self.blocksize,
+                             self.percdamp)
+
+    def _store_level(self, b: int, name: str, ratio: float, pruned: Pruned) -> None:
+        self.database[(b, name, round(ratio, 6))] = dataclasses.replace(pruned, weight=pruned.weight.to("cpu"))
+
+    def _propagate(self, b: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Block b's outputs on every batch: the next block's inputs."""
+        return [self.adapter.run_block(b, h, x.kwargs) for h, x in zip(hidden, self.inputs)]
+
+
+def _new_hessian(stage: Stage) -> Hessian:
+    first = stage[0][1]
+    return Hessian(first.in_features, device=first.weight.device)
+
+
+@contextmanager
+def _calls_on_input(calls: list[tuple[nn.Module, Callable[[torch.Tensor], None]]]):
+    """Inside the with block, `call(x)` runs whenever `module` is about to run on x, for each (module, call)."""
+    handles = [module.register_forward_pre_hook(lambda _module, args, call=call: call(args[0]))
+               for module, call in calls]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

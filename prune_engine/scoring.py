@@ -25,6 +25,7 @@ from prune_engine.models.loading import load_model, load_processor, model_identi
 from prune_engine.pipeline import SequentialPruner
 from prune_engine.projector import ProjectorError
 from prune_engine.sparsegpt import Pattern
+from prune_engine.threads import use_threads
 
 
 @dataclass
@@ -56,7 +57,7 @@ class CandidateScorer:
         """In database mode the level database is built here unless `build_database` is False (then
         the caller shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
         if engine.threads:
-            torch.set_num_threads(engine.threads)
+            use_threads(engine.threads)
         self.engine, self.data, self.levels = engine, data, levels
         processor = load_processor(engine.model)
         text = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed)[0]

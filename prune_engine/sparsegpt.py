@@ -15,7 +15,6 @@ one Hessian, one Cholesky and one column loop serve them all.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +108,8 @@ def sparsegpt(weights: list[torch.Tensor], H: torch.Tensor, ratios: list[list[fl
     """Prune every matrix in `weights` (all read the same input, Hessian `H`) at each of its ratios.
 
     Returns, for matrix i, one `Pruned` per entry of ratios[i] (one entry, the pattern's, for N:M).
+    The column loop is many small operations: on a CPU, callers run this on one thread
+    (`prune_engine.threads.one_cpu_thread`), where thread hand-offs would cost more than they save.
     """
     cols = H.shape[0]
     if pattern.structured:
@@ -126,9 +127,8 @@ def sparsegpt(weights: list[torch.Tensor], H: torch.Tensor, ratios: list[list[fl
             segments.append((i, check_sparsity(ratio), slice(start, start + W.shape[0])))
             stack.append(W)
             start += W.shape[0]
-    with _serial(H.device):  # small ops throughout: thread hand-offs would cost more than they save
-        return _prune_stack(weights, H, segments, torch.cat([w.float() for w in stack]).to(H.device), pattern,
-                            blocksize, percdamp)
+    return _prune_stack(weights, H, segments, torch.cat([w.float() for w in stack]).to(H.device), pattern,
+                        blocksize, percdamp)
 
 
 def _prune_stack(weights, H, segments, W, pattern: Pattern, blocksize: int, percdamp: float) -> list[list[Pruned]]:
@@ -173,20 +173,6 @@ def _prune_stack(weights, H, segments, W, pattern: Pattern, blocksize: int, perc
                                  ratio=float((Wi == 0).sum()) / Wi.numel(),
                                  sq_norm=float(Wi.double().square().sum()), error=float(losses[rows].sum())))
     return results
-
-
-@contextmanager
-def _serial(device: torch.device):
-    """Run on one CPU thread (no effect on GPUs)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _select_block_mask(Wt, U, maskT, segments, j1: int, j2: int) -> None:

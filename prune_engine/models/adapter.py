@@ -3,9 +3,10 @@
 An adapter knows the decoder blocks of the language model, the prunable linears of a block
 grouped into *stages* (linears that read the same input share one Hessian), how to turn a
 calibration batch into the hidden states entering block 0 (using the model's own forward,
-so image features are merged at the image tokens by transformers' code), how to run
-one block, and how to turn the last hidden states into a loss. Where each part lives is the
-family's (``prune_engine.models.families``, by the config's ``model_type``).
+so image features are merged at the image tokens by transformers' code), how to run one
+block, or only the part of a block up to one of its linears (to see that linear's input), and
+how to turn the last hidden states into a loss. Where each part lives is the family's
+(``prune_engine.models.families``, by the config's ``model_type``).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ class BlockInputs:
     token_mask: torch.Tensor  # (batch, seq) bool, True for real (non-padding) tokens
 
 
-class _StopForward(Exception):
-    pass
+class _InputCaptured(Exception):
+    """Raised by a pre-hook once it holds the input it waited for: ends the forward there (the rest
+    of it is not needed). Private to this module: see `_capture_input`."""
 
 
 #: key of BlockInputs.kwargs holding, per block, the arguments that differ between blocks
@@ -112,63 +114,42 @@ class ModelAdapter:
     # --- running ---------------------------------------------------------------------
     @torch.no_grad()
     def block_inputs(self, batch: dict) -> BlockInputs:
-        """Run the model's own forward up to block 0 and capture its inputs."""
-        captured = {}
-
-        def hook(_module, args, kwargs):
-            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            raise _StopForward
-
+        """Run the model's own forward up to block 0 and capture its inputs (and every block's own
+        arguments where the blocks get different ones)."""
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
         if self.per_block_kwargs:
-            captured = self._capture_every_block(inputs)
-        handle = self.blocks[0].register_forward_pre_hook(hook, with_kwargs=True) if not captured else None
-        try:
-            if handle is not None:
-                self.model(**inputs, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            if handle is not None:
-                handle.remove()
-        if "hidden" not in captured:
-            raise ModelError("the model's forward never reached decoder block 0")
-        hidden = captured["hidden"]
+            hidden, kwargs = self._capture_every_block(inputs)
+        else:
+            captured = _capture_input(self.blocks[0], lambda: self.model(**inputs, use_cache=False))
+            if captured is None:
+                raise ModelError("the model's forward never reached decoder block 0")
+            args, kwargs = captured
+            hidden = args[0] if args else kwargs["hidden_states"]
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "cache")}
+        kwargs["use_cache"] = False
         labels = batch.get("labels", batch["input_ids"]).to(self.device)
         mask = batch.get("attention_mask")
         token_mask = (mask.bool() if mask is not None else torch.ones_like(labels, dtype=torch.bool)).to(self.device)
-        kwargs = captured["kwargs"]
-        kwargs.pop("past_key_values", None)
-        kwargs.pop("cache", None)
-        kwargs["use_cache"] = False
         return BlockInputs(hidden, kwargs, labels, token_mask)
 
-    def _capture_every_block(self, inputs: dict) -> dict:
+    def _capture_every_block(self, inputs: dict) -> tuple[torch.Tensor, dict]:
         """Block 0's hidden states and every block's own arguments, from one pass of the model's forward
         in which each block only records what it is given (and hands its input on unchanged)."""
         seen: list[dict] = []
+        first: list[torch.Tensor] = []
 
         def record(hidden_states=None, *args, **kwargs):
             if not seen:
-                captured["hidden"] = hidden_states
+                first.append(hidden_states)
             seen.append(kwargs)
             return hidden_states
 
-        def stop(_module, _args):
-            raise _StopForward
-
-        captured: dict = {}
         originals = [block.forward for block in self.blocks]
-        handle = self.decoder.norm.register_forward_pre_hook(stop)
         try:
             for block in self.blocks:
                 block.forward = record
-            self.model(**inputs, use_cache=False)
-        except _StopForward:
-            pass
+            _capture_input(self.decoder.norm, lambda: self.model(**inputs, use_cache=False))  # stops at the norm
         finally:
-            handle.remove()
             for block, forward in zip(self.blocks, originals):
                 block.forward = forward
         if len(seen) != len(self.blocks):
@@ -176,14 +157,29 @@ class ModelAdapter:
         # the arguments shared by every block once; those that differ, per block
         shared = {k: v for k, v in seen[0].items() if all(k in s and s[k] is v for s in seen)}
         per_block = [{k: v for k, v in s.items() if k not in shared} for s in seen]
-        captured["kwargs"] = {**shared, PER_BLOCK: per_block} if any(per_block) else shared
-        return captured
+        return first[0], ({**shared, PER_BLOCK: per_block} if any(per_block) else shared)
+
+    @staticmethod
+    def _kwargs_of_block(index: int, kwargs: dict) -> dict:
+        """The arguments of block `index`: the shared ones, and its own where the blocks differ."""
+        if PER_BLOCK not in kwargs:
+            return kwargs
+        return {**{k: v for k, v in kwargs.items() if k != PER_BLOCK}, **kwargs[PER_BLOCK][index]}
 
     def run_block(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        if PER_BLOCK in kwargs:
-            kwargs = {**{k: v for k, v in kwargs.items() if k != PER_BLOCK}, **kwargs[PER_BLOCK][index]}
-        out = self.blocks[index](hidden, **kwargs)
+        out = self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs))
         return out[0] if isinstance(out, tuple) else out
+
+    def linear_input(self, index: int, linear: nn.Linear, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The input that `linear`, a linear of block `index`, receives when the block runs on `hidden`.
+
+        The block runs only up to that linear: what comes after it is not computed.
+        """
+        captured = _capture_input(linear, lambda: self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs)))
+        if captured is None:
+            raise ModelError(f"decoder block {index}'s forward never reached the linear asked for")
+        args, _ = captured
+        return args[0]
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
         """Summed next-token cross-entropy over labelled positions, and their count (chunked logits)."""
@@ -196,6 +192,25 @@ class ModelAdapter:
             logits = self.model.lm_head(hidden[s:s + chunk]).float()
             total += torch.nn.functional.cross_entropy(logits, targets[s:s + chunk], reduction="sum").item()
         return total, int(keep.sum())
+
+
+def _capture_input(module: nn.Module, forward) -> tuple[tuple, dict] | None:
+    """Call `forward()` until it calls `module`, and return the positional and keyword arguments
+    `module` got (None: it never got called). The forward stops there."""
+    captured = []
+
+    def hook(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _InputCaptured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        forward()
+    except _InputCaptured:
+        pass
+    finally:
+        handle.remove()
+    return captured[0] if captured else None
 
 
 def _has_submodule(module: nn.Module, name: str) -> bool:
