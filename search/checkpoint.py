@@ -39,7 +39,9 @@ HISTORY_SCHEMA = pa.schema(
         ("policy", pa.list_(pa.int16())),
         ("mean_sparsity", pa.float64()),
         ("projector_version", pa.int64()),
-        ("fidelity", pa.string()),  # "full" (the generation's population) or "screen" (a screened child)
+        # "full" (the generation's population), "screen" (a screened child) or "scale" (a random policy
+        # scored once to measure sd(L)/sd(G); candidate < 0)
+        ("fidelity", pa.string()),
         ("l_proxy", pa.float64()),  # L = (1 - w) L_text + w L_mm
         ("l_text", pa.float64()),
         ("l_mm", pa.float64()),  # null without image-text proxy data

@@ -56,7 +56,9 @@ class SearchConfig(BaseModel):
     mm_weight: float = Field(0.5, ge=0.0, le=1.0,
                              description="w: L = (1 - w) L_text + w L_mm when image-text proxy samples exist")
     srm_scale: Optional[float] = Field(None, gt=0.0,
-                                       description="factor putting G on L's scale (None: sd(L)/sd(G) of generation 0)")
+                                       description="factor putting G on L's scale (None: sd(L)/sd(G), measured once)")
+    srm_sample: int = Field(0, ge=0, description="random feasible policies scored once on all proxy data to measure "
+                            "sd(L)/sd(G) (0: generation 0's candidates; a start around uniform has too little spread)")
     # neighbour weights and search-space evolution (§4 steps 4-5)
     neighbours: int = Field(5, ge=1)
     temperature: float = Field(1.0, gt=0.0, description="softmax temperature, in units of median(d_m) - min(d_m)")

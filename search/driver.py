@@ -152,8 +152,8 @@ class SearchDriver:
         self._emit(GenerationStarted(t, len(pop), version))
         evals, cached = self._evaluate(pop, version, "full")
         losses = np.array([self._loss(e) for e in evals])
-        if self.srm_scale is None:  # fixed once per run, from generation 0
-            self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+        if self.srm_scale is None:  # fixed once per run
+            self._fix_srm_scale(losses, evals, version)
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
         first_row = len(self.rows)
@@ -194,6 +194,23 @@ class SearchDriver:
         screened = sum(1 for r in self.rows[first_row:] if r["fidelity"] == "screen" and not r["cached"])
         self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version,
                                       self.elapsed_s, screened, effective_candidates(c)))
+
+    def _fix_srm_scale(self, losses: np.ndarray, evals: list[Evaluation], version: int) -> None:
+        """s = sd(L) / sd(G) over generation 0, or over `srm_sample` random feasible policies (recorded
+        with fidelity "scale"): a first generation around the uniform policy has too little spread in G
+        to put it on L's scale (s then comes out ~10x too large and G drowns L later on)."""
+        cfg = self.config
+        if not cfg.srm_sample:
+            self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+            return
+        rng = np.random.default_rng([cfg.seed, 0x5C41E])  # a stream of its own: the search's draws are unchanged
+        sample = initial_population(self.space, cfg.srm_sample + 1, rng, "random")[1:]  # less the uniform policy
+        s_evals, s_cached = self._evaluate(sample, version, "full")
+        s_loss = np.array([self._loss(e) for e in s_evals])
+        self.srm_scale = srm_scale(s_loss, [norm_term(e.log_norm_ratio) for e in s_evals])
+        for j, (p, e) in enumerate(zip(sample, s_evals)):
+            f = fitness(s_loss[j], e.log_norm_ratio, cfg.eta, self.srm_scale)
+            self._record(self.generation, -1 - j, p, version, "scale", e, s_loss[j], f, math.nan, s_cached[j])
 
     def _loss(self, e: Evaluation) -> float:
         return proxy_loss(e.l_text, e.l_mm, self.config.mm_weight)

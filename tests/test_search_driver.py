@@ -214,3 +214,20 @@ def test_after_a_projector_step_known_policies_are_rescored_on_image_text_only(t
             earlier = [(lt0, lm0) for g, p0, lt0, lm0 in zip(h["generation"], h["policy"], h["l_text"], h["l_mm"])
                        if g < t and p0 == p]
             assert earlier and earlier[-1][0] == lt and earlier[-1][1] != lm
+
+
+def test_srm_scale_from_a_random_sample_when_the_start_is_around_uniform(tmp_path):
+    """init "uniform" + srm_sample: s is measured on random feasible policies (rows with fidelity
+    "scale", negative candidate numbers), not on generation 0's near-uniform candidates, and the
+    search's own draws are the same as without the sample (it has a stream of its own)."""
+    result, _, _, h = _run(tmp_path / "sampled", init="uniform", srm_sample=6)
+    scale_rows = [i for i, f in enumerate(h["fidelity"]) if f == "scale"]
+    assert len(scale_rows) == 6 and [h["candidate"][i] for i in scale_rows] == [-1, -2, -3, -4, -5, -6]
+    assert all(h["generation"][i] == 0 for i in scale_rows)
+    s = srm_scale([h["l_proxy"][i] for i in scale_rows], [h["g"][i] for i in scale_rows])
+    assert set(h["srm_scale"]) == {s}
+    gen0 = [i for i, (t, f) in enumerate(zip(h["generation"], h["fidelity"])) if t == 0 and f == "full"]
+    s_gen0 = srm_scale([h["l_proxy"][i] for i in gen0], [h["g"][i] for i in gen0])
+    assert s != s_gen0  # measured on the random sample, not on generation 0
+    plain = _run(tmp_path / "plain", init="uniform", srm_scale=s)[3]
+    assert [p for p, f in zip(h["policy"], h["fidelity"]) if f != "scale"] == plain["policy"]
