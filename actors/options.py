@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -147,7 +148,7 @@ def with_settings(keys: Iterable[str], presets: bool = True, defaults: dict[str,
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command)
         own = [p for p in signature.parameters.values() if p.name != "settings"]
-        hints = typing_hints(command)
+        hints = typing.get_type_hints(command)
         added = [_parameter(s, presets, defaults.get(s.key)) for s in chosen]
 
         @functools.wraps(command)
@@ -164,12 +165,6 @@ def with_settings(keys: Iterable[str], presets: bool = True, defaults: dict[str,
         return wrapper
 
     return decorate
-
-
-def typing_hints(function: Callable) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(function)
 
 
 # ---- the sources of a run's settings, shared by search / tune / demo ----------------------
