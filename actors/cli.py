@@ -16,7 +16,7 @@ eval_app = typer.Typer(help="Evaluate a (pruned) model.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 from actors.demo import DEMO_DEFAULTS, DEMO_HELDOUT_VQA
-from actors.options import (DATA, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
+from actors.options import (DATA, OFFLOAD, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
                             ModelOption, PresetOption, SetOption, heldout_config, run_config, with_settings)
 
 
@@ -76,7 +76,7 @@ def resumable(how_to_continue: str):
 
 
 @app.command()
-@with_settings(DATA, presets=False)
+@with_settings(DATA + OFFLOAD, presets=False)
 def prune(
     settings: dict,
     model: str = ModelOption,
@@ -106,12 +106,14 @@ def prune(
                              "drop --sparsity")
         sparsity = 0.5 if sparsity is None else sparsity
         check_positive(batch_size=settings["data.batch_size"])
-        data = DataConfig(**{k.partition(".")[2]: v for k, v in settings.items() if v is not None})
+        data = DataConfig(**{k.partition(".")[2]: v for k, v in settings.items()
+                             if v is not None and k.startswith("data.")})
         check_device(device)
         model_kind(model)
         check_seqlen(model, data.seqlen)
         job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, owl=owl,
-                       owl_m=owl_m, data=data, device=device, overwrite=overwrite)
+                       owl_m=owl_m, data=data, device=device, overwrite=overwrite,
+                       offload=bool(settings["engine.offload"]), offload_dir=settings["engine.offload_dir"])
         run_prune(job, log=lambda m: typer.echo(m, err=True))
 
 

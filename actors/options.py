@@ -72,6 +72,10 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "level once, stitch candidates)."),
     Setting("engine.loss", str, "Token loss of the fitness: kl (to the dense model) | ce (to the labels)."),
     Setting("engine.threads", int, "Torch threads per evaluator (default: int(cpus_per_actor))."),
+    Setting("engine.offload", bool, "Keep the decoder blocks in CPU memory and move each to --device only while "
+            "it runs (a model larger than the GPU).", flag="--offload"),
+    Setting("engine.offload_dir", str, "Local directory for the dense weight copies and the level database as "
+            "memory-mapped files (default: CPU memory)."),
     Setting("data.calib", str, "Calibration / proxy text. " + TEXT_HELP),
     Setting("data.nsamples", int, "Calibration / proxy text segments."),
     Setting("data.seqlen", int, "Tokens per text segment."),
@@ -99,6 +103,7 @@ PANELS = {"engine": "Model and engine", "search": "Search", "data": "Calibration
 #: what a search run takes (search, tune and demo share them; tune sweeps eta itself)
 RUN = tuple(k for k in SETTINGS if k.split(".")[0] in ("engine", "search", "data", "ray"))
 DATA = tuple(k for k in SETTINGS if k.startswith("data."))
+OFFLOAD = ("engine.offload", "engine.offload_dir")
 RAY = tuple(k for k in SETTINGS if k.startswith("ray."))
 HELDOUT = tuple(k for k in SETTINGS if k.startswith("heldout."))
 

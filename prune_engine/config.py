@@ -64,6 +64,12 @@ class EngineConfig(BaseModel):
     screen_mm_samples: int = 0  # image-text samples of the screening slice
     projector_batch: int = 4  # image-text samples per projector mini-batch step
     monitor_samples: int = 8  # image-text samples on which sum c_m L_m is recorded before/after an update
+    # memory (never changes which policy wins; see docs/cluster.md "Memory")
+    offload: bool = False  # decoder blocks in CPU memory, each on the device only while it runs
+    offload_dir: str | None = None  # local directory: dense weights and level database as memory-mapped files
+    prefix_cache_gb: float | None = Field(4.0, ge=0)  # block outputs kept for prefix reuse, off the device (None: no bound)
+    projector_microbatch: int = Field(0, ge=0)  # image-text samples per backward pass of a projector step (0: all)
+    activation_checkpointing: bool = False  # projector gradient: recompute each block in the backward pass
 
 
 class HeldoutConfig(BaseModel):

@@ -27,22 +27,22 @@ The vision tower, projector, embeddings, final norm and lm_head are never touche
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from prune_engine.models.adapter import BlockInputs, ModelAdapter
+from prune_engine.prefix_cache import PrefixCache
 from prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
 from prune_engine.threads import one_cpu_thread
+from prune_engine.weight_store import DenseWeights, LevelDatabase
 
 Ratios = dict[str, float]  # target sparsity per matrix name of one block
 Stage = list[tuple[str, nn.Linear]]  # linears of one block that read the same input, by name
@@ -121,15 +121,6 @@ class BlockResult:
         return {n: p.ratio for n, p in self.pruned.items()}
 
 
-class _PrunedBlock(NamedTuple):
-    """Sequential mode: one block of the last policy, kept to start a next policy after it."""
-
-    key: tuple  # the block's ratios (and levels)
-    outputs: list[torch.Tensor] | None  # its outputs per batch (kept with prefix reuse only)
-    sq_norm: float
-    sparsity: dict[str, float]
-
-
 class SequentialPruner:
     """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy.
 
@@ -137,16 +128,23 @@ class SequentialPruner:
     next-token cross-entropy to the labels ("ce") or the KL divergence from the dense model's
     next-token distribution ("kl"; the dense log-probabilities are computed once, off the device).
 
-    With `reuse_prefix`, the outputs of every block of the last policy are kept (a stack): a next
-    policy that shares its first L block ratios starts at block L, since blocks < L already hold
-    exactly those pruned weights. Sorting candidates lexicographically maximises the sharing. In
-    database mode (`stitch`) the stacks are per batch, so a candidate scored on a subset of the
-    batches (screening) and later on all of them shares the work.
+    With `reuse_prefix`, the outputs of the blocks of the last policy are kept (`PrefixCache`, off the
+    device, within `cache_bytes`): a next policy that shares its first L block ratios starts at
+    block L (or at the deepest kept block before it), since blocks < L already hold exactly those
+    pruned weights. Sorting candidates lexicographically maximises the sharing. In database mode
+    (`stitch`) the cache has one lane per batch, so a candidate scored on a subset of the batches
+    (screening) and later on all of them shares the work.
+
+    Off the device: the dense weights and the level database (in CPU memory, or as memory-mapped
+    files under `offload_dir`), the cached block outputs and the KL teacher. With an adapter whose
+    blocks are offloaded (`ModelAdapter.offload_blocks`), a block is on the device only while it
+    is pruned or run.
     """
 
     def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
                  blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False,
-                 kinds: list[str] | None = None, loss: str = "ce", scored: list[int] | None = None):
+                 kinds: list[str] | None = None, loss: str = "ce", scored: list[int] | None = None,
+                 offload_dir: str | None = None, cache_bytes: int | None = None):
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {', '.join(LOSS_KINDS)}, got '{loss}'")
         self.adapter, self.pattern = adapter, pattern
@@ -158,14 +156,14 @@ class SequentialPruner:
         self.loss_kind = loss
         # the batches whose loss is reported (the others only calibrate: Hessians)
         self.scored = list(range(len(batches))) if scored is None else sorted(scored)
-        self.dense = [{n: m.weight.detach().clone() for n, m in adapter.linears(i).items()}
-                      for i in range(adapter.num_blocks)]
-        self.dense_sq_norm = [sum(float(w.double().square().sum()) for w in block.values()) for block in self.dense]
+        linears = [adapter.linears(i) for i in range(adapter.num_blocks)]
+        self.dense = DenseWeights([{n: m.weight for n, m in block.items()} for block in linears], offload_dir)
+        self.dense_sq_norm = [sum(float(m.weight.double().square().sum()) for m in block.values()) for block in linears]
         self.counts = adapter.param_counts()
         self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
-        self.database: dict[tuple[int, str, float], Pruned] = {}  # off the device (CPU memory)
-        self._stack: list[_PrunedBlock] = []  # sequential mode: the blocks of the last policy
-        self._stacks: dict[int, list[tuple]] = {}  # database mode, per batch: [(block key, output)]
+        self.database = LevelDatabase(offload_dir)
+        block_bytes = sum(x.hidden.numel() * x.hidden.element_size() for x in self.inputs)
+        self.cache = PrefixCache(adapter.num_blocks, block_bytes, cache_bytes if reuse_prefix else 0)
         self._installed: list = [None] * adapter.num_blocks  # database mode: the level key held by each block
         self.blocks_run = 0  # block passes actually computed (prefix reuse skips some)
         self.timings = {"hessian": 0.0, "sparsegpt": 0.0}  # seconds spent, cumulative (the rest is forward)
@@ -180,15 +178,14 @@ class SequentialPruner:
             raise ValueError(f"{len(batches)} batches for {len(indices)} indices")
         for i, batch in zip(indices, batches):
             self.inputs[i] = self.adapter.block_inputs(batch)
-            self._stacks.pop(i, None)
-        self._stack = []
+            self.cache.drop(i)
+        self.cache.drop(_ALL_BATCHES)
 
     def restore_dense(self) -> None:
-        self._stack, self._stacks = [], {}
+        self.cache.drop()
         self._installed = [None] * self.adapter.num_blocks
-        for i, block in enumerate(self.dense):
-            for n, m in self.adapter.linears(i).items():
-                m.weight.data.copy_(block[n])
+        for b in range(self.adapter.num_blocks):
+            self._load_dense(b)
 
     # ---- losses -------------------------------------------------------------------------
     def _targets(self, i: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,15 +199,16 @@ class SequentialPruner:
     @torch.no_grad()
     def _dense_logprobs(self, chunk: int = 512) -> list[torch.Tensor]:
         """The dense model's next-token log-probabilities at every target of every batch (CPU, fp16)."""
+        hidden = {i: self.inputs[i].hidden for i in self.scored}
+        for b in range(self.adapter.num_blocks):
+            with self.adapter.on_device(b):
+                hidden = {i: self.adapter.run_block(b, h, self.inputs[i].kwargs) for i, h in hidden.items()}
         out = []
-        for i, x in enumerate(self.inputs):
+        for i in range(len(self.inputs)):
             if i not in self.scored:
                 out.append(None)
                 continue
-            h = x.hidden
-            for b in range(self.adapter.num_blocks):
-                h = self.adapter.run_block(b, h, x.kwargs)
-            h, _ = self._targets(i, h)
+            h, _ = self._targets(i, hidden.pop(i))
             out.append(torch.cat([torch.log_softmax(self.adapter.model.lm_head(h[s:s + chunk]).float(), -1)
                                   .to("cpu", torch.float16) for s in range(0, len(h), chunk)]
                                  or [torch.zeros(0, 0, dtype=torch.float16)]))
@@ -259,44 +257,44 @@ class SequentialPruner:
         levels. Entries live off the device. Blocks outside `blocks` are only run forward."""
         self.restore_dense()
         if blocks is None:
-            self.database = {}
+            self.database.clear()
         wanted = set(range(self.adapter.num_blocks) if blocks is None else blocks)
         levels = [float(r) for r in levels]
         hidden = [x.hidden for x in self.inputs]
         for b in range(max(wanted) + 1 if wanted else 0):
-            if b in wanted:
-                hessians, hidden = self._record_all_hessians(b, hidden)
-                for stage in self.adapter.stages(b):
-                    self._prune_at_levels(b, stage, hessians.pop(0), levels)  # each Hessian freed once used
-            else:
-                hidden = self._propagate(b, hidden)
+            with self.adapter.on_device(b):
+                if b in wanted:
+                    hessians, hidden = self._record_all_hessians(b, hidden)
+                    for stage in self.adapter.stages(b):
+                        self._prune_at_levels(b, stage, hessians.pop(0), levels)  # each Hessian freed once used
+                else:
+                    hidden = self._propagate(b, hidden)
             self.blocks_run += 1
 
     def _run(self, policy, levels) -> PruneReport:
         start = time.perf_counter()
         ratios = block_ratios(policy, self.adapter)
-        self._stacks, self._installed = {}, [None] * self.adapter.num_blocks  # the weights change
+        for i in range(len(self.inputs)):  # the weights change under the database mode's lanes
+            self.cache.drop(i)
+        self._installed = [None] * self.adapter.num_blocks
         keys = [("seq", tuple(sorted(r.items()))) for r in ratios]
         if levels is not None:
             keys = [k + ("levels", tuple(levels)) for k in keys]
-        shared = 0
-        if self.reuse_prefix:
-            while shared < len(self._stack) and self._stack[shared].key == keys[shared]:
-                shared += 1
-        self._stack = self._stack[:shared]
-        hidden = self._stack[-1].outputs if shared else [x.hidden for x in self.inputs]
-        bar = tqdm(range(shared, self.adapter.num_blocks), desc="sparsegpt", unit="block",
+        first, hidden = self.cache.start(_ALL_BATCHES, keys, self.adapter.device)
+        hidden = hidden if first else [x.hidden for x in self.inputs]
+        bar = tqdm(range(first, self.adapter.num_blocks), desc="sparsegpt", unit="block",
                    disable=not self.progress, leave=False)
         for b in bar:
-            block = self._prune_block(b, hidden, ratios[b], levels)
+            with self.adapter.on_device(b):
+                block = self._prune_block(b, hidden, ratios[b], levels)
             for (name, ratio), pruned in block.levels.items():
                 self._store_level(b, name, ratio, pruned)
             hidden = block.outputs
             self.blocks_run += 1
-            self._stack.append(_PrunedBlock(keys[b], hidden if self.reuse_prefix else None,
-                                            block.sq_norm, block.sparsity))
+            self.cache.push(_ALL_BATCHES, keys[b], hidden, sq_norm=block.sq_norm, sparsity=block.sparsity)
         losses = {i: self._batch_loss(i, h) for i, h in enumerate(hidden) if i in self.scored}
-        return self._report(losses, [e.sq_norm for e in self._stack], [e.sparsity for e in self._stack], start)
+        blocks = [e.facts for e in self.cache.entries(_ALL_BATCHES)]
+        return self._report(losses, [e["sq_norm"] for e in blocks], [e["sparsity"] for e in blocks], start)
 
     # ---- database mode --------------------------------------------------------------------
     def _level(self, b: int, name: str, ratio: float) -> Pruned:
@@ -312,7 +310,7 @@ class SequentialPruner:
             raise RuntimeError("build_database() first")
         ratios = block_ratios(policy, self.adapter)
         keys = [("db", tuple(sorted(r.items()))) for r in ratios]
-        self._stack = []  # the sequential stack no longer matches the weights
+        self.cache.drop(_ALL_BATCHES)  # the sequential lane no longer matches the weights
         for b, (key, r) in enumerate(zip(keys, ratios)):
             if self._installed[b] != key:
                 for n, m in self.adapter.linears(b).items():
@@ -329,22 +327,20 @@ class SequentialPruner:
         keys = self.install(policy)
         ratios = block_ratios(policy, self.adapter)
         indices = self.scored if batches is None else batches
-        losses, deepest = {}, 0
+        device = self.adapter.device
+        starts, hidden = {}, {}
         for i in indices:
-            stack = self._stacks.setdefault(i, [])
-            shared = 0
-            if self.reuse_prefix:
-                while shared < len(stack) and stack[shared][0] == keys[shared]:
-                    shared += 1
-            del stack[shared:]
-            h = stack[-1][1] if shared else self.inputs[i].hidden
-            for b in range(shared, self.adapter.num_blocks):
-                h = self.adapter.run_block(b, h, self.inputs[i].kwargs)
-                if self.reuse_prefix:
-                    stack.append((keys[b], h))
-            deepest = max(deepest, self.adapter.num_blocks - shared)
-            losses[i] = self._batch_loss(i, h)
-        self.blocks_run += deepest
+            starts[i], h = self.cache.start(i, keys, device)
+            hidden[i] = h if starts[i] else self.inputs[i].hidden
+        first = min(starts.values(), default=self.adapter.num_blocks)
+        for b in range(first, self.adapter.num_blocks):  # blocks outer: an offloaded block moves once
+            with self.adapter.on_device(b):
+                for i in indices:
+                    if starts[i] <= b:
+                        hidden[i] = self.adapter.run_block(b, hidden[i], self.inputs[i].kwargs)
+                        self.cache.push(i, keys[b], hidden[i])
+        losses = {i: self._batch_loss(i, hidden[i]) for i in indices}
+        self.blocks_run += self.adapter.num_blocks - first
         levels = [{n: self._level(b, n, r[n]) for n in r} for b, r in enumerate(ratios)]
         return self._report(losses, [sum(p.sq_norm for p in block.values()) for block in levels],
                             [{n: p.ratio for n, p in block.items()} for block in levels], start)
@@ -383,8 +379,9 @@ class SequentialPruner:
         return result
 
     def _load_dense(self, b: int) -> None:
+        dense = self.dense.block(b)
         for n, m in self.adapter.linears(b).items():
-            m.weight.data.copy_(self.dense[b][n])
+            m.weight.data.copy_(dense[n])
 
     def _accumulate_hessian(self, b: int, stage: Stage, hidden: list[torch.Tensor]) -> Hessian:
         """The stage's Hessian from the input its linears receive on every batch, with block b's
@@ -448,16 +445,20 @@ class SequentialPruner:
     def _sparsegpt(self, b: int, names: list[str], hessian: Hessian, ratios) -> list[list[Pruned]]:
         """SparseGPT on the dense weights of the matrices `names` of block b, which share `hessian`."""
         H = hessian.matrix()
+        dense = self.dense.block(b)
         with one_cpu_thread(H.device):
-            return sparsegpt([self.dense[b][n] for n in names], H, ratios, self.pattern, self.blocksize,
-                             self.percdamp)
+            return sparsegpt([dense[n] for n in names], H, ratios, self.pattern, self.blocksize, self.percdamp)
 
     def _store_level(self, b: int, name: str, ratio: float, pruned: Pruned) -> None:
-        self.database[(b, name, round(ratio, 6))] = dataclasses.replace(pruned, weight=pruned.weight.to("cpu"))
+        self.database[(b, name, round(ratio, 6))] = pruned  # the database keeps it off the device
 
     def _propagate(self, b: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """Block b's outputs on every batch: the next block's inputs."""
         return [self.adapter.run_block(b, h, x.kwargs) for h, x in zip(hidden, self.inputs)]
+
+
+#: the prefix cache's lane in sequential mode: the blocks are pruned on all batches together
+_ALL_BATCHES = "all"
 
 
 def _new_hessian(stage: Stage) -> Hessian:

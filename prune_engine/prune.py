@@ -29,6 +29,8 @@ class PruneJob(BaseModel):
     blocksize: int = 128
     percdamp: float = 0.01
     device: str = "cpu"
+    offload: bool = False  # decoder blocks in CPU memory, each on the device only while it is pruned
+    offload_dir: Path | None = None  # dense weight copies as memory-mapped files here (default: CPU memory)
     overwrite: bool = False
     progress: bool = True
 
@@ -159,7 +161,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
             raise ModelError(f"--mm-calib needs a LLaVA model (image-text) with its image processor: {reason}")
         samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed)
         batches += vqa_batches(processor, samples, data.batch_size)
-    adapter, processor = load_model(job.model, device=job.device, processor=processor)
+    adapter, processor = load_model(job.model, device="cpu" if job.offload else job.device, processor=processor)
+    if job.offload:
+        adapter.offload_blocks(job.device)
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
     log(f"calibration: {describe(batches)}")
     if job.owl is not None:
@@ -169,7 +173,8 @@ def run_prune(job: PruneJob, log=print) -> dict:
         policy = owl_policy(outliers, job.sparsity, job.owl, [sum(c.values()) for c in adapter.param_counts()])
         log(f"OWL ratios (lambda {job.owl}, M {job.owl_m}): " + " ".join(f"{r:.3f}" for r in policy))
     ratios = block_ratios(policy, adapter)  # validates the policy length against the model
-    pruner = SequentialPruner(adapter, batches, pattern, job.blocksize, job.percdamp, progress=job.progress)
+    pruner = SequentialPruner(adapter, batches, pattern, job.blocksize, job.percdamp, progress=job.progress,
+                              offload_dir=job.offload_dir)
     report = pruner.prune([r if not pattern.structured else {n: pattern.sparsity for n in r} for r in ratios])
     log(f"pruned {adapter.num_blocks} blocks in {report.seconds:.1f} s: mean sparsity {report.mean_sparsity:.4f}, "
         f"calibration loss {report.loss:.4f}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prune_engine.answer_loss import backward_mean_answer_loss, summed_answer_loss
 from prune_engine.config import DataConfig, EngineConfig
 from prune_engine.data.calibration import (
     calibration_vqa,
@@ -73,8 +74,10 @@ class CandidateScorer:
         mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
         self.samples = samples
         # state_dict: weights shared through the object store (then nothing is read from disk)
-        self.adapter, self.processor = load_model(engine.model, device=engine.device, processor=processor,
-                                                  state_dict=state_dict)
+        self.adapter, self.processor = load_model(engine.model, device="cpu" if engine.offload else engine.device,
+                                                  processor=processor, state_dict=state_dict)
+        if engine.offload:
+            self.adapter.offload_blocks(engine.device)
         if samples and not self.adapter.is_llava:
             raise ValueError(f"image-text proxy data needs a LLaVA model; {engine.model} is text-only")
         self.batches = text_screen + text_rest + mm_screen + mm_rest
@@ -91,11 +94,18 @@ class CandidateScorer:
         check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
         self.projector_batches = [vqa_batches(processor, samples[i:i + engine.projector_batch])[0]
                                   for i in range(0, len(samples), engine.projector_batch)]
+        # each projector step's mini-batch as the micro-batches one backward pass takes at a time
+        self.projector_steps = ([vqa_batches(processor, samples[i:i + engine.projector_batch],
+                                             engine.projector_microbatch)
+                                 for i in range(0, len(samples), engine.projector_batch)]
+                                if engine.projector_microbatch else [[b] for b in self.projector_batches])
         self.monitor_batches = vqa_batches(processor, samples[:engine.monitor_samples])
         self.pattern = Pattern.parse(engine.pattern)
         self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
                                        reuse_prefix=engine.prefix_reuse, kinds=self.kinds, loss=engine.loss,
-                                       scored=self.scored)
+                                       scored=self.scored, offload_dir=engine.offload_dir,
+                                       cache_bytes=None if engine.prefix_cache_gb is None
+                                       else int(engine.prefix_cache_gb * 2**30))
         self.projector_version = 0
         if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
@@ -174,18 +184,6 @@ class CandidateScorer:
         else:
             self.pruner.prune(policy)
 
-    def _answer_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
-        """Summed answer-token cross-entropy of one image-text batch through the whole model."""
-        batch = {k: v.to(self.adapter.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        # lm_head only where a loss is taken (the answer tokens): the same loss, without
-        # vocabulary-sized logits for every prompt and image position
-        hidden = self.adapter.model.model(**batch, use_cache=False).last_hidden_state[:, :-1]
-        targets = labels[:, 1:]
-        keep = targets != -100
-        logits = self.adapter.model.lm_head(hidden[keep]).float()
-        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
-
     def projector_gradient(self, ratios: np.ndarray, step: int) -> tuple[float, list[np.ndarray]]:
         """Mean answer-token loss of the candidate on projector mini-batch `step` (cycling over the
         image-text proxy samples) and its gradient with respect to the projector; the pruned language
@@ -198,17 +196,14 @@ class CandidateScorer:
             p.requires_grad_(True)
             p.grad = None
         try:
-            with torch.enable_grad():
-                loss, count = self._answer_loss(self.projector_batches[step % len(self.projector_batches)])
-                loss = loss / max(count, 1)
-                loss.backward()
+            value = backward_mean_answer_loss(self.adapter, self.projector_steps[step % len(self.projector_steps)],
+                                              self.engine.activation_checkpointing)
         finally:
             for p in params:
                 p.requires_grad_(False)
         grads = [p.grad.detach().float().cpu().numpy() for p in params]
         for p in params:
             p.grad = None
-        value = float(loss.item())
         if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
             raise ProjectorError(f"non-finite projector {'loss' if not math.isfinite(value) else 'gradient'} at "
                                  f"projector step {step} (candidate mean sparsity {float(np.mean(ratios)):.3f}); "
@@ -222,7 +217,7 @@ class CandidateScorer:
         self._install(ratios)
         total, count = 0.0, 0
         for batch in self.monitor_batches if batches is None else batches:
-            loss, n = self._answer_loss(batch)
+            loss, n = summed_answer_loss(self.adapter, batch)
             total, count = total + float(loss), count + n
         return total / max(count, 1)
 

@@ -10,6 +10,7 @@ how to turn the last hidden states into a loss. Where each part lives is the fam
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,8 @@ class ModelAdapter:
         # rotary embeddings: the inputs of block 0 alone do not say what the others get
         layer_types = getattr(getattr(decoder, "config", None), "layer_types", None) or []
         self.per_block_kwargs = len(set(layer_types)) > 1
+        self.offloaded = False  # see offload_blocks
+        self._onload_depth: dict[int, int] = {}
 
     # --- structure -------------------------------------------------------------------
     @property
@@ -111,11 +114,47 @@ class ModelAdapter:
     def device(self) -> torch.device:
         return self.model.lm_head.weight.device
 
+    # --- block offloading ---------------------------------------------------------------
+    def offload_blocks(self, device) -> None:
+        """Keep the decoder blocks in CPU memory and everything else on `device`: a block moves to the
+        device only while it runs (`on_device`), so a model larger than the device can be pruned one
+        block at a time (the device holds the embeddings, vision tower, projector, lm_head and one block)."""
+        layers = self.decoder.layers
+        self.decoder.layers = nn.ModuleList()
+        try:
+            self.model.to(device)
+        finally:
+            self.decoder.layers = layers
+        layers.to("cpu")
+        self.offloaded = True
+
+    @contextmanager
+    def on_device(self, index: int):
+        """Inside the with block, decoder block `index` is on the device (re-entrant; a no-op unless
+        the blocks are offloaded). Changes made to its weights there are kept when it moves back."""
+        if not self.offloaded:
+            yield
+            return
+        depth = self._onload_depth.get(index, 0)
+        if depth == 0:
+            self.blocks[index].to(self.device)
+        self._onload_depth[index] = depth + 1
+        try:
+            yield
+        finally:
+            self._onload_depth[index] -= 1
+            if self._onload_depth[index] == 0:
+                self.blocks[index].to("cpu")
+
     # --- running ---------------------------------------------------------------------
-    @torch.no_grad()
-    def block_inputs(self, batch: dict) -> BlockInputs:
+    def block_inputs(self, batch: dict, grad: bool = False) -> BlockInputs:
         """Run the model's own forward up to block 0 and capture its inputs (and every block's own
-        arguments where the blocks get different ones)."""
+        arguments where the blocks get different ones); with `grad`, the hidden states keep their
+        graph (to the projector)."""
+        with torch.set_grad_enabled(grad):
+            return self._block_inputs(batch)
+
+    def _block_inputs(self, batch: dict) -> BlockInputs:
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
         if self.per_block_kwargs:
             hidden, kwargs = self._capture_every_block(inputs)
@@ -167,7 +206,8 @@ class ModelAdapter:
         return {**{k: v for k, v in kwargs.items() if k != PER_BLOCK}, **kwargs[PER_BLOCK][index]}
 
     def run_block(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        out = self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs))
+        with self.on_device(index):
+            out = self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs))
         return out[0] if isinstance(out, tuple) else out
 
     def linear_input(self, index: int, linear: nn.Linear, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -175,7 +215,8 @@ class ModelAdapter:
 
         The block runs only up to that linear: what comes after it is not computed.
         """
-        captured = _capture_input(linear, lambda: self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs)))
+        with self.on_device(index):
+            captured = _capture_input(linear, lambda: self.blocks[index](hidden, **self._kwargs_of_block(index, kwargs)))
         if captured is None:
             raise ModelError(f"decoder block {index}'s forward never reached the linear asked for")
         args, _ = captured

@@ -1,0 +1,204 @@
+"""The memory plan: weights off the device (CPU memory or memory-mapped files), a bounded prefix cache, offloaded blocks, a micro-batched, checkpointed projector gradient.
+
+None of these may change a result: each is checked bit-for-bit (or, for the gradient, to float
+rounding) against the in-memory, unbounded, whole-batch path on tiny models. This machine has no
+GPU, so block offloading is checked on its bookkeeping: every block's forward runs while the block
+is on the device, and each block moves once per candidate.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prune_engine.config import DataConfig, EngineConfig
+from prune_engine.data.calibration import text_batches, vqa_batches
+from prune_engine.data.vqa import load_easy_vqa
+from prune_engine.models.loading import load_model
+from prune_engine.pipeline import SequentialPruner
+from prune_engine.prefix_cache import PrefixCache
+from prune_engine.scoring import CandidateScorer
+from prune_engine.sparsegpt import Pruned
+from prune_engine.weight_store import DenseWeights, LevelDatabase
+
+LEVELS = [0.3, 0.5, 0.7]
+
+
+def _weights(adapter):
+    return [{n: m.weight.detach().clone() for n, m in adapter.linears(b).items()} for b in range(adapter.num_blocks)]
+
+
+def _assert_same_weights(a, b):
+    for block_a, block_b in zip(a, b):
+        for n in block_a:
+            assert torch.equal(block_a[n], block_b[n]), n
+
+
+# ---- the stores ----------------------------------------------------------------------------
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_level_database_and_dense_weights_round_trip(tmp_path, on_disk):
+    directory = tmp_path / "spill" if on_disk else None
+    weights = [torch.randn(4, 6, dtype=torch.bfloat16), torch.randn(3, 6)]
+    db = LevelDatabase(directory)
+    for i, w in enumerate(weights):
+        db[(i, "mlp.down_proj", 0.5)] = Pruned(w, 0.5, float(i), 2.0 * i)
+    assert len(db) == 2 and (1, "mlp.down_proj", 0.5) in db and sorted(db) == sorted(db.keys())
+    for i, w in enumerate(weights):
+        entry = db[(i, "mlp.down_proj", 0.5)]
+        assert torch.equal(entry.weight, w) and entry.weight.dtype == w.dtype
+        assert (entry.ratio, entry.sq_norm, entry.error) == (0.5, float(i), 2.0 * i)
+    dense = DenseWeights([{"a": weights[0]}, {"a": weights[1]}], directory)
+    assert torch.equal(dense.block(1)["a"], weights[1])
+    if on_disk:
+        files = list(directory.rglob("*.pt"))
+        assert len(files) == 4  # one per entry and per dense matrix, nothing in memory
+        assert all(isinstance(e, tuple) for e in db._entries.values())
+        db.clear()
+        assert not db and len(list(directory.rglob("*.pt"))) == 2
+        del db, dense
+        assert not list(directory.rglob("*.pt"))  # removed with the stores
+
+
+def test_prefix_cache_keeps_every_stride_th_block_within_budget():
+    cache = PrefixCache(num_blocks=6, block_bytes=4 * 8, budget_bytes=3 * 4 * 8)  # room for 3 of 6 blocks
+    assert cache.stride == 2 and cache.kept == {1, 3, 5}
+    keys = [(k,) for k in "abcdef"]
+    for b in range(6):
+        cache.push("lane", keys[b], torch.full((8,), float(b)), block=b)
+    assert cache.bytes <= 3 * 4 * 8
+    # a policy differing from block 4 on restarts after the deepest kept block before it (3)
+    start, out = cache.start("lane", keys[:4] + [("x",), ("y",)], "cpu")
+    assert start == 4 and torch.equal(out, torch.full((8,), 3.0))
+    assert [e.facts["block"] for e in cache.entries("lane")] == [0, 1, 2, 3]
+    unbounded, none = PrefixCache(6, 32, None), PrefixCache(6, 32, 0)
+    assert unbounded.kept == set(range(6)) and none.kept == set()
+    none.push("lane", keys[0], torch.zeros(8))
+    assert none.start("lane", keys, "cpu") == (0, None)
+
+
+# ---- the pipeline with the stores ---------------------------------------------------------
+@pytest.fixture
+def llama(tiny_llama_dir):
+    adapter, tok = load_model(str(tiny_llama_dir))
+    return adapter, text_batches(tok, "wiki:calib", 4, 32, seed=0, batch_size=2)
+
+
+def test_sequential_pruning_identical_with_dense_weights_on_disk(llama, tmp_path):
+    adapter, batches = llama
+    policies = [0.5, [0.3, 0.6, 0.5], [0.3, 0.6, 0.7]]
+    memory = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    expected = []
+    for p in policies:
+        expected.append((memory.prune(p).loss, _weights(adapter)))
+    memory.restore_dense()
+    disk = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path)
+    assert list(tmp_path.rglob("*.pt"))
+    for p, (loss, weights) in zip(policies, expected):
+        assert disk.prune(p).loss == loss
+        _assert_same_weights(_weights(adapter), weights)
+
+
+@pytest.mark.parametrize("budget_blocks", [0, 1, 2])
+def test_database_on_disk_and_bounded_cache_give_identical_candidates(llama, tmp_path, budget_blocks):
+    adapter, batches = llama
+    candidates = [[0.5, 0.5, 0.5], [0.5, 0.5, 0.7], [0.5, 0.3, 0.7], [0.5, 0.3, 0.7], [0.7, 0.3, 0.7]]
+    reference = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    reference.build_database(LEVELS)
+    expected = [reference.stitch(c) for c in candidates]
+    run_reference = reference.blocks_run
+    reference.restore_dense()
+    block_bytes = sum(x.hidden.numel() * x.hidden.element_size() for x in reference.inputs)
+    bounded = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path,
+                               cache_bytes=budget_blocks * block_bytes)
+    bounded.build_database(LEVELS)
+    assert len(bounded.database) == len(reference.database)
+    for key, entry in reference.database.items():
+        assert torch.equal(bounded.database[key].weight, entry.weight)
+    run_start = bounded.blocks_run
+    for c, report in zip(candidates, expected):
+        got = bounded.stitch(c)
+        assert (got.loss, got.block_sq_norm) == (report.loss, report.block_sq_norm)
+        assert bounded.cache.bytes <= budget_blocks * block_bytes
+    # less room, more blocks recomputed; with no room at all every candidate runs every block
+    assert bounded.blocks_run - run_start >= run_reference - 3
+    if budget_blocks == 0:
+        assert bounded.blocks_run - run_start == 3 * len(candidates)
+
+
+# ---- block offloading ---------------------------------------------------------------------
+def _watch_blocks(adapter):
+    """Fail any block forward that runs while the block is not on the device; count block moves."""
+    moves = {"n": 0}
+    for b, block in enumerate(adapter.blocks):
+        def check(_module, _args, b=b):
+            assert adapter._onload_depth.get(b, 0) > 0, f"block {b} ran off the device"
+        block.input_layernorm.register_forward_pre_hook(check)  # the block's forward really runs
+        original = block.to
+
+        def counted(*args, original=original, **kwargs):
+            moves["n"] += 1
+            return original(*args, **kwargs)
+        block.to = counted
+    return moves
+
+
+def test_offloaded_blocks_run_only_on_the_device_and_give_identical_results(tiny_llava_dir):
+    adapter, processor = load_model(str(tiny_llava_dir))
+    batches = (text_batches(processor, "wiki:calib", 4, 32, seed=0)
+               + vqa_batches(processor, load_easy_vqa("train", limit=4), 2))
+    reference = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
+    seq = reference.prune([0.4, 0.5, 0.6])
+    reference.build_database(LEVELS)
+    stitched = reference.stitch([0.3, 0.7, 0.5])
+    reference.restore_dense()
+
+    adapter.offload_blocks("cpu")
+    moves = _watch_blocks(adapter)
+    pruner = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
+    assert pruner.prune([0.4, 0.5, 0.6]).loss == seq.loss
+    pruner.build_database(LEVELS)
+    before = moves["n"]
+    assert pruner.stitch([0.3, 0.7, 0.5]).loss == stitched.loss
+    assert moves["n"] - before == 2 * adapter.num_blocks  # each block onto the device and back, once
+    assert all(depth == 0 for depth in adapter._onload_depth.values())
+
+
+# ---- the projector gradient -------------------------------------------------------------
+def test_microbatched_checkpointed_projector_gradient_equals_the_whole_batch(tiny_llava_dir):
+    common = dict(model=str(tiny_llava_dir), loss="ce", projector_batch=4)
+    data = DataConfig(nsamples=2, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
+    whole = CandidateScorer(EngineConfig(**common), data, levels=LEVELS)
+    micro = CandidateScorer(EngineConfig(**common, projector_microbatch=1, activation_checkpointing=True,
+                                         offload=True), data, levels=LEVELS)
+    assert [len(s) for s in micro.projector_steps] == [4] and [len(s) for s in whole.projector_steps] == [1]
+    ratios = np.array([0.5, 0.6, 0.7])
+    loss, grads = whole.projector_gradient(ratios, 0)
+    loss_micro, grads_micro = micro.projector_gradient(ratios, 0)
+    assert loss_micro == pytest.approx(loss, rel=1e-5)
+    for g, gm in zip(grads, grads_micro):
+        assert np.abs(g).max() > 0
+        np.testing.assert_allclose(gm, g, rtol=1e-4, atol=1e-6 * np.abs(g).max())
+    assert not any(p.requires_grad for p in micro.adapter.model.parameters())  # frozen again
+
+
+# ---- the CLI --------------------------------------------------------------------------------
+def test_prune_with_offload_saves_the_same_model(tiny_llama_dir, tmp_path):
+    from actors.cli import app
+
+    runner = CliRunner()
+    outputs = {}
+    for name, extra in (("plain", []), ("offload", ["--offload", "--offload-dir", tmp_path / "spill"])):
+        out = tmp_path / name
+        result = runner.invoke(app, [str(a) for a in ["prune", "--model", tiny_llama_dir, "--out", out,
+                                                      "--nsamples", 4, "--seqlen", 32, *extra]])
+        assert result.exit_code == 0, result.output
+        outputs[name] = json.loads((out / "policy.json").read_text())
+    assert outputs["offload"]["calibration_loss"] == outputs["plain"]["calibration_loss"]
+    assert outputs["offload"]["job"]["offload"] is True
+    from safetensors.torch import load_file
+
+    plain, offloaded = load_file(tmp_path / "plain" / "model.safetensors"), load_file(
+        tmp_path / "offload" / "model.safetensors")
+    assert plain.keys() == offloaded.keys() and all(torch.equal(plain[k], offloaded[k]) for k in plain)
+    assert not list((tmp_path / "spill").rglob("*.pt"))  # the memory-mapped copies are gone
