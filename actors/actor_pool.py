@@ -2,7 +2,8 @@
 
 Driver side. It never holds a model: the dense weights are loaded once by a task into the object
 store, the evaluator actors are built from them inside a placement group (one bundle per actor:
-``num_gpus`` when the cluster has GPUs, CPUs otherwise), and the learner actor owns the projector.
+``num_gpus`` when the cluster has GPUs, CPUs otherwise, and the host ``memory`` the actor needs,
+actors/memory_request.py), and the learner actor owns the projector.
 
 * ``evaluate``: duplicates are evaluated once; candidates are sorted lexicographically and cut into
   contiguous chunks per actor (prefix reuse), idle actors steal; a candidate whose actor died is
@@ -28,6 +29,7 @@ from actors.config import ConfigError, RunConfig
 from actors.dense_loader import load_dense
 from actors.evaluator_actor import EvaluatorActor
 from actors.learner_actor import LearnerActor
+from actors.memory_request import GiB, actor_memory
 from actors.object_holder import ObjectHolder
 from actors.schedule import Schedule
 from search.protocol import Evaluation, ProjectorUpdate
@@ -78,7 +80,8 @@ class ActorPool:
             raise
 
     # ---- start-up ----------------------------------------------------------------------------
-    def _resources(self) -> tuple[int, float, float]:
+    def _resources(self) -> tuple[int, float, float, int]:
+        """(actors, CPUs, GPUs, bytes of memory) per actor; a one-line ConfigError when the cluster lacks them."""
         total = ray.cluster_resources()
         cpus_total, gpus_total = float(total.get("CPU", 0)), float(total.get("GPU", 0))
         cpus = self.opts.cpus_per_actor
@@ -92,12 +95,19 @@ class ActorPool:
             raise ConfigError(f"the cluster has {cpus_total:g} CPUs and {gpus_total:g} GPUs; {n} evaluator actors "
                               f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs (set --actors, --cpus-per-actor "
                               "or --gpus-per-actor)")
-        return n, cpus, gpus
+        memory, self.memory_how = actor_memory(self.opts.memory_per_actor_gb, self.run.engine.model, self.run.engine.mode,
+                                   len(self.levels), gpu=gpus > 0)
+        memory_total = float(total.get("memory", 0))
+        if n * memory > memory_total:
+            raise ConfigError(f"the cluster has {memory_total / GiB:.1f} GiB of memory for tasks and actors; {n} "
+                              f"evaluator actors need {n * memory / GiB:.1f} GiB ({memory / GiB:.2f} GiB each, {self.memory_how}) "
+                              "(set --actors, or --set ray.memory_per_actor_gb=GIB per actor, 0 to request none)")
+        return n, cpus, gpus, memory
 
     def _start(self) -> None:
-        n, cpus, gpus = self._resources()
-        self.n_actors, self.cpus, self.gpus = n, cpus, gpus
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        n, cpus, gpus, memory = self._resources()
+        self.n_actors, self.cpus, self.gpus, self.memory = n, cpus, gpus, memory
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({"memory": memory} if memory else {})}
         self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=self.opts.strategy,
                                   name=f"{self.run_name}.evaluators")
         ready, _ = ray.wait([self.pg.ready()], timeout=self.opts.ready_timeout_s)
@@ -160,14 +170,16 @@ class ActorPool:
             ).remote((f"{self.run_name}.weights", self.opts.namespace, 1), self.run.search.projector_lr)
             ray.get(self.learner.version.remote())
         nodes = len({f["node_id"] for f in facts})
+        memory_text = f" = {memory / GiB:.2f} GiB memory, {self.memory_how}" if memory else ""
         self.log(f"{n} evaluator actor(s) ready in {self.startup_s:.1f} s on {nodes} node(s) "
-                 f"({bundle} each, {first['threads']} thread(s), device {first['device']}); "
+                 f"({bundle} each{memory_text}, {first['threads']} thread(s), device {first['device']}); "
                  f"{self.n_blocks} blocks, projector {'on' if self.use_projector else 'off'}")
 
     def _make_actor(self, i: int, engine: dict):
         return EvaluatorActor.options(
             name=f"{self.run_name}.evaluator-{i}", namespace=self.opts.namespace,
             num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.opts.max_restarts, max_task_retries=0,
+            **({"memory": self.memory} if self.memory else {}),
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
         ).remote(engine, self.run.data.model_dump(mode="json"), self.levels,
                  (f"{self.run_name}.weights", self.opts.namespace, 0), i, self.run_name, self.shared_database)

@@ -75,8 +75,12 @@ class RayOptions(BaseModel):
     actors: Optional[int] = Field(None, ge=1,
                                   description="evaluator actors (default: one per GPU, else per cpus_per_actor CPUs)")
     gpus_per_actor: Optional[float] = Field(None, ge=0,
-                                            description="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+                                            description="GPUs per actor, at most 1 (default: 1 when the cluster has "
+                                            "GPUs, else 0)")
     cpus_per_actor: float = Field(1.0, gt=0)
+    memory_per_actor_gb: Optional[float] = Field(None, ge=0,
+                                                 description="host memory per actor in GiB, in its bundle (None: "
+                                                 "estimated from the checkpoint, actors/memory_request.py; 0: none)")
     max_restarts: int = Field(3, ge=-1, description="restarts per actor (-1: unlimited)")
     candidate_retries: int = Field(3, ge=0, description="re-runs of one candidate after its actor died")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -92,8 +96,10 @@ class RayOptions(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "RayOptions":
         g = self.gpus_per_actor
-        if g is not None and g > 1 and g != int(g):
-            raise ValueError(f"gpus_per_actor above 1 must be a whole number, got {g}")
+        if g is not None and g > 1:
+            raise ValueError(f"gpus_per_actor is {g:g}, but an evaluator runs its model on one device, so more than "
+                             "1 GPU per actor would sit idle: use at most 1 (a fraction such as 0.5 shares a GPU); "
+                             "a model too big for one GPU needs the engine's offloading (engine.offload)")
         if self.address is not None and not self.address.strip():
             raise ValueError("address is empty")
         return self

@@ -87,9 +87,12 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "refused by default).", flag="--allow-eval-split"),
     Setting("ray.address", str, "Ray cluster: 'auto', host:port or ray://... (default: start a local cluster)."),
     Setting("ray.actors", int, "Evaluator actors (default: one per GPU, else one per --cpus-per-actor CPUs)."),
-    Setting("ray.gpus_per_actor", float, "GPUs per evaluator actor, may be a fraction (default: 1 when the "
-            "cluster has GPUs, else 0)."),
+    Setting("ray.gpus_per_actor", float, "GPUs per evaluator actor, at most 1: an evaluator runs its model on "
+            "one device; a fraction such as 0.5 shares a GPU (default: 1 when the cluster has GPUs, else 0)."),
     Setting("ray.cpus_per_actor", float, "CPUs per evaluator actor."),
+    Setting("ray.memory_per_actor_gb", float, "Host memory per evaluator actor in GiB, reserved in its Ray bundle "
+            "(default: estimated from the checkpoint's size, the engine mode and the device; 0: reserve none).",
+            metavar="GIB"),
     Setting("ray.max_restarts", int, "Restarts per actor after a crash (-1: unlimited)."),
     Setting("ray.num_cpus", int, "CPUs of the local cluster (without --address)."),
     Setting("heldout.segments", int, "Held-out text segments of wiki:eval.", flag="--eval-segments"),

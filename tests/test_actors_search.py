@@ -164,6 +164,15 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
 
     ev = ActorPool(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
     try:
+        # its bundle and its actor reserve the estimated host memory (actors/memory_request.py)
+        from ray.util.state import list_actors
+
+        (bundle,) = ray.util.placement_group_table(ev.pg)["bundles"].values()
+        assert ev.memory > 1 << 30 and bundle == {"CPU": 1.0, "memory": float(ev.memory)}, bundle
+        (actor,) = list_actors(address=cluster["address"], filters=[("name", "=", "restart-test.evaluator-0")],
+                               detail=True)
+        # inside a placement group Ray names the actor's share of bundle 0 memory_group_0_<group id>
+        assert actor.required_resources[f"memory_group_0_{ev.pg.id.hex()}"] == ev.memory, actor.required_resources
         seen = []
         ev.on_candidate = seen.append
         policies = [np.array([0.4, 0.5, 0.6]), np.array([0.6, 0.5, 0.4])]
@@ -195,6 +204,20 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
             assert torch.equal(state["exp_avg_sq"], again["optimizer"]["state"][k]["exp_avg_sq"])
     finally:
         ev.shutdown()
+
+
+def test_memory_beyond_the_cluster_is_one_error_before_any_actor_starts(cluster, tiny_llava_dir):
+    from ray.util.state import list_actors
+
+    from actors.actor_pool import ActorPool
+    from search.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"the cluster has [\d.]+ GiB of memory .*; 2 evaluator actors need "
+                                          r"200000\.0 GiB \(100000\.00 GiB each, set\).*memory_per_actor_gb") as err:
+        ActorPool(tiny_run(tiny_llava_dir, ray={"memory_per_actor_gb": 100000}), "memory-test", log_fn=lambda m: None)
+    assert "\n" not in str(err.value)
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["name"].startswith("memory-test")]
+    assert not [a for a in list_actors(address=cluster["address"]) if (a.name or "").startswith("memory-test")]
 
 
 def test_driver_killed_then_resume_gives_the_same_result(cluster, reference, tiny_llava_dir, tmp_path):

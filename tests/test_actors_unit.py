@@ -95,7 +95,8 @@ def test_levels_match_the_policy_space():
     ({"data.nsamples": 0}, "nsamples: must be a positive"),
     ({"data.calib": "nope:x"}, "calib"),
     ({"data.mm_calib": "mnist"}, "unknown image-text data"),
-    ({"ray.gpus_per_actor": 2.5}, "whole number"),
+    ({"ray.gpus_per_actor": 2.5}, "at most 1"),
+    ({"ray.memory_per_actor_gb": -1}, "memory_per_actor_gb"),
     ({"ray.bogus": 1}, "unknown key 'bogus'"),
     ({"engine.model": "no-such-model"}, "not a directory"),
 ])
