@@ -95,8 +95,10 @@ class ActorPool:
             raise ConfigError(f"the cluster has {cpus_total:g} CPUs and {gpus_total:g} GPUs; {n} evaluator actors "
                               f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs (set --actors, --cpus-per-actor "
                               "or --gpus-per-actor)")
-        memory, self.memory_how = actor_memory(self.opts.memory_per_actor_gb, self.run.engine.model, self.run.engine.mode,
-                                   len(self.levels), gpu=gpus > 0)
+        engine = self.run.engine
+        memory, self.memory_how = actor_memory(self.opts.memory_per_actor_gb, engine.model, engine.mode,
+                                               len(self.levels), gpu=gpus > 0, offload=engine.offload,
+                                               on_disk=engine.offload_dir is not None)
         memory_total = float(total.get("memory", 0))
         if n * memory > memory_total:
             raise ConfigError(f"the cluster has {memory_total / GiB:.1f} GiB of memory for tasks and actors; {n} "

@@ -95,7 +95,7 @@ def prune(
 ):
     """Prune a model's language model with layer-sequential SparseGPT (uniform ratio, N:M, or a policy)."""
     with one_line_errors():
-        from prune_engine.checks import check_device, check_positive, check_seqlen
+        from prune_engine.checks import check_device, check_output_dir, check_positive, check_seqlen
         from prune_engine.config import DataConfig
         from prune_engine.models.loading import model_kind
         from prune_engine.prune import PruneJob, run_prune
@@ -109,6 +109,8 @@ def prune(
         data = DataConfig(**{k.partition(".")[2]: v for k, v in settings.items()
                              if v is not None and k.startswith("data.")})
         check_device(device)
+        if settings["engine.offload_dir"] is not None:
+            check_output_dir(Path(settings["engine.offload_dir"]), "--offload-dir")
         model_kind(model)
         check_seqlen(model, data.seqlen)
         job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, owl=owl,

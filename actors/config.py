@@ -140,6 +140,13 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
         raise ConfigError(f"invalid data config: calib: {exc}") from None
     if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
         raise ConfigError(f"invalid data config: calib: text file not found: {spec.path}")
+    if local and engine.offload_dir is not None:  # on a remote cluster the directory is the nodes'
+        from prune_engine.checks import check_output_dir
+
+        try:
+            check_output_dir(Path(engine.offload_dir), "offload_dir")
+        except ValueError as exc:
+            raise ConfigError(f"invalid engine config: {exc}") from None
     if local:
         from prune_engine.checks import check_text_budget
 

@@ -13,26 +13,28 @@ GiB = 1 << 30
 RUNTIME_BYTES = int(1.5 * GiB)
 
 
-def estimate_actor_memory(parameters: int | None, mode: str, levels: int, gpu: bool) -> int | None:
+def estimate_actor_memory(parameters: int | None, mode: str, levels: int, gpu: bool, offload: bool = False,
+                          on_disk: bool = False) -> int | None:
     """Bytes of host memory one evaluator actor needs (None when the parameter count is unknown).
 
     The actors work in fp32 on CPU and fp16 on a GPU (actors/actor_pool.py loads the weights so):
     with W = parameters x that width,
 
-    * CPU actor: the model and the pruner's dense copy of its linears (approximated as the whole
-      model): 2 W;
-    * GPU actor: the model and the dense copy live on the GPU; host memory keeps one copy of the
-      weights (the shared dense weights it is built from): W;
-    * database mode adds the level database, kept in host memory: one pruned copy of the
+    * CPU actor: the model: W;
+    * GPU actor: host memory keeps one copy of the weights (the shared dense weights it is built
+      from): W; with `offload` the decoder blocks live in host memory too: + W;
+    * the pruner's dense copy of the linears (approximated as the whole model), kept off the
+      device: + W, unless `on_disk` (engine.offload_dir: memory-mapped files);
+    * database mode adds the level database, kept off the device: one pruned copy of the
       language model's linears per level, approximated as ``levels`` x W (an overestimate: the
       embeddings and the vision tower are not in it, and several actors on one node share their
-      parts through the object store; a restarted actor builds all of it itself);
+      parts through the object store; a restarted actor builds all of it itself), unless `on_disk`;
     * plus RUNTIME_BYTES.
     """
     if parameters is None:
         return None
     weights = parameters * (2 if gpu else 4)
-    copies = (1 if gpu else 2) + (levels if mode == "database" else 0)
+    copies = 1 + (1 if gpu and offload else 0) + (0 if on_disk else 1 + (levels if mode == "database" else 0))
     return RUNTIME_BYTES + copies * weights
 
 
@@ -87,11 +89,12 @@ def model_parameters(model: str) -> int | None:
         return None
 
 
-def actor_memory(setting_gb: float | None, model: str, mode: str, levels: int, gpu: bool) -> tuple[int, str]:
+def actor_memory(setting_gb: float | None, model: str, mode: str, levels: int, gpu: bool, offload: bool = False,
+                 on_disk: bool = False) -> tuple[int, str]:
     """(bytes to request per evaluator actor, how: 'set' | 'estimated' | 'none'); 0 bytes: request none.
 
     `setting_gb`: ray.memory_per_actor_gb (GiB; 0: none; None: the estimate)."""
     if setting_gb is not None:
         return int(setting_gb * GiB), ("set" if setting_gb > 0 else "none")
-    estimate = estimate_actor_memory(model_parameters(model), mode, levels, gpu)
+    estimate = estimate_actor_memory(model_parameters(model), mode, levels, gpu, offload, on_disk)
     return (estimate, "estimated") if estimate else (0, "none")

@@ -18,9 +18,11 @@ evaluator's four kinds of work:
 Peak memory is the device's: on a GPU `torch.cuda.max_memory_allocated`, on the CPU the peak
 resident set (VmHWM, reset before each phase) minus what the process held before the model was
 built (the Python/torch runtime). M is the model's own size (all parameters, in the run's dtype);
-W is one block's working set, from the shapes: the fp32 row stack SparseGPT prunes at once for the
-block's largest stage (twice: the stack and its transpose, plus a boolean mask) and three
-fp32 copies of that stage's Hessian (H, its damped copy, the inverse Cholesky factor). The target
+W is one block's working set, from the shapes: the larger of what SparseGPT holds for the block's
+largest stage (the fp32 row stack pruned at once, twice: the stack and its transpose, a boolean
+mask, and three fp32 copies of the stage's Hessian: H, its damped copy, the inverse Cholesky
+factor) and what the loss holds for one chunk of 512 targets (fp32 logits and log-probabilities
+over the vocabulary). The target
 (issue #11): peak ≤ 1.5·M + W for the sequential prune and the stitched candidate, with the level
 database off the device (`disk`: memory-mapped files in a temporary directory on local disk;
 `memory`: CPU RAM, which on a CPU is the device's own memory).
@@ -157,7 +159,8 @@ def block_working_set(config, levels: int) -> int:
               (t.hidden_size, t.hidden_size),  # o
               (2 * t.intermediate_size, t.hidden_size),  # gate, up
               (t.hidden_size, t.intermediate_size)]  # down
-    return max(rows * levels * cols * (4 + 4 + 1) + 3 * 4 * cols * cols for rows, cols in stages)
+    sparsegpt = max(rows * levels * cols * (4 + 4 + 1) + 3 * 4 * cols * cols for rows, cols in stages)
+    return max(sparsegpt, 2 * 512 * t.vocab_size * 4)
 
 
 # ---- one row (a child process) -------------------------------------------------------------

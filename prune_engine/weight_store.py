@@ -10,6 +10,8 @@ model, so the operating system pages it in and drops it again as memory requires
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,11 +23,13 @@ from prune_engine.sparsegpt import Pruned
 
 
 class _Files:
-    """One file per key in a private directory under `parent` (removed when the store is dropped)."""
+    """One file per key in a private directory under `parent`, removed when the store is dropped; the
+    directories a killed process left behind (named after its pid, on this machine) go at the next start."""
 
     def __init__(self, parent: str | Path, prefix: str):
         Path(parent).mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        _remove_orphans(Path(parent))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
         self._count = 0
 
     def write(self, tensor: torch.Tensor) -> Path:
@@ -40,6 +44,23 @@ class _Files:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_orphans(parent: Path) -> None:
+    for path in parent.iterdir():
+        match = re.fullmatch(r"(?:dense|levels)-(\d+)-\w+", path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class DenseWeights:

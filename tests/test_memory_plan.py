@@ -60,6 +60,20 @@ def test_level_database_and_dense_weights_round_trip(tmp_path, on_disk):
         assert not list(directory.rglob("*.pt"))  # removed with the stores
 
 
+def test_files_a_killed_process_left_are_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", (
+        "import os, torch; from prune_engine.weight_store import LevelDatabase; from prune_engine.sparsegpt import Pruned;"
+        f"db = LevelDatabase({str(tmp_path)!r}); db[(0, 'a', 0.5)] = Pruned(torch.ones(2), 0.5, 1.0, 0.0);"
+        "os._exit(0)")], capture_output=True, text=True)  # exits without dropping the store
+    assert child.returncode == 0, child.stderr
+    assert len(list(tmp_path.glob("levels-*"))) == 1
+    db = LevelDatabase(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [db._files.root.name]  # the orphan is gone, ours is there
+
+
 def test_prefix_cache_keeps_every_stride_th_block_within_budget():
     cache = PrefixCache(num_blocks=6, block_bytes=4 * 8, budget_bytes=3 * 4 * 8)  # room for 3 of 6 blocks
     assert cache.stride == 2 and cache.kept == {1, 3, 5}
@@ -202,3 +216,29 @@ def test_prune_with_offload_saves_the_same_model(tiny_llama_dir, tmp_path):
         tmp_path / "offload" / "model.safetensors")
     assert plain.keys() == offloaded.keys() and all(torch.equal(plain[k], offloaded[k]) for k in plain)
     assert not list((tmp_path / "spill").rglob("*.pt"))  # the memory-mapped copies are gone
+
+
+def test_an_unwritable_offload_dir_is_a_one_line_error_before_any_work(tiny_llama_dir, tmp_path):
+    from actors.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prune", "--model", str(tiny_llama_dir), "--out", str(out),
+                                      "--offload-dir", str(blocker / "spill")])
+    assert result.exit_code == 2 and "--offload-dir" in result.output and "is a file" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_run_config_checks_the_offload_dir_before_ray_starts(tmp_path):
+    from actors.config import RunConfig
+    from search.config import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"invalid engine config: offload_dir .*is a file"):
+        RunConfig.load(preset="default", overrides={"engine.model": "smollm2",
+                                                    "engine.offload_dir": str(blocker / "spill")})
+    run = RunConfig.load(preset="default", overrides={"engine.model": "smollm2", "engine.offload": True,
+                                                      "engine.offload_dir": str(tmp_path / "spill")})
+    assert run.engine.offload and run.engine.offload_dir == str(tmp_path / "spill")

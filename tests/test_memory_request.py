@@ -40,8 +40,13 @@ def test_estimate_from_sizes(checkpoint):
     assert sequential == RUNTIME_BYTES + 2 * 205 * 4  # model + dense copy, fp32
     database = estimate_actor_memory(205, "database", 5, gpu=False)
     assert database == RUNTIME_BYTES + (2 + 5) * 205 * 4 and database > sequential  # + one copy per level
-    assert estimate_actor_memory(205, "sequential", 5, gpu=True) == RUNTIME_BYTES + 205 * 2  # weights on the GPU
-    assert estimate_actor_memory(205, "database", 5, gpu=True) == RUNTIME_BYTES + 6 * 205 * 2
+    # on a GPU: the shared weights and the dense copy in host memory (fp16), the model on the GPU
+    assert estimate_actor_memory(205, "sequential", 5, gpu=True) == RUNTIME_BYTES + 2 * 205 * 2
+    assert estimate_actor_memory(205, "database", 5, gpu=True) == RUNTIME_BYTES + 7 * 205 * 2
+    assert estimate_actor_memory(205, "database", 5, gpu=True, offload=True) == RUNTIME_BYTES + 8 * 205 * 2
+    # engine.offload_dir: the dense copy and the database are memory-mapped files, not host memory
+    assert estimate_actor_memory(205, "database", 5, gpu=True, on_disk=True) == RUNTIME_BYTES + 205 * 2
+    assert estimate_actor_memory(205, "database", 5, gpu=False, on_disk=True) == RUNTIME_BYTES + 205 * 4
     assert estimate_actor_memory(None, "database", 5, gpu=False) is None
     # what the pool requests: the estimate, the setting, or nothing
     assert actor_memory(None, str(checkpoint), "database", 5, gpu=False) == (database, "estimated")
@@ -55,7 +60,7 @@ def test_a_7b_model_estimate_is_in_the_expected_range():
     """Sanity of the formula at the paper's scale: LLaVA-1.5-7B (7.06 G parameters), 5 levels."""
     p = 7_063_000_000
     assert 54 < estimate_actor_memory(p, "sequential", 5, gpu=False) / GiB < 55  # 2 x 26.3 GiB + 1.5
-    assert 14 < estimate_actor_memory(p, "sequential", 5, gpu=True) / GiB < 15  # 13.2 GiB + 1.5
+    assert 27 < estimate_actor_memory(p, "sequential", 5, gpu=True) / GiB < 28  # 2 x 13.2 GiB + 1.5
 
 
 @pytest.mark.parametrize("gpus", [0, 0.25, 0.5, 1, 1.0])
