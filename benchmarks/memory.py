@@ -21,8 +21,8 @@ built (the Python/torch runtime). M is the model's own size (all parameters, in 
 W is one block's working set, from the shapes: the larger of what SparseGPT holds for the block's
 largest stage (the fp32 row stack pruned at once, twice: the stack and its transpose, a boolean
 mask, and three fp32 copies of the stage's Hessian: H, its damped copy, the inverse Cholesky
-factor) and what the loss holds for one chunk of 512 targets (fp32 logits and log-probabilities
-over the vocabulary). The target
+factor) and what the loss holds for one chunk of 512 targets (three fp32 arrays over the
+vocabulary: logits, log-probabilities and log_softmax's temporary). The target
 (issue #11): peak ≤ 1.5·M + W for the sequential prune and the stitched candidate, with the level
 database off the device (`disk`: memory-mapped files in a temporary directory on local disk;
 `memory`: CPU RAM, which on a CPU is the device's own memory).
@@ -45,6 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: LLaVA-shaped models: a LLaMA-family language model and a CLIP vision tower
 SHAPES = {
+    # a smoke test of the script itself (seconds)
+    "tiny": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=32, patch_size=8)),
     # SmolLM2-135M / -360M, Llama-3.2-1B language models with a small CLIP ViT-B/32 at 224 px (49 image tokens)
     "135m": dict(text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
@@ -151,16 +156,14 @@ def batches(config, text_samples: int, seqlen: int, mm_samples: int, seed: int, 
     return text, mm
 
 
-def block_working_set(config, levels: int) -> int:
-    """W: one block's SparseGPT working set, from the shapes (see the module docstring)."""
-    t = config.text_config
-    head = t.hidden_size // t.num_attention_heads
-    stages = [(t.hidden_size + 2 * t.num_key_value_heads * head, t.hidden_size),  # q, k, v
-              (t.hidden_size, t.hidden_size),  # o
-              (2 * t.intermediate_size, t.hidden_size),  # gate, up
-              (t.hidden_size, t.intermediate_size)]  # down
+def block_working_set(size: str, levels: int) -> int:
+    """W: one block's working set, from the shapes (see the module docstring)."""
+    t = SHAPES[size]["text"]
+    hidden, inter = t["hidden_size"], t["intermediate_size"]
+    kv = 2 * t["num_key_value_heads"] * (hidden // t["num_attention_heads"])
+    stages = [(hidden + kv, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)]  # qkv, o, gate/up, down
     sparsegpt = max(rows * levels * cols * (4 + 4 + 1) + 3 * 4 * cols * cols for rows, cols in stages)
-    return max(sparsegpt, 2 * 512 * t.vocab_size * 4)
+    return max(sparsegpt, 3 * 512 * t["vocab_size"] * 4)
 
 
 # ---- one row (a child process) -------------------------------------------------------------
@@ -190,8 +193,8 @@ def measure(size: str, store: str, device: str, dtype_name: str, offload: bool, 
     spill = tempfile.TemporaryDirectory(prefix="memory-bench-", dir=os.environ.get("TMPDIR"))
     row = {"size": size, "store": store, "device": device, "dtype": dtype_name, "offload": offload,
            "params": sum(p.numel() for p in model.parameters()), "model_bytes": model_bytes,
-           "lm_linear_bytes": linear_bytes, "block_working_set": block_working_set(config, len(LEVELS)),
-           "block_working_set_sequential": block_working_set(config, 1), "build_s": built, "phases": {}}
+           "lm_linear_bytes": linear_bytes, "block_working_set": block_working_set(size, len(LEVELS)),
+           "block_working_set_sequential": block_working_set(size, 1), "build_s": built, "phases": {}}
 
     def phase(name: str, work) -> None:
         peak.reset()
@@ -226,7 +229,8 @@ def measure(size: str, store: str, device: str, dtype_name: str, offload: bool, 
     phase("projector gradient, one pass", lambda: gradient(whole, False))
     phase("projector gradient, micro-batch 1 + checkpointing", lambda: gradient(mm, True))
     row["database_entries"] = len(pruner.database)
-    del holder, pruner
+    holder.clear()
+    pruner = None  # the stores go before their directory
     spill.cleanup()
     return row
 
@@ -244,6 +248,8 @@ def main() -> None:
     ap.add_argument("--mm-samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="memory", help="results file name (benchmarks/results/NAME.md|json)")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="re-render the table and result files from an earlier run's JSON (no measuring)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
@@ -255,8 +261,13 @@ def main() -> None:
 
     from benchmarks.common import machine, markdown_table, write_results
 
-    rows = []
-    for spec in args.rows.split(","):
+    rows, info = [], None
+    if args.from_json:
+        earlier = json.loads(args.from_json.read_text())
+        rows, info = earlier["rows"], earlier["machine"]
+        args = argparse.Namespace(**(earlier["settings"] | {"from_json": str(args.from_json), "name": args.name}))
+        dtype = args.dtype
+    for spec in [] if info else args.rows.split(","):
         size, _, store = spec.partition("/")
         if size not in SHAPES or store not in ("disk", "memory"):
             ap.error(f"bad row '{spec}': SIZE/STORE with SIZE in {', '.join(SHAPES)} and STORE disk | memory")
@@ -276,10 +287,10 @@ def main() -> None:
         if "error" in r:
             table_rows.append([r["size"], r["store"], r["error"]] + [""] * 6)
             continue
-        m, w = r["model_bytes"], r["block_working_set"]
+        m, w = r["model_bytes"], block_working_set(r["size"], len(LEVELS))
         for name, p in r["phases"].items():
             target = name in ("sequential prune", "stitched candidate")
-            budget = 1.5 * m + (r["block_working_set_sequential"] if name == "sequential prune" else w)
+            budget = 1.5 * m + (block_working_set(r["size"], 1) if name == "sequential prune" else w)
             table_rows.append([r["size"], r["store"], name, f"{p['seconds']:.1f}", f"{p['peak'] / GB:.2f}",
                                f"{p['peak'] / m:.2f}", f"{m / GB:.2f}", f"{w / GB:.2f}",
                                ("yes" if p["peak"] <= budget else "NO") if target else ""])
@@ -293,7 +304,7 @@ def main() -> None:
              "W = one block's SparseGPT working set at 5 levels (database; the sequential prune's target uses "
              "W at one level). See the script's docstring.")
     write_results(args.name, "Memory of one evaluator at growing model size", table,
-                  {"rows": rows, "settings": vars(args) | {"dtype": dtype}, "machine": machine()}, notes)
+                  {"rows": rows, "settings": vars(args) | {"dtype": dtype}, "machine": info or machine()}, notes)
 
 
 if __name__ == "__main__":
