@@ -287,10 +287,11 @@ def main() -> None:
         if "error" in r:
             table_rows.append([r["size"], r["store"], r["error"]] + [""] * 6)
             continue
-        m, w = r["model_bytes"], block_working_set(r["size"], len(LEVELS))
+        m = r["model_bytes"]
         for name, p in r["phases"].items():
             target = name in ("sequential prune", "stitched candidate")
-            budget = 1.5 * m + (block_working_set(r["size"], 1) if name == "sequential prune" else w)
+            w = block_working_set(r["size"], 1 if name == "sequential prune" else len(LEVELS))
+            budget = 1.5 * m + w
             table_rows.append([r["size"], r["store"], name, f"{p['seconds']:.1f}", f"{p['peak'] / GB:.2f}",
                                f"{p['peak'] / m:.2f}", f"{m / GB:.2f}", f"{w / GB:.2f}",
                                ("yes" if p["peak"] <= budget else "NO") if target else ""])
@@ -301,8 +302,10 @@ def main() -> None:
              f"{args.text_samples} x {args.seqlen} random text tokens + {args.mm_samples} image-text samples; "
              f"{len(LEVELS)} database levels; seed {args.seed}. Peak = the device's peak during the phase "
              "(CPU: VmHWM minus the runtime held before the model was built). M = the model's parameters; "
-             "W = one block's SparseGPT working set at 5 levels (database; the sequential prune's target uses "
-             "W at one level). See the script's docstring.")
+             "W = one block's working set (SparseGPT at one level for the sequential prune, at 5 levels otherwise, or "
+             "the loss's logits chunk if larger). See the script's docstring."
+             + (" No GPU row: this machine has no GPU; the LLaVA-1.5-7B shape (`--device cuda --rows 7b/memory`) "
+                "has not been run." if args.device == "cpu" else ""))
     write_results(args.name, "Memory of one evaluator at growing model size", table,
                   {"rows": rows, "settings": vars(args) | {"dtype": dtype}, "machine": info or machine()}, notes)
 
