@@ -26,32 +26,33 @@ def outlier_ratios(adapter: ModelAdapter, batches: list[dict], m: float = 5.0) -
     hidden = [x.hidden for x in inputs]
     ratios = []
     for b in range(adapter.num_blocks):
-        linears = adapter.linears(b)
-        sq_norm = {n: torch.zeros(mod.in_features, dtype=torch.float64, device=adapter.device)
-                   for n, mod in linears.items()}
-        current = {"mask": None}
+        with adapter.on_device(b):  # offloaded blocks: the scores read the weights on the device
+            linears = adapter.linears(b)
+            sq_norm = {n: torch.zeros(mod.in_features, dtype=torch.float64, device=adapter.device)
+                       for n, mod in linears.items()}
+            current = {"mask": None}
 
-        def make_hook(name: str):
-            def hook(_module, args):
-                x = args[0][current["mask"]]  # real tokens only, (tokens, in_features)
-                sq_norm[name] += x.double().square().sum(0)
-            return hook
+            def make_hook(name: str):
+                def hook(_module, args):
+                    x = args[0][current["mask"]]  # real tokens only, (tokens, in_features)
+                    sq_norm[name] += x.double().square().sum(0)
+                return hook
 
-        handles = [mod.register_forward_pre_hook(make_hook(n)) for n, mod in linears.items()]
-        try:
-            outputs = []
-            for h, x in zip(hidden, inputs):
-                current["mask"] = x.token_mask
-                outputs.append(adapter.run_block(b, h, x.kwargs))
-        finally:
-            for handle in handles:
-                handle.remove()
-        scores = {n: mod.weight.detach().double().abs() * sq_norm[n].sqrt()[None, :] for n, mod in linears.items()}
-        total = sum(float(s.sum()) for s in scores.values())
-        count = sum(s.numel() for s in scores.values())
-        threshold = m * total / count
-        ratios.append(sum(int((s > threshold).sum()) for s in scores.values()) / count)
-        hidden = outputs
+            handles = [mod.register_forward_pre_hook(make_hook(n)) for n, mod in linears.items()]
+            try:
+                outputs = []
+                for h, x in zip(hidden, inputs):
+                    current["mask"] = x.token_mask
+                    outputs.append(adapter.run_block(b, h, x.kwargs))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            scores = {n: mod.weight.detach().double().abs() * sq_norm[n].sqrt()[None, :] for n, mod in linears.items()}
+            total = sum(float(s.sum()) for s in scores.values())
+            count = sum(s.numel() for s in scores.values())
+            threshold = m * total / count
+            ratios.append(sum(int((s > threshold).sum()) for s in scores.values()) / count)
+            hidden = outputs
     return ratios
 
 

@@ -16,6 +16,7 @@ from prune_engine.config import DataConfig, EngineConfig
 from prune_engine.data.calibration import text_batches, vqa_batches
 from prune_engine.data.vqa import load_easy_vqa
 from prune_engine.models.loading import load_model
+from prune_engine.owl import outlier_ratios
 from prune_engine.pipeline import SequentialPruner
 from prune_engine.prefix_cache import PrefixCache
 from prune_engine.scoring import CandidateScorer
@@ -166,9 +167,11 @@ def test_offloaded_blocks_run_only_on_the_device_and_give_identical_results(tiny
     reference.build_database(LEVELS)
     stitched = reference.stitch([0.3, 0.7, 0.5])
     reference.restore_dense()
+    owl = outlier_ratios(adapter, batches)
 
     adapter.offload_blocks("cpu")
     moves = _watch_blocks(adapter)
+    assert outlier_ratios(adapter, batches) == owl  # the OWL baseline's scores, block by block
     pruner = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
     assert pruner.prune([0.4, 0.5, 0.6]).loss == seq.loss
     pruner.build_database(LEVELS)
