@@ -31,11 +31,9 @@ def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool =
             h = checkpoint(adapter.run_block, b, h, x.kwargs, use_reentrant=False)
         else:
             h = adapter.run_block(b, h, x.kwargs)
-    h = adapter.decoder.norm(h)[:, :-1]
-    targets = x.labels[:, 1:]
-    keep = targets != -100
-    logits = adapter.model.lm_head(h[keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+    h, targets = adapter.loss_targets(h, x.labels)
+    logits = adapter.model.lm_head(h).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), len(targets)
 
 
 def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False) -> float:

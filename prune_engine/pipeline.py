@@ -190,11 +190,7 @@ class SequentialPruner:
     # ---- losses -------------------------------------------------------------------------
     def _targets(self, i: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final-norm hidden states at the positions that predict a labelled token, and those tokens."""
-        labels = self.inputs[i].labels
-        h = self.adapter.decoder.norm(hidden)[:, :-1].reshape(-1, hidden.shape[-1])
-        targets = labels[:, 1:].reshape(-1)
-        keep = targets != -100
-        return h[keep], targets[keep]
+        return self.adapter.loss_targets(hidden, self.inputs[i].labels)
 
     @torch.no_grad()
     def _dense_logprobs(self, chunk: int = 512) -> list[torch.Tensor]:

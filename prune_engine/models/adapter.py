@@ -222,17 +222,21 @@ class ModelAdapter:
         args, _ = captured
         return args[0]
 
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
-        """Summed next-token cross-entropy over labelled positions, and their count (chunked logits)."""
-        hidden = self.decoder.norm(hidden)[:, :-1].reshape(-1, hidden.shape[-1])
+    def loss_targets(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final-norm hidden states at the positions that predict a labelled token, and those tokens."""
+        h = self.decoder.norm(hidden)[:, :-1].reshape(-1, hidden.shape[-1])
         targets = labels[:, 1:].reshape(-1)
         keep = targets != -100
-        hidden, targets = hidden[keep], targets[keep]
+        return h[keep], targets[keep]
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
+        """Summed next-token cross-entropy over labelled positions, and their count (chunked logits)."""
+        hidden, targets = self.loss_targets(hidden, labels)
         total = 0.0
         for s in range(0, len(targets), chunk):
             logits = self.model.lm_head(hidden[s:s + chunk]).float()
             total += torch.nn.functional.cross_entropy(logits, targets[s:s + chunk], reduction="sum").item()
-        return total, int(keep.sum())
+        return total, len(targets)
 
 
 def _capture_input(module: nn.Module, forward) -> tuple[tuple, dict] | None:
