@@ -41,8 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
     "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
                 "search.init": "uniform", "search.tolerance": 0.0,
-                "search.offspring": 16, "engine.mode": "database", "data.nsamples": 16, "data.seqlen": 128,
-                "engine.fitness_nsamples": 4, "data.mm_samples": 16, "engine.screen_nsamples": 1,
+                "search.offspring": 16, "engine.mode": "database",
+                "engine.fitness_nsamples": 4, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }
 

@@ -56,8 +56,16 @@ class Settings(BaseModel):
     actors: int | None = None
 
     def key(self, variant: str, target: float) -> str:
-        data = self.model_dump(exclude={"actors"})  # actors never change a result
-        blob = json.dumps({"variant": variant, "target": target, **data}, sort_keys=True)
+        """Cache key: the variant and everything that decides its result, the resolved search, engine
+        and data settings included (so a changed preset default never hits a stale cache entry)."""
+        if variant == "dense":  # nothing but the model decides it
+            resolved: dict = {"model": self.model}
+        else:
+            resolved = self.run_config(target, SEARCHES.get(variant)).sections()
+            resolved.pop("ray", None)  # runtime only: never changes a result
+        data = self.model_dump(include={"owl_lambda", "owl_m", "heldout"})
+        blob = json.dumps({"variant": variant, "target": target, "seed": self.seed, **data, "resolved": resolved},
+                          sort_keys=True)
         return f"{variant}-{target:g}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def run_config(self, target: float, overrides: dict | None = None):

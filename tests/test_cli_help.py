@@ -40,4 +40,5 @@ def test_search_tune_and_demo_share_one_declaration_of_the_run_options():
     assert search["--population"].startswith("Policies per generation") and "paper preset: 16" in search["--population"]
     assert "(default: smol-llava)" in demo["--model"] and "(default: 150)" in demo["--eval-vqa"]
     # the defaults shown come from the config classes: prune shows DataConfig's, search the default preset's
-    assert "(default: 32)" in _options("prune")["--nsamples"] and "(default: 16)" in search["--nsamples"]
+    assert "(default: 32)" in _options("prune")["--nsamples"] and "(default: 64)" in _options("prune")["--mm-samples"]
+    assert "(default: 8; paper preset: 16)" in search["--population"]

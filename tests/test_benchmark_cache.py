@@ -1,0 +1,37 @@
+"""The benchmarks' result cache (benchmarks/variants.py): a cached variant is reused only for the
+settings that decide its result."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.variants import Settings
+
+
+def test_key_follows_the_resolved_settings(monkeypatch):
+    from actors import config
+
+    base = Settings()
+    key, uniform_key = base.key("full", 0.7), base.key("uniform", 0.7)
+    # the same resolved configuration reached by an explicit override: the same key
+    mm = 64  # DataConfig's default
+    assert Settings(data={**base.data, "mm_samples": mm}).key("full", 0.7) == key
+    # a runtime-only setting: the same key
+    assert Settings(actors=1).key("full", 0.7) == Settings(actors=2).key("full", 0.7)
+    # what changes a result changes the key: seed, target, variant, held-out data, a setting
+    assert base.model_copy(update={"seed": 1}).key("full", 0.7) != key
+    assert base.key("full", 0.5) != key
+    assert base.key("no_evo", 0.7) != key
+    assert Settings(heldout=base.heldout.model_copy(update={"vqa": 10})).key("full", 0.7) != key
+    assert Settings(data={**base.data, "mm_samples": mm + 1}).key("full", 0.7) != key
+    # a changed preset default (no override anywhere) must not hit the old cache entry
+    monkeypatch.setitem(config.PRESETS, "default", {**config.PRESETS["default"], "data.mm_samples": mm + 1})
+    assert Settings().run_config(0.7).data.mm_samples == mm + 1
+    assert Settings().key("full", 0.7) != key
+    assert Settings().key("uniform", 0.7) != uniform_key  # the baselines calibrate on the same data
+    assert Settings().key("dense", 0.0) == base.key("dense", 0.0)  # the dense model has no settings
+
+
+@pytest.mark.parametrize("variant", ["dense", "uniform", "owl", "auto_wo_gen", "full", "no_evo", "evo_wo_ub"])
+def test_every_variant_has_a_key(variant):
+    key = Settings().key(variant, 0.0 if variant == "dense" else 0.5)
+    assert key.startswith(f"{variant}-")
