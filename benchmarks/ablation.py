@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="0.5,0.7")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0,1,2", help="calibration seeds of uniform and Full")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="run nothing: write the table from the finished (cached) runs, listing the missing ones")
     add_common_args(ap)
     args = ap.parse_args(argv)
     targets = [float(t) for t in args.targets.split(",")]
@@ -80,16 +82,24 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = settings_from_args(args)
-    ray_started(settings)
+    if not args.cached_only:
+        ray_started(settings)
     t0 = time.perf_counter()
     print(f"ablation on {settings.model}: targets {targets}, variants {variants}, seeds {seeds} for {SEEDED}")
-    dense = run_variant("dense", None, settings, args.work)
+    dense = run_variant("dense", None, settings, args.work, cached_only=args.cached_only)
+    if dense is None:
+        ap.error(f"--cached-only: no finished dense run under {args.work}")
     results: dict = {}
+    missing = []
     for t in targets:
         results[t] = {}
         for v in variants:
-            runs = [run_variant(v, t, settings.model_copy(update={"seed": s}), args.work, log=print)
+            runs = [run_variant(v, t, settings.model_copy(update={"seed": s}), args.work, log=print,
+                                cached_only=args.cached_only)
                     for s in (seeds if v in SEEDED else [settings.seed])]
+            if None in runs:
+                missing.append(f"{LABELS[v]} at {t}")
+                continue
             results[t][v] = over_seeds(runs)
     headers = ["target", "variant", "seeds", "sparsity", "held-out ppl", "easy-vqa acc", "Fashion-MNIST acc",
                "search evaluations (screened)"]
@@ -112,8 +122,11 @@ def main(argv=None) -> int:
                 parts.append(f"{m} {u[m]:.3f} -> {f[m]:.3f} ({diff:+.3f}; "
                              f"{'within' if abs(diff) <= noise else 'beyond'} the seeds' sd {noise:.3f})")
             verdict.append(f"At {t}, Full vs Uniform (means over seeds {seeds}): " + ", ".join(parts) + ".")
-            if "owl" in by_variant:
-                verdict.append(f"At {t}, OWL ppl {by_variant['owl']['ppl']:.2f} (seed {settings.seed}).")
+            first = {v: next((x for x in r["per_seed"] if x["seed"] == settings.seed), None)
+                     for v, r in by_variant.items()}  # the single-seed variants' draw, for every variant
+            verdict.append(f"At {t}, calibration seed {settings.seed} (the draw of the single-seed rows): " + "; ".join(
+                f"{LABELS[v]} {x['ppl']:.2f} / {x['easy_vqa']:.3f} / {x['fashion_mnist']:.3f}"
+                for v, x in first.items() if x is not None) + " (ppl / easy-vqa / Fashion-MNIST).")
             same = [LABELS[v] for v in ("auto_wo_gen", "no_evo", "evo_wo_ub")
                     if v in by_variant and by_variant[v]["ratios"] == f["per_seed"][0]["ratios"]]
             if same:
@@ -123,6 +136,8 @@ def main(argv=None) -> int:
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "
              f"{settings.heldout.text}, {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
+    if missing:
+        verdict.append("Not run yet (the same command without --cached-only runs them): " + ", ".join(missing) + ".")
     print("\n" + "\n".join(verdict))
     write_results("ablation", f"Ablation on {settings.model} (Tables 1-2)", table,
                   {"seed": settings.seed, "seeds": seeds,

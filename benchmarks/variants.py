@@ -77,8 +77,10 @@ class Settings(BaseModel):
             "engine.model": self.model, "ray.actors": self.actors, **(overrides or {})})
 
 
-def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print) -> dict:
-    """Prune (or search) one variant, evaluate it, cache and return its row."""
+def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print,
+                cached_only: bool = False) -> dict | None:
+    """Prune (or search) one variant, evaluate it, cache and return its row (with `cached_only`: the
+    cached row, or None when there is none)."""
     from prune_engine.evaluation.heldout import heldout_metrics
 
     key = settings.key(variant, target if target is not None else 0.0)
@@ -87,6 +89,9 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         row = json.loads(cached.read_text())
         log(f"  {variant} at {target} (seed {settings.seed}): cached ({cached.name})")
         return row
+    if cached_only:
+        log(f"  {variant} at {target} (seed {settings.seed}): not run yet")
+        return None
     out = work / key
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()

@@ -35,3 +35,18 @@ def test_key_follows_the_resolved_settings(monkeypatch):
 def test_every_variant_has_a_key(variant):
     key = Settings().key(variant, 0.0 if variant == "dense" else 0.5)
     assert key.startswith(f"{variant}-")
+
+
+def test_cached_only_runs_nothing(tmp_path):
+    import json
+
+    from benchmarks.variants import run_variant
+
+    s = Settings()
+    assert run_variant("full", 0.7, s, tmp_path, log=lambda m: None, cached_only=True) is None
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing run
+    row = {"variant": "full", "target": 0.7, "seed": 0, "ppl": 1.0}
+    (tmp_path / f"{s.key('full', 0.7)}.json").write_text(json.dumps(row))
+    assert run_variant("full", 0.7, s, tmp_path, log=lambda m: None, cached_only=True) == row
+    assert run_variant("full", 0.7, s.model_copy(update={"seed": 1}), tmp_path, log=lambda m: None,
+                       cached_only=True) is None
