@@ -131,13 +131,13 @@ def main(argv=None) -> int:
                     if v in by_variant and by_variant[v]["ratios"] == f["per_seed"][0]["ratios"]]
             if same:
                 verdict.append(f"At {t}, chose Full's (seed {seeds[0]}) policy: {', '.join(same)}.")
+    if missing:
+        verdict.append("Not run yet (the same command without --cached-only runs them): " + ", ".join(missing) + ".")
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
              f"(actors.config.PRESETS) with the overrides shown; uniform and OWL calibrate on the searches' "
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "
              f"{settings.heldout.text}, {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
-    if missing:
-        verdict.append("Not run yet (the same command without --cached-only runs them): " + ", ".join(missing) + ".")
     print("\n" + "\n".join(verdict))
     write_results("ablation", f"Ablation on {settings.model} (Tables 1-2)", table,
                   {"seed": settings.seed, "seeds": seeds,
