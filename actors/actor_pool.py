@@ -67,7 +67,8 @@ class ActorPool:
         self._projector_ref: ray.ObjectRef | None = None  # None: the dense model's projector (version 0)
         self._pending_sync: list[ray.ObjectRef] = []
         self._saved: tuple[bytes, int] | None = None  # last projector state the driver holds
-        self._replay: list[tuple] = []  # learner steps since `_saved`
+        self._replay: list[Callable] = []  # learner calls (steps, rescales) since `_saved`
+        self._last_update: tuple | None = None  # what the last projector step measured (for a rescale)
         self.learner = None
         self.holder = None
         self.actors: list = []
@@ -303,15 +304,16 @@ class ActorPool:
     def projector_step(self, ratios: list[np.ndarray], draws: list[list[int]], lr: float) -> ProjectorUpdate:
         """One mini-batch step per entry of `draws` (candidate indices into `ratios`, drawn by the
         driver by neighbour weight): the mean of the drawn candidates' gradients on that step's
-        mini-batch drives one AdamW step of the learner."""
+        mini-batch drives one AdamW step of the learner. Before and after: the drawn candidates'
+        answer loss on the held-aside image-text samples, weighted by how often each was drawn."""
         if not self.use_projector:
             raise RuntimeError("this run has no projector step")
         ratios = [np.asarray(r, dtype=np.float64) for r in ratios]
-        # the before/after record: the first step's drawn candidates (a draw by c_m), on the monitor samples
-        drawn = sorted(set(draws[0]))
-        counts = np.array([draws[0].count(m) for m in drawn], dtype=np.float64)
-        share = counts / counts.sum()
-        before = float(share @ np.array(self._answer_losses([ratios[m] for m in drawn])))
+        every = [m for draw in draws for m in draw]
+        drawn = sorted(set(every))
+        share = np.array([every.count(m) for m in drawn], dtype=np.float64) / len(every)
+        monitored = [ratios[m] for m in drawn]
+        before = float(share @ np.array(self._answer_losses(monitored)))
         self._learner(lambda: self.learner.mark.remote())
         step_losses = []
         for draw in draws:
@@ -323,12 +325,28 @@ class ActorPool:
             step_losses.append(float(np.mean([loss for loss, _ in out])))
             grads = [g for _, g in out]
             weights = np.full(len(draw), 1.0 / len(draw))
-            version, state_ref = self._learner(lambda: self.learner.step.remote(weights, 1, lr, *grads))
-            self._replay.append((weights, 1, lr, grads))
+            call = lambda weights=weights, grads=grads: self.learner.step.remote(weights, 1, lr, *grads)  # noqa: E731
+            version, state_ref = self._learner(call)
             self._publish(state_ref, version)
-        change = float(self._learner(lambda: self.learner.change_since_mark.remote()))
-        after = float(share @ np.array(self._answer_losses([ratios[m] for m in drawn])))
-        return ProjectorUpdate(self.projector_version, before, after, change, step_losses)
+            self._replay.append(call)
+        after = float(share @ np.array(self._answer_losses(monitored)))
+        self._last_update = (monitored, share, before, step_losses)
+        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses)
+
+    def rescale_projector_update(self, scale: float) -> ProjectorUpdate:
+        """Keep `scale` of the last projector step's update (0: drop it), measured like that step."""
+        if self._last_update is None:
+            raise RuntimeError("no projector update to rescale")
+        monitored, share, before, step_losses = self._last_update
+        call = lambda: self.learner.rescale.remote(float(scale))  # noqa: E731
+        version, state_ref = self._learner(call)
+        self._publish(state_ref, version)
+        self._replay.append(call)
+        after = before if scale == 0 else float(share @ np.array(self._answer_losses(monitored)))
+        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses, float(scale))
+
+    def _change(self) -> float:
+        return float(self._learner(lambda: self.learner.change_since_mark.remote()))
 
     def _learner(self, call: Callable[[], object]):
         """Run a learner call; if the learner died, bring the restarted one back to our state and retry."""
@@ -344,8 +362,8 @@ class ActorPool:
                 ray.get(self.learner.version.options(max_task_retries=-1).remote())  # back (or dead for good)
                 if self._saved is not None:
                     ray.get(self.learner.load_bytes.remote(*self._saved))
-                for weights, steps, lr, grads in self._replay:
-                    ray.get(self.learner.step.remote(weights, steps, lr, *grads)[0])
+                for replayed in self._replay:
+                    ray.get(replayed()[0])
             except ray.exceptions.RayTaskError as exc:
                 raise user_error(exc) from None  # an ObjectLostError cause reaches projector_step
 

@@ -135,7 +135,7 @@ class EvaluatorActor:
         return self.ev.projector_gradient(np.asarray(ratios, dtype=np.float64), step)
 
     def answer_loss(self, ratios: np.ndarray, version: int, projector: list) -> float:
-        """The candidate's answer-token loss over all image-text proxy samples (no gradient)."""
+        """The candidate's answer-token loss on the held-aside image-text proxy samples (no gradient)."""
         self._check()
         self._sync(version, projector)
         return self.ev.answer_loss(np.asarray(ratios, dtype=np.float64))

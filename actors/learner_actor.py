@@ -32,6 +32,12 @@ class LearnerActor:
         version = self.learner.step(list(gradients), np.asarray(weights, dtype=np.float64), steps, lr)
         return version, self._state()
 
+    @ray.method(num_returns=2)
+    def rescale(self, scale: float) -> tuple[int, dict]:
+        """Keep `scale` of the update since the mark (0: drop it)."""
+        version = self.learner.rescale(float(scale))
+        return version, self._state()
+
     def mark(self) -> int:
         self.learner.mark()
         return self.learner.version

@@ -131,8 +131,9 @@ class ConsoleProgress:
             self.progress.advance(self.t_cand)
             self.progress.advance(self.t_block, self.blocks)
         elif isinstance(e, ProjectorStepped):
-            self.log(f"generation {e.generation}: projector -> v{e.projector_version}, sum c_m L_m "
-                     f"{e.loss_before:.4f} -> {e.loss_after:.4f}, relative change {e.change:.4f}")
+            kept = "dropped" if e.scale == 0 else ("kept" if e.scale == 1 else f"{e.scale:g} kept")
+            self.log(f"generation {e.generation}: projector -> v{e.projector_version}, sum c_m L_m (held aside) "
+                     f"{e.loss_before:.4f} -> {e.loss_after:.4f}, update {kept}, relative change {e.change:.4f}")
         elif isinstance(e, GenerationFinished):
             self.progress.advance(self.t_gen)
             self.log(f"generation {e.generation + 1}/{self.generations}: best F {e.best_fitness:.4f}, "

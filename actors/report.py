@@ -59,7 +59,7 @@ def _per_generation(history: dict) -> dict:
     gens = np.asarray(history["generation"])
     fit = np.asarray(history["fitness"])
     out = {"generation": [], "best": [], "mean": [], "best_policy": [], "best_l_proxy": [], "best_g": [],
-           "screened": [], "effective": [], "loss_before": [], "loss_after": [], "change": []}
+           "screened": [], "effective": [], "loss_before": [], "loss_after": [], "change": [], "scale": []}
     for t in sorted(set(gens.tolist())):
         idx = np.flatnonzero(gens == t)
         b = idx[np.argmax(fit[idx])]
@@ -71,7 +71,8 @@ def _per_generation(history: dict) -> dict:
         out["best_g"].append(float(history["g"][b]))
         out["screened"].append(screened.count(t))
         for key, col in (("effective", "effective_candidates"), ("loss_before", "projector_loss_before"),
-                         ("loss_after", "projector_loss_after"), ("change", "projector_change")):
+                         ("loss_after", "projector_loss_after"), ("change", "projector_change"),
+                         ("scale", "projector_scale")):
             value = (history.get(col) or [None] * len(gens))[int(idx[0])]
             out[key].append(float("nan") if value is None else float(value))
     return out
@@ -187,14 +188,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                ["candidates evaluated", int(np.sum(~np.asarray(history["cached"])))]]
     gen_rows = [list(r) for r in zip(per_gen["generation"], per_gen["best"], per_gen["mean"], per_gen["best_l_proxy"],
                                      per_gen["best_g"], per_gen["screened"], per_gen["effective"],
-                                     per_gen["loss_before"], per_gen["loss_after"], per_gen["change"])]
+                                     per_gen["loss_before"], per_gen["loss_after"], per_gen["scale"],
+                                     per_gen["change"])]
     ratios = policy.get("ratios", [])
     sections = [("Summary", _md_table(["", "value"], summary)),
                 ("Fitness per generation", _md_table(["generation", "best F", "mean F", "best L_proxy", "best G",
                                                       "children screened", "1/sum c^2", "sum c L before",
-                                                      "sum c L after", "projector change"], gen_rows)
+                                                      "sum c L after", "update kept", "projector change"],
+                                                     gen_rows)
                  + "\n\n1/sum c^2 is the effective number of candidates the neighbour weights spread over; "
-                 "sum c L before/after is the drawn candidates' answer-token loss around the projector update."
+                 "sum c L before/after is the drawn candidates' answer-token loss on held-aside image-text samples "
+                 "around the projector update; update kept is the fraction of it the guard kept (0: dropped)."
                  f"\n\n![fitness]({plots['fitness']})"),
                 ("Best policy per block", "`" + json.dumps(ratios) + "`\n\n"
                  f"![policy heatmap]({plots['policy_heatmap']})"),

@@ -60,6 +60,8 @@ class Settings(BaseModel):
         and data settings included (so a changed preset default never hits a stale cache entry)."""
         if variant == "dense":  # nothing but the model decides it
             resolved: dict = {"model": self.model}
+        elif variant in ("uniform", "owl"):  # the model and the calibration data (no search, no engine setting)
+            resolved = {"model": self.model, "data": self.run_config(target).data.model_dump()}
         else:
             resolved = self.run_config(target, SEARCHES.get(variant)).sections()
             resolved.pop("ray", None)  # runtime only: never changes a result

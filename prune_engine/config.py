@@ -64,7 +64,8 @@ class EngineConfig(BaseModel):
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice
     projector_batch: int = 4  # image-text samples per projector mini-batch step
-    monitor_samples: int = 8  # image-text samples on which sum c_m L_m is recorded before/after an update
+    monitor_samples: int = Field(16, ge=1)  # image-text samples held aside from projector training (at most half):
+    # sum c_m L_m is measured on them before/after an update, and the guard keeps an update only if it drops
     # memory (never changes which policy wins; see docs/cluster.md "Memory")
     offload: bool = False  # decoder blocks in CPU memory, each on the device only while it runs
     offload_dir: str | None = None  # local directory: dense weights and level database as memory-mapped files

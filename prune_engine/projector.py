@@ -25,11 +25,22 @@ class ProjectorLearner:
         self.params = [torch.nn.Parameter(state_dict[n].detach().clone().float()) for n in self.names]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.version = 0
-        self._mark = self.state_dict()
+        self.mark()
 
     def mark(self) -> None:
         """Remember the current weights (the start of a generation's update)."""
-        self._mark = self.state_dict()
+        self._mark, self._end = self.state_dict(), None
+
+    def rescale(self, scale: float) -> int:
+        """W = W_mark + scale (W_end - W_mark), W_end the weights the steps since the mark reached (scale 0
+        drops the update; the optimizer's moments are kept). Returns the new version."""
+        if self._end is None:
+            self._end = self.state_dict()
+        with torch.no_grad():
+            for n, p in zip(self.names, self.params):
+                p.copy_(torch.lerp(self._mark[n], self._end[n], float(scale)))  # exact at 0 and 1
+        self.version += 1
+        return self.version
 
     def change_since_mark(self) -> float:
         """||W_p - W_p,marked|| / ||W_p,marked|| over all projector parameters."""
@@ -59,6 +70,7 @@ class ProjectorLearner:
             for p, g in zip(self.params, combined):
                 p.grad = g.clone()
             self.optimizer.step()
+        self._end = None  # the update now ends here
         if not all(torch.isfinite(p).all() for p in self.params):
             raise ProjectorError(f"the projector became non-finite after an optimizer step at lr "
                                  f"{self.optimizer.param_groups[0]['lr']:g}; lower search.projector_lr")
@@ -77,5 +89,5 @@ class ProjectorLearner:
             for p, n in zip(self.params, self.names):
                 p.copy_(state["params"][n])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._mark = self.state_dict()
+        self.mark()
         self.version = state["version"] if version is None else version

@@ -92,14 +92,18 @@ class CandidateScorer:
             + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else self.mm_indices)
         self.screen = screen if (screen_text or screen_mm) else None
         check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
-        self.projector_batches = [vqa_batches(processor, samples[i:i + engine.projector_batch])[0]
-                                  for i in range(0, len(samples), engine.projector_batch)]
+        # the projector's held-aside samples (never trained on: the guard judges an update on them) and
+        # its training samples; at most half of the image-text samples are held aside
+        held = min(engine.monitor_samples, len(samples) // 2)
+        self.monitor_batches = vqa_batches(processor, samples[:held])
+        train = samples[held:]
+        self.projector_batches = [vqa_batches(processor, train[i:i + engine.projector_batch])[0]
+                                  for i in range(0, len(train), engine.projector_batch)]
         # each projector step's mini-batch as the micro-batches one backward pass takes at a time
-        self.projector_steps = ([vqa_batches(processor, samples[i:i + engine.projector_batch],
+        self.projector_steps = ([vqa_batches(processor, train[i:i + engine.projector_batch],
                                              engine.projector_microbatch)
-                                 for i in range(0, len(samples), engine.projector_batch)]
+                                 for i in range(0, len(train), engine.projector_batch)]
                                 if engine.projector_microbatch else [[b] for b in self.projector_batches])
-        self.monitor_batches = vqa_batches(processor, samples[:engine.monitor_samples])
         self.pattern = Pattern.parse(engine.pattern)
         self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
                                        reuse_prefix=engine.prefix_reuse, kinds=self.kinds, loss=engine.loss,
@@ -186,7 +190,7 @@ class CandidateScorer:
 
     def projector_gradient(self, ratios: np.ndarray, step: int) -> tuple[float, list[np.ndarray]]:
         """Mean answer-token loss of the candidate on projector mini-batch `step` (cycling over the
-        image-text proxy samples) and its gradient with respect to the projector; the pruned language
+        image-text proxy samples that are not held aside) and its gradient with respect to the projector; the pruned language
         model stays frozen. Non-finite values are a ProjectorError."""
         if not self.projector_batches:
             raise RuntimeError("no image-text proxy samples: there is no projector gradient")
@@ -212,14 +216,14 @@ class CandidateScorer:
 
     @torch.no_grad()
     def answer_loss(self, ratios: np.ndarray, batches: list[dict] | None = None) -> float:
-        """Mean answer-token cross-entropy of the candidate over `batches` (default: the monitor
-        samples, the first `monitor_samples` image-text proxy samples)."""
+        """Mean answer-token cross-entropy of the candidate over `batches` (default: the held-aside
+        samples, the first `monitor_samples` image-text proxy samples, which projector steps never train on)."""
         self._install(ratios)
         total, count = 0.0, 0
         for batch in self.monitor_batches if batches is None else batches:
             loss, n = summed_answer_loss(self.adapter, batch)
             total, count = total + float(loss), count + n
-        return total / max(count, 1)
+        return total / count if count else math.nan  # nothing held aside: the guard keeps every update
 
     # --- the projector ---------------------------------------------------------------
     def projector_state_dict(self) -> dict[str, torch.Tensor]:

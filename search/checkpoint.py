@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT = 2  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history
+FORMAT = 3  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale
 STATE = "state.json"
 CONFIG = "config.yaml"
 COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
@@ -57,6 +57,7 @@ HISTORY_SCHEMA = pa.schema(
         ("projector_loss_before", pa.float64()),  # sum c_m L_m before the projector update
         ("projector_loss_after", pa.float64()),  # ... and after it
         ("projector_change", pa.float64()),  # ||delta W_p|| / ||W_p||
+        ("projector_scale", pa.float64()),  # fraction of the update kept by the guard (0: dropped; null: no projector)
     ]
 )
 

@@ -66,6 +66,11 @@ class SearchConfig(BaseModel):
     projector_steps: int = Field(4, ge=1, description="projector mini-batch steps per generation")
     projector_candidates: int = Field(2, ge=1, description="candidates drawn (by neighbour weight) per projector step")
     projector_lr: float = Field(1e-3, gt=0.0)
+    projector_guard: bool = Field(True, description="keep a generation's projector update only if it lowers the drawn "
+                                  "candidates' answer loss on held-aside image-text samples; else halve it "
+                                  "(projector_backtrack times) and, if none helps, drop it")
+    projector_backtrack: int = Field(2, ge=0, description="halvings of a rejected projector update tried before "
+                                     "it is dropped")
     # settings owned by other components; never read by search/
     extra: dict[str, Any] = Field(default_factory=dict)
 

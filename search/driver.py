@@ -3,7 +3,8 @@
     evaluate G_t on the full proxy data (memoised by policy and projector version) -> fitness F
     select the top-k elites
     neighbour weights c_m over G_t -> projector step (mini-batch steps on candidates drawn by c_m,
-                                                    or drawn uniformly, or none)
+                                                    or drawn uniformly, or none), kept only as far
+                                                    as it lowers their loss on held-aside samples
     vary: G_{t+1} = elites + children; with `offspring`, many children are screened on a slice
           of the proxy data under the new projector and the best fill G_{t+1} (multi-fidelity)
     checkpoint (state after the variation step)
@@ -169,11 +170,15 @@ class SearchDriver:
             draws = [self.rng.choice(len(pop), size=cfg.projector_candidates, p=w).tolist()
                      for _ in range(cfg.projector_steps)]
             update = self.evaluator.projector_step([self.space.ratios(p) for p in pop], draws, cfg.projector_lr)
+            if cfg.projector_guard:
+                update = self._guard(update)
             self.projector_version = int(update.version)
-            self._emit(ProjectorStepped(t, self.projector_version, update.loss_before, update.loss_after, update.change))
+            self._emit(ProjectorStepped(t, self.projector_version, update.loss_before, update.loss_after, update.change,
+                                        update.scale))
         for row in self.rows[first_row:]:
             row.update(effective_candidates=effective_candidates(c), projector_loss_before=update.loss_before,
-                       projector_loss_after=update.loss_after, projector_change=update.change)
+                       projector_loss_after=update.loss_after, projector_change=update.change,
+                       projector_scale=update.scale if self.use_projector else None)
         if cfg.offspring:  # multi-fidelity: screen many children, the best fill the next generation
             pool = next_generation(elites, self.space, len(elites) + cfg.offspring, self.rng, cfg.mutation_switches,
                                    strict=False)  # a small feasible space may hold fewer children
@@ -194,6 +199,22 @@ class SearchDriver:
         screened = sum(1 for r in self.rows[first_row:] if r["fidelity"] == "screen" and not r["cached"])
         self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version,
                                       self.elapsed_s, screened, effective_candidates(c)))
+
+    def _guard(self, update: ProjectorUpdate) -> ProjectorUpdate:
+        """Keep the update only as far as it lowers the drawn candidates' answer loss on held-aside
+        samples: halve it up to `projector_backtrack` times, else drop it (scale 0). An evaluator that
+        does not measure the loss (NaN) keeps every update."""
+        if not (math.isfinite(update.loss_before) and math.isfinite(update.loss_after)):
+            return update
+        scale = 1.0
+        for _ in range(self.config.projector_backtrack):
+            if update.loss_after < update.loss_before:
+                return update
+            scale /= 2
+            update = self.evaluator.rescale_projector_update(scale)
+        if update.loss_after < update.loss_before:
+            return update
+        return self.evaluator.rescale_projector_update(0.0)
 
     def _fix_srm_scale(self, losses: np.ndarray, evals: list[Evaluation], version: int) -> None:
         """s = sd(L) / sd(G) over generation 0, or over `srm_sample` random feasible policies (recorded
@@ -225,6 +246,7 @@ class SearchDriver:
             c_m=None if math.isnan(c_m) else float(c_m), seconds=seconds, cached=bool(cached),
             log_norm_ratio=np.asarray(e.log_norm_ratio, dtype=np.float64).tolist(),
             effective_candidates=None, projector_loss_before=None, projector_loss_after=None, projector_change=None,
+            projector_scale=None,
         ))
         self._emit(CandidateEvaluated(t, m, p, float(loss), g, float(f), bool(cached), seconds, fidelity))
 

@@ -45,6 +45,7 @@ class ProjectorStepped:
     loss_before: float  # sum c_m L_m over the drawn candidates, before the update
     loss_after: float
     change: float  # ||delta W_p|| / ||W_p||
+    scale: float = 1.0  # fraction of the update kept by the guard (0: dropped)
 
 
 @dataclass(frozen=True)

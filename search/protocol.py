@@ -28,6 +28,7 @@ class ProjectorUpdate:
     loss_after: float = math.nan  # the same after the update
     change: float = math.nan  # ||W_p,new - W_p,old|| / ||W_p,old||
     steps: list = field(default_factory=list)  # per mini-batch step: the mean loss of its drawn candidates
+    scale: float = 1.0  # fraction of the generation's update kept (the guard: 1, 1/2, 1/4, ... or 0 = dropped)
 
 
 @runtime_checkable
@@ -45,6 +46,12 @@ class EvaluationProtocol(Protocol):
         """Search-space evolution: one mini-batch step per entry of ``draws``, each on the mean
         loss of the candidates it names (drawn by neighbour weight, so the expected update
         follows sum_m c_m grad L_m)."""
+        ...
+
+    def rescale_projector_update(self, scale: float) -> ProjectorUpdate:
+        """Set the projector to W_start + scale (W_end - W_start) for the update of the last
+        ``projector_step`` (scale 0 drops it) as a new version, measured like that step (same
+        candidates, same held-aside samples; loss_before unchanged)."""
         ...
 
     def projector_state(self) -> bytes:

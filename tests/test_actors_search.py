@@ -96,15 +96,21 @@ def test_two_actors_end_to_end(reference, tiny_llava_dir):
     assert min(changed) > 0, "every projector tensor was updated"
     for p, q in zip(pruned.model.vision_tower.parameters(), dense.model.vision_tower.parameters()):
         assert __import__("torch").equal(p, q)  # the vision tower is never touched
-    assert doc["projector_version"] == 3 * 4 and history["projector_version"].to_pylist() == [0] * 6 + [4] * 6 + [8] * 6
-    # search-space evolution is recorded per generation and moves the projector
+    # search-space evolution is recorded per generation and moves the projector; one version per mini-batch
+    # step and one per rescale of the guard (kept 1: none, 1/2: one, 1/4: two, dropped: three)
     rows = history.to_pylist()
+    version, rescales = 0, {1.0: 0, 0.5: 1, 0.25: 2, 0.0: 3}
     for t in range(3):
         gen = [r for r in rows if r["generation"] == t]
-        assert len({r["projector_change"] for r in gen}) == 1 and gen[0]["projector_change"] > 0
+        assert {r["projector_version"] for r in gen} == {version}
+        version += 4 + rescales[gen[0]["projector_scale"]]
+        assert len({r["projector_change"] for r in gen}) == 1
+        assert (gen[0]["projector_change"] > 0) == (gen[0]["projector_scale"] > 0)
         assert 1.0 < gen[0]["effective_candidates"] <= 6
-        assert gen[0]["projector_loss_before"] > 0 and gen[0]["projector_loss_after"] > 0
+        assert 0 < gen[0]["projector_loss_after"] <= gen[0]["projector_loss_before"]  # the guard's promise
         assert all(r["l_mm"] is not None and r["l_text"] is not None for r in gen)
+    assert doc["projector_version"] == version
+    assert sorted(r["projector_scale"] for r in rows[::6]) != [1.0] * 3  # the guard acted in this run
     # both actors worked, each on its sorted chunk; prefix reuse skipped some block passes
     assert {s["actor"] for s in rec.candidates} == {0, 1}
     assert summary["stats"]["candidates"] == 18 and summary["stats"]["actor_failures"] == 0
@@ -202,6 +208,27 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
             assert torch.equal(undisturbed["params"][name], again["params"][name])
         for k, state in undisturbed["optimizer"]["state"].items():
             assert torch.equal(state["exp_avg_sq"], again["optimizer"]["state"][k]["exp_avg_sq"])
+
+        # the guard's rescale: half the update, undisturbed and with the learner killed before the rescale
+        # (the restored learner replays the steps, then rescales from the same mark)
+        ev.load_projector_state(saved, 1)
+        (base,) = ev.evaluate(policies[:1], 1)
+        ev.projector_step(policies, draws, 1e-2)
+        half = ev.rescale_projector_update(0.5)
+        halved = deserialise(ev.projector_state())
+        ev.load_projector_state(saved, 1)
+        ev.projector_step(policies, draws, 1e-2)
+        ray.kill(ev.learner, no_restart=False)
+        retried = ev.rescale_projector_update(0.5)
+        assert ev.stats["learner_restores"] == 2 and retried.version == half.version == 4 and retried.scale == 0.5
+        assert (retried.loss_before, retried.loss_after) == (half.loss_before, half.loss_after)
+        assert all(torch.equal(halved["params"][n], deserialise(ev.projector_state())["params"][n])
+                   for n in halved["names"])
+        # dropped: the projector of the generation's start again, on every evaluator
+        dropped = ev.rescale_projector_update(0.0)
+        assert dropped.version == 5 and dropped.loss_after == dropped.loss_before and dropped.change == 0.0
+        (back,) = ev.evaluate(policies[:1], 5)
+        assert (back.l_text, back.l_mm) == (base.l_text, base.l_mm)
     finally:
         ev.shutdown()
 

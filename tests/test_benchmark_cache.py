@@ -31,6 +31,16 @@ def test_key_follows_the_resolved_settings(monkeypatch):
     assert Settings().key("dense", 0.0) == base.key("dense", 0.0)  # the dense model has no settings
 
 
+def test_the_baselines_key_ignores_search_and_engine_settings():
+    base = Settings()
+    for variant in ("uniform", "owl"):
+        key = base.key(variant, 0.7)
+        assert Settings(search={"projector_guard": False}, engine={"monitor_samples": 4}).key(variant, 0.7) == key
+        assert Settings(data={**base.data, "seed": 5}).key(variant, 0.7) != key
+        assert base.key(variant, 0.5) != key
+    assert Settings(search={"projector_guard": False}).key("full", 0.7) != base.key("full", 0.7)
+
+
 @pytest.mark.parametrize("variant", ["dense", "uniform", "owl", "auto_wo_gen", "full", "no_evo", "evo_wo_ub"])
 def test_every_variant_has_a_key(variant):
     key = Settings().key(variant, 0.0 if variant == "dense" else 0.5)

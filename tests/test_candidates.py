@@ -19,8 +19,8 @@ from prune_engine.projector import ProjectorLearner
 
 @pytest.fixture(scope="module")
 def evaluator(tiny_llava_dir):
-    spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
-                      loss="ce", projector_batch=4)
+    spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=8,
+                      loss="ce", projector_batch=4, monitor_samples=2)
     return CandidateScorer(*spec, levels=[0.4, 0.5, 0.6])
 
 
@@ -45,15 +45,31 @@ def test_evaluate_reports_losses_per_modality_norms_and_sparsity(evaluator):
     assert r.log_norm_ratio.shape == (3,) and np.all(r.log_norm_ratio < 0)
     assert math.isfinite(r.l_text) and r.l_mm is not None and r.l_mm > 0 and r.l_mm != r.l_text
     more = evaluator.evaluate(np.array([0.6, 0.6, 0.6]))
-    assert np.all(more.log_norm_ratio[1:] < r.log_norm_ratio[1:])  # more pruning, smaller norms
+    assert np.all(more.log_norm_ratio[:2] < r.log_norm_ratio[:2])  # more pruning (blocks 0, 1), smaller norms
     again = evaluator.evaluate(np.array([0.4, 0.5, 0.6]))
     assert (again.l_text, again.l_mm) == (r.l_text, r.l_mm) and again.blocks_run == 3
-    # L_mm is the model's own answer-token cross-entropy (the pruned weights are in the model)
-    every = evaluator.answer_loss(np.array([0.4, 0.5, 0.6]), evaluator.projector_batches)
+    # L_mm is the model's own answer-token cross-entropy over all image-text samples (the pruned weights are in
+    # the model): the held-aside ones and the ones the projector trains on
+    every = evaluator.answer_loss(np.array([0.4, 0.5, 0.6]), evaluator.monitor_batches + evaluator.projector_batches)
     assert r.l_mm == pytest.approx(every, rel=1e-4)
-    assert every == pytest.approx(_model_answer_loss(evaluator, evaluator.projector_batches), rel=1e-5)
+    assert every == pytest.approx(
+        _model_answer_loss(evaluator, evaluator.monitor_batches + evaluator.projector_batches), rel=1e-5)
     assert evaluator.answer_loss(np.array([0.4, 0.5, 0.6])) == pytest.approx(
         _model_answer_loss(evaluator, evaluator.monitor_batches), rel=1e-5)
+
+
+def test_projector_steps_never_train_on_the_held_aside_samples(evaluator, tiny_llava_dir):
+    from prune_engine.data.calibration import vqa_batches
+
+    held = vqa_batches(evaluator.processor, evaluator.samples[:2])[0]
+    assert torch.equal(evaluator.monitor_batches[0]["input_ids"], held["input_ids"])
+    assert [len(b["input_ids"]) for b in evaluator.projector_batches] == [4, 2]  # the other 6 samples
+    trained = [evaluator.processor.decode(row) for b in evaluator.projector_batches for row in b["input_ids"]]
+    assert not set(trained) & {evaluator.processor.decode(row) for row in held["input_ids"]}
+    # nothing to hold aside (one sample): the held-aside loss is NaN, so the guard keeps every update
+    one = CandidateScorer(*_configs(model=str(tiny_llava_dir), nsamples=2, seqlen=32, mm_calib="easy-vqa:train",
+                                    mm_samples=1), levels=[0.5])
+    assert one.monitor_batches == [] and math.isnan(one.answer_loss(np.array([0.5, 0.5, 0.5])))
 
 
 
@@ -74,7 +90,7 @@ def test_projector_gradient_matches_finite_differences(evaluator):
         assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[idx]), rel=0.05, abs=1e-4)
     assert loss == pytest.approx(_model_answer_loss(evaluator, evaluator.projector_batches[:1]), rel=1e-5)
     other, _ = evaluator.projector_gradient(ratios, 1)  # the next mini-batch
-    assert other != loss and evaluator.projector_gradient(ratios, 2)[0] == loss  # 6 samples / 4: two, cycled
+    assert other != loss and evaluator.projector_gradient(ratios, 2)[0] == loss  # 6 trained samples / 4: two, cycled
 
 
 def test_a_non_finite_projector_is_an_error(evaluator):
@@ -113,6 +129,25 @@ def test_learner_steps_lower_the_weighted_loss_and_record_the_change(evaluator):
     for a, b in zip(clone.params, learner.params):
         assert torch.equal(a, b)
     assert clone.optimizer.state_dict()["state"].keys() == learner.optimizer.state_dict()["state"].keys()
+
+
+def test_rescale_keeps_a_fraction_of_the_update_since_the_mark(evaluator):
+    start = evaluator.projector_state_dict()
+    learner = ProjectorLearner(start, lr=1e-2)
+    grads = [[np.random.default_rng(j).normal(size=p.shape).astype(np.float32) for j, p in enumerate(learner.params)]]
+    learner.mark()
+    for _ in range(3):
+        learner.step(grads, np.array([1.0]))
+    end = learner.state_dict()
+    assert learner.rescale(0.25) == 4
+    for n in learner.names:  # W = W_mark + s (W_end - W_mark), against a plain reference
+        assert torch.allclose(learner.state_dict()[n], start[n].float() + 0.25 * (end[n] - start[n].float()), atol=1e-6)
+    assert learner.rescale(0.0) == 5 and learner.change_since_mark() == 0.0  # dropped: the marked weights exactly
+    assert learner.rescale(1.0) == 6 and all(torch.equal(learner.state_dict()[n], end[n]) for n in learner.names)
+    learner.step(grads, np.array([1.0]))  # a new step ends the update somewhere else
+    moved = learner.state_dict()
+    learner.rescale(1.0)
+    assert all(torch.equal(learner.state_dict()[n], moved[n]) for n in learner.names)
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def test_offloaded_blocks_run_only_on_the_device_and_give_identical_results(tiny
 # ---- the projector gradient -------------------------------------------------------------
 def test_microbatched_checkpointed_projector_gradient_equals_the_whole_batch(tiny_llava_dir):
     common = dict(model=str(tiny_llava_dir), loss="ce", projector_batch=4)
-    data = DataConfig(nsamples=2, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
+    data = DataConfig(nsamples=2, seqlen=32, mm_calib="easy-vqa:train", mm_samples=8)  # 4 held aside, 4 trained on
     whole = CandidateScorer(EngineConfig(**common), data, levels=LEVELS)
     micro = CandidateScorer(EngineConfig(**common, projector_microbatch=1, activation_checkpointing=True,
                                          offload=True), data, levels=LEVELS)

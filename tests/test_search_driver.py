@@ -6,7 +6,7 @@ import pytest
 from test_search_synthetic import SyntheticEvaluator
 
 from search import (CandidateEvaluated, ConfigError, Evaluation, GenerationFinished, GenerationStarted,
-                    ProjectorStepped, SearchConfig, SearchDriver, SearchFinished, effective_candidates,
+                    ProjectorStepped, ProjectorUpdate, SearchConfig, SearchDriver, SearchFinished, effective_candidates,
                     neighbour_weights, srm_scale)
 
 
@@ -63,7 +63,7 @@ def test_projector_off_is_no_evo_and_memoises_elites(tmp_path):
 
 def test_weighted_projector_steps_draw_by_neighbour_weight(tmp_path):
     _, ev, events, h = _run(tmp_path, projector_mode="weighted", projector_steps=3, projector_candidates=2,
-                            projector_lr=0.01)
+                            projector_lr=0.01, projector_guard=False)
     assert len(ev.steps) == 4
     assert h["projector_version"] == [3 * g for g in range(4) for _ in range(8)]  # one version per mini-batch step
     assert not any(h["cached"])  # a new projector version means re-evaluation
@@ -87,6 +87,57 @@ def test_weighted_projector_steps_draw_by_neighbour_weight(tmp_path):
         assert {h["projector_change"][i] for i in rows} == {e.change} and e.change > 0
 
 
+class QuadraticProjector(SyntheticEvaluator):
+    """A one-number projector: every step moves it by `jump`; the held-aside loss is (x - best)^2."""
+
+    def __init__(self, jump, best, **kw):
+        super().__init__(n_blocks=6, **kw)
+        self.x, self.jump, self.best = 0.0, jump, best
+
+    def projector_step(self, ratios, draws, lr):
+        self.start, before = self.x, (self.x - self.best) ** 2
+        self.x += self.jump
+        self.projector_version += len(draws)
+        self.last_update = before
+        return ProjectorUpdate(self.projector_version, before, (self.x - self.best) ** 2, abs(self.jump))
+
+    def rescale_projector_update(self, scale):
+        self.rescales.append(scale)
+        self.x = self.start + scale * self.jump
+        self.projector_version += 1
+        return ProjectorUpdate(self.projector_version, self.last_update, (self.x - self.best) ** 2,
+                               abs(scale * self.jump), scale=scale)
+
+    def projector_state(self):
+        return np.array([self.x]).tobytes()
+
+    def load_projector_state(self, state, version):
+        self.x, self.projector_version = float(np.frombuffer(state)[0]), version
+
+
+@pytest.mark.parametrize("jump, best, scales, kept", [
+    (0.1, 10.0, [], 1.0),  # a step that lowers the held-aside loss is kept whole
+    (1.0, 0.3, [0.5], 0.5),  # it overshoots: half of it lowers the loss (0.04 < 0.09) and is kept
+    (1.0, -1.0, [0.5, 0.25, 0.0], 0.0),  # no fraction helps: the update is dropped, the projector restored
+])
+def test_the_guard_keeps_a_projector_update_only_as_far_as_it_helps(tmp_path, jump, best, scales, kept):
+    ev = QuadraticProjector(jump, best)
+    _, ev, events, h = _run(tmp_path, ev=ev, generations=1, projector_steps=3)
+    assert ev.rescales == scales
+    step = [e for e in events if isinstance(e, ProjectorStepped)][0]
+    assert step.scale == kept and set(h["projector_scale"]) == {kept}
+    assert ev.x == kept * jump and step.projector_version == 3 + len(scales)
+    assert step.loss_before == (0 - best) ** 2 and step.loss_after <= step.loss_before
+    assert set(h["projector_loss_after"]) == {step.loss_after}
+
+
+def test_the_guard_can_be_turned_off_or_given_no_halvings(tmp_path):
+    _, ev, _, h = _run(tmp_path / "off", ev=QuadraticProjector(1.0, -1.0), generations=1, projector_guard=False)
+    assert ev.rescales == [] and ev.x == 1.0 and set(h["projector_scale"]) == {1.0}
+    _, ev, _, h = _run(tmp_path / "none", ev=QuadraticProjector(1.0, 0.3), generations=1, projector_backtrack=0)
+    assert ev.rescales == [0.0] and ev.x == 0.0 and set(h["projector_scale"]) == {0.0}
+
+
 def test_neighbour_weights_spread_over_several_candidates(tmp_path):
     _, _, _, h = _run(tmp_path, population=16, elites=4)
     eff = sorted({(g, e) for g, e in zip(h["generation"], h["effective_candidates"])})
@@ -100,7 +151,8 @@ def test_uniform_weights_is_evo_without_ub(tmp_path):
 
 
 def test_ablations_change_the_search(tmp_path):
-    runs = {mode: _run(tmp_path / mode, projector_mode=mode, projector_lr=0.05)[3]["fitness"]
+    # the synthetic step raises its held-aside loss: without projector_guard=False the guard drops it
+    runs = {mode: _run(tmp_path / mode, projector_mode=mode, projector_lr=0.05, projector_guard=False)[3]["fitness"]
             for mode in ("weighted", "uniform", "off")}
     assert runs["weighted"] != runs["uniform"] != runs["off"]
 
@@ -207,7 +259,10 @@ def test_after_a_projector_step_known_policies_are_rescored_on_image_text_only(t
     ev = SyntheticEvaluator(n_blocks=6, mm=True)
     _, ev, _, h = _run(tmp_path, ev=ev, population=8, elites=3)
     mm_only = [i for i, m in enumerate(ev.modalities) if m == ("mm",)]
-    assert len(mm_only) == 3 * 3  # the 3 elites of generations 1-3
+    # the 3 elites of generations 1-3, and any child that repeats a policy scored in an earlier generation
+    known = sum(len({tuple(p) for g, p in zip(h["generation"], h["policy"]) if g == t}
+                    & {tuple(p) for g, p in zip(h["generation"], h["policy"]) if g < t}) for t in range(1, 4))
+    assert known >= 3 * 3 and len(mm_only) == known
     for t in range(1, 4):  # their text loss and norms are the ones measured before, their L_mm is new
         for p, lt, lm in [(p, lt, lm) for g, p, lt, lm in zip(h["generation"], h["policy"], h["l_text"], h["l_mm"])
                           if g == t][:3]:

@@ -46,6 +46,7 @@ class SyntheticEvaluator:
         self.fidelities: list[str] = []
         self.modalities: list[tuple] = []
         self.steps: list[tuple[list[np.ndarray], list[list[int]], float]] = []
+        self.rescales: list[float] = []  # every scale the driver's guard asked for
         self.before_evaluate = None  # hook(index) for the subprocess tests
 
     def entry_values(self, r):
@@ -84,13 +85,24 @@ class SyntheticEvaluator:
         drawn = sorted({m for d in draws for m in d})
         before = float(np.mean([self.mm_loss(ratios[m]) for m in drawn]))
         old = self.projector.copy()
-        for draw in draws:  # each step pulls the projector towards its drawn candidates' ratios
+        for draw in draws:  # each step pulls tanh(projector) towards its drawn candidates' ratios (the
+            # image-text loss then drops at lr <= 1e-3; larger rates overshoot and the guard drops the update)
             target = np.mean(np.stack([ratios[m] for m in draw]), axis=0)
-            self.projector = self.projector + 1000.0 * lr * (target - 0.5 - 0.1 * self.projector)
+            self.projector = self.projector + 1000.0 * lr * (target - np.tanh(self.projector))
             self.projector_version += 1
         after = float(np.mean([self.mm_loss(ratios[m]) for m in drawn]))
         change = float(np.linalg.norm(self.projector - old) / max(np.linalg.norm(old), 1e-12))
+        self.last_update = (ratios, drawn, before, old, self.projector.copy())
         return ProjectorUpdate(self.projector_version, before, after, change)
+
+    def rescale_projector_update(self, scale):
+        ratios, drawn, before, start, end = self.last_update
+        self.rescales.append(scale)
+        self.projector = start + scale * (end - start)
+        self.projector_version += 1
+        after = float(np.mean([self.mm_loss(ratios[m]) for m in drawn]))
+        change = float(np.linalg.norm(self.projector - start) / max(np.linalg.norm(start), 1e-12))
+        return ProjectorUpdate(self.projector_version, before, after, change, scale=scale)
 
     def projector_state(self):
         return self.projector.tobytes()
