@@ -175,7 +175,8 @@ def test_search_with_projector_step_and_load_back(family_dir, tmp_path, local_ra
 
     out = tmp_path / "run"
     code, output = run("search", "--model", model_dir, "--out", out, "--population", 3, "--generations", 2,
-                       "--set", "search.elites=1", "--nsamples", 4, "--seqlen", 32, "--mm-calib", "easy-vqa:train",
+                       "--set", "search.elites=1", "--set", "search.projector_guard=false",  # the step itself, kept
+                       "--nsamples", 4, "--seqlen", 32, "--mm-calib", "easy-vqa:train",
                        "--mm-samples", 4, "--actors", 1, "--preset", "none", "--projector-lr", 0.01, "--no-progress")
     assert code == 0, output
     dense = AutoModelForImageTextToText.from_pretrained(model_dir)
