@@ -63,6 +63,8 @@ class EngineConfig(BaseModel):
     fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice
+    screen_precision: Literal["auto", "fp32", "bf16"] = "auto"  # screening forward: bf16 where the hardware is
+    # fast at it (auto: a GPU with bf16, a CPU with AMX/AVX512-BF16), else fp32; full scores stay in the model's dtype
     projector_batch: int = 4  # image-text samples per projector mini-batch step
     monitor_samples: int = Field(16, ge=1)  # image-text samples held aside from projector training (at most half):
     # sum c_m L_m is measured on them before/after an update, and the guard keeps an update only if it drops

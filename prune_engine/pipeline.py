@@ -158,6 +158,8 @@ class SequentialPruner:
         self.scored = list(range(len(batches))) if scored is None else sorted(scored)
         linears = [adapter.linears(i) for i in range(adapter.num_blocks)]
         self.dense = DenseWeights([{n: m.weight for n, m in block.items()} for block in linears], offload_dir)
+        self.dtype = next(iter(linears[0].values())).weight.dtype  # the model's own (pruning, full scores)
+        self._head: dict[torch.dtype, tuple] = {}  # lm_head weight and bias cast for a lower-precision forward
         self.dense_sq_norm = [sum(float(m.weight.double().square().sum()) for m in block.values()) for block in linears]
         self.counts = adapter.param_counts()
         self.inputs: list[BlockInputs] = [adapter.block_inputs(b) for b in batches]
@@ -215,13 +217,25 @@ class SequentialPruner:
         h, targets = self._targets(i, hidden)
         total = 0.0
         for s in range(0, len(targets), chunk):
-            logp = torch.log_softmax(self.adapter.model.lm_head(h[s:s + chunk]).float(), dim=-1)
+            logp = torch.log_softmax(self._logits(h[s:s + chunk]).float(), dim=-1)
             if self.teacher is None:
                 total += -logp.gather(1, targets[s:s + chunk, None]).sum().item()
             else:
                 t = self.teacher[i][s:s + chunk].to(logp.device, torch.float32)
                 total += (t.exp() * (t - logp)).sum().item()
         return total, int(len(targets))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """lm_head(h); inside a lower-precision `stitch`, with a cast copy of lm_head's weight (made once:
+        lm_head is never pruned, and may be tied to the embeddings, so the model's own is left as is)."""
+        head = self.adapter.model.lm_head
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
+        if dtype is None or dtype == head.weight.dtype:
+            return head(h)
+        if dtype not in self._head:
+            self._head[dtype] = (head.weight.detach().to(dtype), None if head.bias is None
+                                 else head.bias.detach().to(dtype))
+        return torch.nn.functional.linear(h.to(dtype), *self._head[dtype])
 
     def _report(self, losses: dict[int, tuple[float, int]], sq_norms: list[float], sparsity: list[dict],
                 start: float) -> PruneReport:
@@ -299,43 +313,47 @@ class SequentialPruner:
         except KeyError:
             raise ValueError(f"ratio {ratio} of block {b} is not a database level") from None
 
-    def install(self, policy) -> list[tuple]:
-        """Database mode: put the policy's level weights into the model (only blocks whose level
-        changed are copied). Returns the per-block keys."""
+    def install(self, policy, dtype: torch.dtype | None = None) -> list[tuple]:
+        """Database mode: put the policy's level weights into the model (only blocks whose level or
+        dtype changed are copied), in `dtype` (default: the model's own). Returns the per-block keys."""
         if not self.database:
             raise RuntimeError("build_database() first")
+        dtype = dtype or self.dtype
         ratios = block_ratios(policy, self.adapter)
-        keys = [("db", tuple(sorted(r.items()))) for r in ratios]
+        keys = [("db", tuple(sorted(r.items())), str(dtype)) for r in ratios]
         self.cache.drop(_ALL_BATCHES)  # the sequential lane no longer matches the weights
         for b, (key, r) in enumerate(zip(keys, ratios)):
             if self._installed[b] != key:
                 for n, m in self.adapter.linears(b).items():
-                    m.weight.data.copy_(self._level(b, n, r[n]).weight)
+                    _put_weight(m, self._level(b, n, r[n]).weight, dtype)
                 self._installed[b] = key
         return keys
 
     @torch.no_grad()
-    def stitch(self, policy, batches: list[int] | None = None) -> PruneReport:
+    def stitch(self, policy, batches: list[int] | None = None, dtype: torch.dtype | None = None) -> PruneReport:
         """Database mode: assemble the policy from the database and measure it on `batches` (indices;
         default all), running each batch from the first block where it differs from what that
-        batch last ran."""
+        batch last ran. `dtype` (e.g. bfloat16 for screening): the weights are installed in it and
+        the forward runs under autocast; outputs of another dtype are never reused (the keys differ)."""
         start = time.perf_counter()
-        keys = self.install(policy)
+        keys = self.install(policy, dtype)
         ratios = block_ratios(policy, self.adapter)
         indices = self.scored if batches is None else batches
         device = self.adapter.device
-        starts, hidden = {}, {}
-        for i in indices:
-            starts[i], h = self.cache.start(i, keys, device)
-            hidden[i] = h if starts[i] else self.inputs[i].hidden
-        first = min(starts.values(), default=self.adapter.num_blocks)
-        for b in range(first, self.adapter.num_blocks):  # blocks outer: an offloaded block moves once
-            with self.adapter.on_device(b):
-                for i in indices:
-                    if starts[i] <= b:
-                        hidden[i] = self.adapter.run_block(b, hidden[i], self.inputs[i].kwargs)
-                        self.cache.push(i, keys[b], hidden[i])
-        losses = {i: self._batch_loss(i, hidden[i]) for i in indices}
+        low = dtype is not None and dtype != self.dtype
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            starts, hidden = {}, {}
+            for i in indices:
+                starts[i], h = self.cache.start(i, keys, device)
+                hidden[i] = h if starts[i] else self.inputs[i].hidden
+            first = min(starts.values(), default=self.adapter.num_blocks)
+            for b in range(first, self.adapter.num_blocks):  # blocks outer: an offloaded block moves once
+                with self.adapter.on_device(b):
+                    for i in indices:
+                        if starts[i] <= b:
+                            hidden[i] = self.adapter.run_block(b, hidden[i], self.inputs[i].kwargs)
+                            self.cache.push(i, keys[b], hidden[i])
+            losses = {i: self._batch_loss(i, hidden[i]) for i in indices}
         self.blocks_run += self.adapter.num_blocks - first
         levels = [{n: self._level(b, n, r[n]) for n in r} for b, r in enumerate(ratios)]
         return self._report(losses, [sum(p.sq_norm for p in block.values()) for block in levels],
@@ -377,7 +395,7 @@ class SequentialPruner:
     def _load_dense(self, b: int) -> None:
         dense = self.dense.block(b)
         for n, m in self.adapter.linears(b).items():
-            m.weight.data.copy_(dense[n])
+            _put_weight(m, dense[n], self.dtype)
 
     def _accumulate_hessian(self, b: int, stage: Stage, hidden: list[torch.Tensor]) -> Hessian:
         """The stage's Hessian from the input its linears receive on every batch, with block b's
@@ -472,3 +490,11 @@ def _calls_on_input(calls: list[tuple[nn.Module, Callable[[torch.Tensor], None]]
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _put_weight(module: nn.Module, weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """Copy `weight` into the module's weight, in `dtype` (a new tensor when the dtype changes)."""
+    if module.weight.dtype == dtype:
+        module.weight.data.copy_(weight)
+    else:
+        module.weight.data = weight.to(device=module.weight.device, dtype=dtype, copy=True)

@@ -24,6 +24,7 @@ from prune_engine.data.calibration import (
 )
 from prune_engine.models.loading import load_model, load_processor, model_identity
 from prune_engine.pipeline import SequentialPruner
+from prune_engine.precision import screen_dtype
 from prune_engine.projector import ProjectorError
 from prune_engine.sparsegpt import Pattern
 from prune_engine.threads import use_threads
@@ -111,6 +112,7 @@ class CandidateScorer:
                                        cache_bytes=None if engine.prefix_cache_gb is None
                                        else int(engine.prefix_cache_gb * 2**30))
         self.projector_version = 0
+        self.screen_dtype = screen_dtype(engine.screen_precision, engine.device)  # None: the model's own
         if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
 
@@ -151,8 +153,8 @@ class CandidateScorer:
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
                 "fitness_nsamples": s.fitness_nsamples,
-                "monitor_samples": s.monitor_samples,
-                "mode": s.mode}
+                "monitor_samples": s.monitor_samples, "mode": s.mode,
+                "screen_dtype": str(self.screen_dtype or self.pruner.dtype).removeprefix("torch.")}
 
     def policy(self, ratios: np.ndarray) -> list:
         ratios = [round(float(r), 6) for r in np.asarray(ratios)]
@@ -171,9 +173,9 @@ class CandidateScorer:
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
         if self.engine.mode == "database":
-            batches = self.screen if fidelity == "screen" and self.screen is not None else self.scored
-            batches = [i for i in batches if self.kinds[i] in modalities]
-            report = self.pruner.stitch(policy, batches)
+            screening = fidelity == "screen" and self.screen is not None
+            batches = [i for i in (self.screen if screening else self.scored) if self.kinds[i] in modalities]
+            report = self.pruner.stitch(policy, batches, self.screen_dtype if fidelity == "screen" else None)
         else:
             report = self.pruner.prune(policy)
         l_text = report.loss_text if report.loss_text is not None else math.nan

@@ -221,3 +221,18 @@ def test_fitness_is_measured_on_its_slice_and_the_rest_only_calibrates(tiny_llav
     assert full.tokens == sum(int((ev.batches[i]["labels"][:, 1:] != -100).sum()) for i in ev.scored)
     r = ev.evaluate(policy)
     assert r.l_text == pytest.approx(full.loss_text) and r.l_mm == pytest.approx(full.loss_mm)
+
+
+def test_screening_in_bfloat16_is_close_to_fp32_and_full_scores_stay_exact(tiny_llava_dir):
+    spec = dict(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+                mode="database", screen_nsamples=2, screen_mm_samples=2, loss="kl")
+    low = CandidateScorer(*_configs(**spec, screen_precision="bf16"), levels=[0.4, 0.5, 0.6])
+    exact = CandidateScorer(*_configs(**spec, screen_precision="fp32"), levels=[0.4, 0.5, 0.6])
+    assert low.identity()["screen_dtype"] == "bfloat16" and exact.identity()["screen_dtype"] == "float32"
+    for policy in (np.array([0.5, 0.4, 0.6]), np.array([0.6, 0.6, 0.4])):
+        s_low, s_exact = low.evaluate(policy, "screen"), exact.evaluate(policy, "screen")
+        assert s_low.l_text != s_exact.l_text
+        assert (s_low.l_text, s_low.l_mm) == pytest.approx((s_exact.l_text, s_exact.l_mm), rel=5e-2)
+        assert np.array_equal(s_low.log_norm_ratio, s_exact.log_norm_ratio)
+        f_low, f_exact = low.evaluate(policy, "full"), exact.evaluate(policy, "full")
+        assert (f_low.l_text, f_low.l_mm) == (f_exact.l_text, f_exact.l_mm)  # full fidelity: the model's dtype

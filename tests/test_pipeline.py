@@ -198,3 +198,30 @@ def test_unsupported_model_is_a_one_line_error(tmp_path):
     with pytest.raises(ModelError) as exc:
         load_model(str(tmp_path))
     assert "\n" not in str(exc.value) and "supported" in str(exc.value)
+
+
+def test_stitch_in_bfloat16_installs_cast_weights_and_never_mixes_precisions(llama):
+    adapter, _, batches = llama
+    pruner = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    pruner.build_database([0.4, 0.5, 0.6])
+    head, embed = adapter.model.lm_head.weight, adapter.model.get_input_embeddings().weight.clone()
+    policy = [0.6, 0.4, 0.5]
+    exact = pruner.stitch(policy)
+    low = pruner.stitch(policy, dtype=torch.bfloat16)
+    for b, r in enumerate(policy):  # the level weights, cast
+        for n, m in adapter.linears(b).items():
+            assert m.weight.dtype == torch.bfloat16 and torch.equal(m.weight, pruner.database[(b, n, r)].weight.bfloat16())
+    assert low.loss != exact.loss and low.loss == pytest.approx(exact.loss, rel=2e-2)  # bf16 rounding, same model
+    assert low.block_sq_norm == exact.block_sq_norm  # G comes from the database, whatever the forward's precision
+    assert pruner.blocks_run == 3 + 3 + 3  # build, fp32, bf16: no fp32 block output was reused in bf16
+    assert adapter.model.lm_head.weight is head and head.dtype == torch.float32  # cast copy, model's own untouched
+    assert torch.equal(adapter.model.get_input_embeddings().weight, embed)
+    again = pruner.stitch(policy)  # back to fp32: bf16 outputs are not reused either, the result is exact again
+    assert again.loss == exact.loss and pruner.blocks_run == 12
+    assert all(m.weight.dtype == torch.float32 for b in range(3) for m in adapter.linears(b).values())
+    pruner.stitch(policy, dtype=torch.bfloat16)
+    pruner.restore_dense()  # dense weights come back in the model's dtype (sequential pruning starts from them)
+    dense = SequentialPruner(adapter, batches, progress=False)
+    for b in range(3):
+        for n, m in adapter.linears(b).items():
+            assert m.weight.dtype == torch.float32 and torch.equal(m.weight, dense.dense.block(b)[n])
