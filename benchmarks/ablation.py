@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="0.5,0.7")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="0,1,2", help="calibration seeds of uniform and Full")
+    ap.add_argument("--name", default="ablation",
+                    help="results file benchmarks/results/<name>.md|json (another name for an experiment beside the table)")
     ap.add_argument("--cached-only", action="store_true",
                     help="run nothing: write the table from the finished (cached) runs, listing the missing ones")
     add_common_args(ap)
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
              f"{settings.heldout.text}, {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
     print("\n" + "\n".join(verdict))
-    write_results("ablation", f"Ablation on {settings.model} (Tables 1-2)", table,
+    write_results(args.name, f"Ablation on {settings.model} (Tables 1-2)", table,
                   {"seed": settings.seed, "seeds": seeds,
                    # eval_vqa at the top of settings: the layout readers of ablation.json rely on
                    "settings": {**settings.model_dump(), "eval_vqa": settings.heldout.vqa}, "dense": dense,
