@@ -52,7 +52,7 @@ def _full_rows(history: dict) -> dict:
 
 def _per_generation(history: dict) -> dict:
     """Per generation: best and mean fitness of the population, its best candidate, the children
-    screened for the next one, and the search-space evolution records."""
+    screened for it (at its start), and the search-space evolution records."""
     fidelity = history.get("fidelity") or ["full"] * len(history["generation"])
     screened = [g for g, f in zip(history["generation"], fidelity) if f == "screen"]
     history = _full_rows(history)

@@ -5,8 +5,9 @@
     neighbour weights c_m over G_t -> projector step (mini-batch steps on candidates drawn by c_m,
                                                     or drawn uniformly, or none), kept only as far
                                                     as it lowers their loss on held-aside samples
-    vary: G_{t+1} = elites + children; with `offspring`, many children are screened on a slice
-          of the proxy data under the new projector and the best fill G_{t+1} (multi-fidelity)
+    vary: G_{t+1} = elites + children; with `offspring`, many children are drawn now and screened
+          on a slice of the proxy data under the new projector at the start of generation t+1, the
+          best filling G_{t+1} (multi-fidelity; a run that stops after t never screens them)
     checkpoint (state after the variation step)
 
 until tau generations are done or the wall-clock budget is spent. The result is the best
@@ -66,6 +67,7 @@ class SearchDriver:
         self.generation = 0
         self.rng = np.random.default_rng(config.seed)
         self.population: list[np.ndarray] = []
+        self.children: list[np.ndarray] = []  # drawn for the next generation, not screened yet (offspring > 0)
         self.projector_version = int(getattr(evaluator, "projector_version", 0))
         self.elapsed_s = 0.0
         self.srm_scale: float | None = config.srm_scale
@@ -101,6 +103,7 @@ class SearchDriver:
         driver._config_record = saved | {k: config.to_dict()[k] for k in config.resume_mutable}
         driver.generation = state["generation"]
         driver.population = [np.array(p, dtype=np.int64) for p in state["population"]]
+        driver.children = [np.array(p, dtype=np.int64) for p in state.get("children", [])]
         driver.rng.bit_generator.state = state["rng"]
         driver.projector_version = state["projector_version"]
         driver.elapsed_s = state["elapsed_s"]
@@ -149,15 +152,19 @@ class SearchDriver:
         return None
 
     def _generation(self, clock: Callable[[], float]) -> None:
-        cfg, t, pop, version = self.config, self.generation, self.population, self.projector_version
-        self._emit(GenerationStarted(t, len(pop), version))
+        cfg, t, version = self.config, self.generation, self.projector_version
+        size = len(self.population) + min(len(self.children), cfg.population - len(self.population))
+        self._emit(GenerationStarted(t, size, version))
+        first_row = len(self.rows)
+        if self.children:  # multi-fidelity: the best of the children screened fill this generation
+            self._screen_children(t, version)
+        pop = self.population
         evals, cached = self._evaluate(pop, version, "full")
         losses = np.array([self._loss(e) for e in evals])
         if self.srm_scale is None:  # fixed once per run
             self._fix_srm_scale(losses, evals, version)
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
-        first_row = len(self.rows)
         for m, (p, e) in enumerate(zip(pop, evals)):
             self._record(t, m, p, version, "full", e, losses[m], f[m], c[m], cached[m])
         b = int(select_elites(f, 1)[0])
@@ -176,21 +183,15 @@ class SearchDriver:
             self._emit(ProjectorStepped(t, self.projector_version, update.loss_before, update.loss_after, update.change,
                                         update.scale))
         for row in self.rows[first_row:]:
+            if row["fidelity"] == "screen":
+                continue
             row.update(effective_candidates=effective_candidates(c), projector_loss_before=update.loss_before,
                        projector_loss_after=update.loss_after, projector_change=update.change,
                        projector_scale=update.scale if self.use_projector else None)
-        if cfg.offspring:  # multi-fidelity: screen many children, the best fill the next generation
+        if cfg.offspring:  # multi-fidelity: many children, screened at the start of the next generation
             pool = next_generation(elites, self.space, len(elites) + cfg.offspring, self.rng, cfg.mutation_switches,
                                    strict=False)  # a small feasible space may hold fewer children
-            children = pool[len(elites):]
-            s_evals, s_cached = self._evaluate(children, self.projector_version, "screen")
-            s_loss = np.array([self._loss(e) for e in s_evals])
-            s_f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(s_loss, s_evals)])
-            for j, (p, e) in enumerate(zip(children, s_evals)):
-                self._record(t, len(pop) + j, p, self.projector_version, "screen", e, s_loss[j], s_f[j], math.nan,
-                             s_cached[j])
-            keep = select_elites(s_f, cfg.population - len(elites))
-            self.population = elites + [children[i] for i in keep]
+            self.population, self.children = elites, pool[len(elites):]
         else:
             self.population = next_generation(elites, self.space, cfg.population, self.rng, cfg.mutation_switches)
         self.generation = t + 1
@@ -199,6 +200,19 @@ class SearchDriver:
         screened = sum(1 for r in self.rows[first_row:] if r["fidelity"] == "screen" and not r["cached"])
         self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version,
                                       self.elapsed_s, screened, effective_candidates(c)))
+
+    def _screen_children(self, t: int, version: int) -> None:
+        """Score the pending children on the screening slice (recorded in generation t) and complete the
+        population (the elites) with the best of them."""
+        cfg, children = self.config, self.children
+        s_evals, s_cached = self._evaluate(children, version, "screen")
+        s_loss = np.array([self._loss(e) for e in s_evals])
+        s_f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(s_loss, s_evals)])
+        for j, (p, e) in enumerate(zip(children, s_evals)):
+            self._record(t, cfg.population + j, p, version, "screen", e, s_loss[j], s_f[j], math.nan, s_cached[j])
+        keep = select_elites(s_f, cfg.population - len(self.population))
+        self.population = self.population + [children[i] for i in keep]
+        self.children = []
 
     def _guard(self, update: ProjectorUpdate) -> ProjectorUpdate:
         """Keep the update only as far as it lowers the drawn candidates' answer loss on held-aside
@@ -282,6 +296,7 @@ class SearchDriver:
         state = dict(
             generation=self.generation,
             population=[p.tolist() for p in self.population],
+            children=[p.tolist() for p in self.children],
             rng=self.rng.bit_generator.state,
             projector_version=self.projector_version,
             elapsed_s=self.elapsed_s,

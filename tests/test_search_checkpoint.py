@@ -47,11 +47,15 @@ def test_uri_run_dir(tmp_path):
     assert a.history.equals(b.history) and (tmp_path / "a" / "state.json").exists()
 
 
-def test_resume_with_more_generations_equals_a_longer_run(tmp_path):
-    _run(tmp_path / "short", generations=2)
-    longer = SearchConfig(**dict(CFG, generations=5))
+@pytest.mark.parametrize("offspring", [0, 12])
+def test_resume_with_more_generations_equals_a_longer_run(tmp_path, offspring):
+    _run(tmp_path / "short", generations=2, offspring=offspring)
+    if offspring:  # the children drawn after the last generation are kept, unscreened, for a longer run
+        state = RunStore(str(tmp_path / "short")).load()[0]
+        assert len(state["population"]) == 2 and len(state["children"]) == 12
+    longer = SearchConfig(**dict(CFG, generations=5, offspring=offspring))
     resumed = SearchDriver.resume(str(tmp_path / "short"), SyntheticEvaluator(n_blocks=6), config=longer).run()
-    full = _run(tmp_path / "full", generations=5)
+    full = _run(tmp_path / "full", generations=5, offspring=offspring)
     assert resumed.history.equals(full.history) and resumed.fitness == full.fitness
     assert RunStore(str(tmp_path / "short")).load()[0]["config"]["generations"] == 5
 

@@ -239,13 +239,14 @@ def test_multi_fidelity_screens_children_and_keeps_the_best(tmp_path):
     ev = SyntheticEvaluator(n_blocks=8, screen_noise=0.001)
     result, ev, events, h = _run(tmp_path, ev=ev, population=6, elites=2, offspring=20, generations=3)
     screen = [i for i, f in enumerate(h["fidelity"]) if f == "screen"]
-    assert len(screen) == 20 * 3 and ev.fidelities.count("screen") == len(screen)
+    # the children drawn after generation t are screened at the start of t+1: none after the last one
+    assert len(screen) == 20 * 2 and ev.fidelities.count("screen") == len(screen)
     fins = [e for e in events if isinstance(e, GenerationFinished)]
-    assert [e.screened for e in fins] == [20, 20, 20]
-    for t in range(2):  # generation t+1 = the elites of t + the best screened children of t
+    assert [e.screened for e in fins] == [0, 20, 20]
+    for t in (1, 2):  # generation t = the elites of t-1 + the best children screened at the start of t
         rows = [i for i in screen if h["generation"][i] == t]
         best = sorted(rows, key=lambda i: -h["fitness"][i])[:4]
-        nxt = [p for g, p, f in zip(h["generation"], h["policy"], h["fidelity"]) if g == t + 1 and f == "full"]
+        nxt = [p for g, p, f in zip(h["generation"], h["policy"], h["fidelity"]) if g == t and f == "full"]
         assert sorted(map(tuple, nxt[2:])) == sorted(tuple(h["policy"][i]) for i in best)
         assert all(h["c_m"][i] is None for i in rows)
 
