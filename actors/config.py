@@ -34,14 +34,16 @@ KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
 #:   while all calibration data (32 x 256 text tokens + the image-text samples) builds the Hessians.
 #: none: the built-in default of every setting (SearchConfig, EngineConfig, DataConfig).
 #: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
-#:   many children screened per generation on a small slice of the proxy data, survivors on all of it.
+#:   many children screened per generation on a small slice of the proxy data (in bfloat16 where the
+#:   hardware is fast at it), survivors on all of it; 250 children a generation give >= 500 candidate
+#:   evaluations in the demo's time on 2 cores (benchmarks/search_cost.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "paper": {"search.population": 16, "search.generations": 10, "search.elites": 5, "search.eta": 0.5,
               "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
     "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
                 "search.init": "uniform", "search.tolerance": 0.0,
-                "search.offspring": 16, "engine.mode": "database",
+                "search.offspring": 250, "engine.mode": "database",
                 "engine.fitness_nsamples": 4, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }

@@ -4,7 +4,8 @@ Screening (multi-fidelity selection, docs/method.md §4a) only ranks children, s
 stitched candidate in bfloat16: on a GPU with bf16 support or a CPU with AMX / AVX512-BF16 the
 matrix products are several times cheaper, and the ranking barely moves (measured on smol-llava at
 0.7: Spearman 0.99 between bf16 and fp32 screening losses over 24 children). Full-fidelity scores,
-pruning and the projector step stay in the model's own dtype.
+pruning and the projector step stay in the model's own dtype. It applies to a model held in fp32
+(the CPU default); a model loaded in half precision (the GPU default) screens in its own dtype.
 """
 from __future__ import annotations
 

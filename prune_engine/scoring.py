@@ -112,7 +112,9 @@ class CandidateScorer:
                                        cache_bytes=None if engine.prefix_cache_gb is None
                                        else int(engine.prefix_cache_gb * 2**30))
         self.projector_version = 0
-        self.screen_dtype = screen_dtype(engine.screen_precision, engine.device)  # None: the model's own
+        # None: the model's own; only an fp32 model screens in a lower precision (a GPU model is in half already)
+        low = screen_dtype(engine.screen_precision, engine.device)
+        self.screen_dtype = low if self.pruner.dtype == torch.float32 else None
         if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
 
