@@ -155,9 +155,7 @@ class SearchDriver:
         cfg, t, version = self.config, self.generation, self.projector_version
         size = len(self.population) + min(len(self.children), cfg.population - len(self.population))
         self._emit(GenerationStarted(t, size, version))
-        first_row = len(self.rows)
-        if self.children:  # multi-fidelity: the best of the children screened fill this generation
-            self._screen_children(t, version)
+        screened = self._screen_children(t, version) if self.children else 0  # multi-fidelity: the best fill G_t
         pop = self.population
         evals, cached = self._evaluate(pop, version, "full")
         losses = np.array([self._loss(e) for e in evals])
@@ -165,6 +163,7 @@ class SearchDriver:
             self._fix_srm_scale(losses, evals, version)
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
+        first_row = len(self.rows)
         for m, (p, e) in enumerate(zip(pop, evals)):
             self._record(t, m, p, version, "full", e, losses[m], f[m], c[m], cached[m])
         b = int(select_elites(f, 1)[0])
@@ -183,8 +182,6 @@ class SearchDriver:
             self._emit(ProjectorStepped(t, self.projector_version, update.loss_before, update.loss_after, update.change,
                                         update.scale))
         for row in self.rows[first_row:]:
-            if row["fidelity"] == "screen":
-                continue
             row.update(effective_candidates=effective_candidates(c), projector_loss_before=update.loss_before,
                        projector_loss_after=update.loss_after, projector_change=update.change,
                        projector_scale=update.scale if self.use_projector else None)
@@ -197,13 +194,12 @@ class SearchDriver:
         self.generation = t + 1
         self.elapsed_s = clock()
         self._checkpoint()
-        screened = sum(1 for r in self.rows[first_row:] if r["fidelity"] == "screen" and not r["cached"])
         self._emit(GenerationFinished(t, float(f[b]), pop[b], len(pop) - sum(cached), self.projector_version,
                                       self.elapsed_s, screened, effective_candidates(c)))
 
-    def _screen_children(self, t: int, version: int) -> None:
+    def _screen_children(self, t: int, version: int) -> int:
         """Score the pending children on the screening slice (recorded in generation t) and complete the
-        population (the elites) with the best of them."""
+        population (the elites) with the best of them. Returns how many were scored (not memo hits)."""
         cfg, children = self.config, self.children
         s_evals, s_cached = self._evaluate(children, version, "screen")
         s_loss = np.array([self._loss(e) for e in s_evals])
@@ -213,6 +209,7 @@ class SearchDriver:
         keep = select_elites(s_f, cfg.population - len(self.population))
         self.population = self.population + [children[i] for i in keep]
         self.children = []
+        return len(children) - sum(s_cached)
 
     def _guard(self, update: ProjectorUpdate) -> ProjectorUpdate:
         """Keep the update only as far as it lowers the drawn candidates' answer loss on held-aside
