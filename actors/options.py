@@ -82,6 +82,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("data.mm_calib", str, "Image-text calibration / proxy data (LLaVA; enables the projector step): "
             + VQA_HELP),
     Setting("data.mm_samples", int, "Image-text calibration / proxy samples."),
+    Setting("data.mm_balance", bool, "Draw the image-text samples evenly over their answers."),
     Setting("data.batch_size", int, "Calibration batch size (default: all at once)."),
     Setting("data.allow_eval_split", bool, "Calibrate on an evaluation split anyway (it leaks into the model; "
             "refused by default).", flag="--allow-eval-split"),

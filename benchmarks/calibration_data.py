@@ -26,6 +26,8 @@ CONFIGS = {
     "16x128 + 16": {"nsamples": 16, "seqlen": 128, "mm_samples": 16},
     "16x128 + 64": {"nsamples": 16, "seqlen": 128, "mm_samples": 64},
     "32x256 + 64": {"nsamples": 32, "seqlen": 256, "mm_samples": 64},
+    "32x256 + 64 balanced": {"nsamples": 32, "seqlen": 256, "mm_samples": 64, "mm_balance": True},
+    "32x256 + 256": {"nsamples": 32, "seqlen": 256, "mm_samples": 256},
 }
 
 
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.7)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of {list(CONFIGS)}")
+    ap.add_argument("--name", default="calibration_data",
+                    help="results file benchmarks/results/<name>.md|json (another name for an experiment beside the table)")
     ap.add_argument("--work", type=Path, default=Path("runs/benchmarks"), help="run directories and the cache")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -58,11 +62,11 @@ def main(argv=None) -> int:
     table = markdown_table(headers, rows)
     print("\n" + table)
     notes = (f"Uniform SparseGPT at {args.target} on {base.model}, calibration text {base.data['calib']}, image-text "
-             f"{base.data['mm_calib']} (an even share of each). 'mean ± sd' over calibration seeds {seeds}. "
+             f"{base.data['mm_calib']} (an even share of each; 'balanced': each drawn evenly over its answers). 'mean ± sd' over calibration seeds {seeds}. "
              f"Held-out: {base.heldout.segments}x{base.heldout.seqlen} tokens of {base.heldout.text}, "
              f"{base.heldout.vqa} questions per VQA set (seed {base.heldout.seed}), the same for every row. "
              "'prune seconds' includes loading the model and data.")
-    write_results("calibration_data", f"Calibration data vs uniform SparseGPT at {args.target} ({base.model})", table,
+    write_results(args.name, f"Calibration data vs uniform SparseGPT at {args.target} ({base.model})", table,
                   {"target": args.target, "seeds": seeds, "configs": {n: CONFIGS[n] for n in names},
                    "heldout": base.heldout.model_dump(), "results": results, "seconds": time.perf_counter() - t0},
                   notes)

@@ -37,6 +37,11 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "evo_wo_ub": "Evo w/o UB (c_m equal)"}
 
 
+#: settings added after results were cached: at their default they change no result, so they enter a
+#: cache key only when set (the finished runs of earlier commits stay valid)
+ADDED_SETTINGS = (("data", "mm_balance", False),)
+
+
 class Settings(BaseModel):
     """One set of settings shared by every variant of a benchmark (hashed into the cache key). The
     search settings are a preset's (actors.config.PRESETS) plus `search`/`engine`/`data` overrides;
@@ -65,6 +70,9 @@ class Settings(BaseModel):
         else:
             resolved = self.run_config(target, SEARCHES.get(variant)).sections()
             resolved.pop("ray", None)  # runtime only: never changes a result
+        for section, leaf, default in ADDED_SETTINGS:
+            if resolved.get(section, {}).get(leaf, default) == default:
+                resolved.get(section, {}).pop(leaf, None)
         data = self.model_dump(include={"owl_lambda", "owl_m", "heldout"})
         blob = json.dumps({"variant": variant, "target": target, "seed": self.seed, **data, "resolved": resolved},
                           sort_keys=True)

@@ -28,6 +28,8 @@ class DataConfig(BaseModel):
                                  "mix is allowed (LLaVA models)")
     mm_samples: int = Field(64, description="image-text samples (with 16, uniform pruning at 0.7 fell to chance on "
                             "easy-vqa: benchmarks/results/calibration_data.md)")
+    mm_balance: bool = Field(False, description="draw the image-text samples evenly over their answers "
+                             "(default: a plain random draw)")
     seed: int = Field(0, description="seed of the draw")
     batch_size: int | None = Field(None, description="calibration batch size (None: all at once)")
     allow_eval_split: bool = Field(False, description="calibrate on an evaluation split anyway (leaks it into "

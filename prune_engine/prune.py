@@ -159,7 +159,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
         reason = text_only_reason(job.model, processor)
         if reason:
             raise ModelError(f"--mm-calib needs a LLaVA model (image-text) with its image processor: {reason}")
-        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed)
+        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance)
         batches += vqa_batches(processor, samples, data.batch_size)
     adapter, processor = load_model(job.model, device="cpu" if job.offload else job.device, processor=processor)
     if job.offload:

@@ -69,7 +69,7 @@ class CandidateScorer:
         text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, data.batch_size)
         _, text_calib = _split_text(text, fit_text, data.batch_size)
         text_rest = fit_rest + text_calib
-        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed) if data.mm_calib else []
+        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance) if data.mm_calib else []
         screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
         mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)
         mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
@@ -152,6 +152,7 @@ class CandidateScorer:
         s, d = self.engine, self.data
         return {**model_identity(self.adapter, s.model), "calib": d.calib, "nsamples": d.nsamples,
                 "seqlen": d.seqlen, "mm_calib": d.mm_calib, "mm_samples": d.mm_samples, "seed": d.seed,
+                **({"mm_balance": True} if d.mm_balance else {}),  # absent when off: older checkpoints resume
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
                 "fitness_nsamples": s.fitness_nsamples,

@@ -23,6 +23,10 @@ def test_key_follows_the_resolved_settings(monkeypatch):
     assert base.key("no_evo", 0.7) != key
     assert Settings(heldout=base.heldout.model_copy(update={"vqa": 10})).key("full", 0.7) != key
     assert Settings(data={**base.data, "mm_samples": mm + 1}).key("full", 0.7) != key
+    # a setting added later enters the key only when set: earlier finished runs stay valid
+    assert Settings(data={**base.data, "mm_balance": False}).key("full", 0.7) == key
+    assert Settings(data={**base.data, "mm_balance": True}).key("full", 0.7) != key
+    assert Settings(data={**base.data, "mm_balance": True}).key("uniform", 0.7) != uniform_key
     # a changed preset default (no override anywhere) must not hit the old cache entry
     monkeypatch.setitem(config.PRESETS, "default", {**config.PRESETS["default"], "data.mm_samples": mm + 1})
     assert Settings().run_config(0.7).data.mm_samples == mm + 1

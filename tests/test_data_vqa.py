@@ -59,6 +59,49 @@ def test_fashion_mnist_subset():
     assert len(load_fashion_mnist("train", limit=5)) == 5
 
 
+def test_seeded_subset_plain_draw_is_the_seeded_sample():
+    import random
+
+    assert vqa.seeded_subset(50, 7, 3) == sorted(random.Random(3).sample(range(50), 7))
+    assert vqa.seeded_subset(5, None, 0) == vqa.seeded_subset(5, 9, 0) == list(range(5))
+
+
+def test_seeded_subset_balanced_takes_an_even_share_of_each_label():
+    labels = ["yes"] * 70 + ["no"] * 20 + ["red"] * 6 + ["blue"] * 4  # a skewed population
+    for seed in range(5):
+        picked = vqa.seeded_subset(len(labels), 16, seed, labels)
+        assert len(picked) == 16 == len(set(picked)) and picked == sorted(picked)
+        counts = {lab: sum(labels[i] == lab for i in picked) for lab in set(labels)}
+        assert counts == {"yes": 4, "no": 4, "red": 4, "blue": 4}
+        assert picked == vqa.seeded_subset(len(labels), 16, seed, labels)  # seeded
+    # a small label gives its turns to the others; the remainder goes to labels in a seeded order
+    picked = vqa.seeded_subset(len(labels), 30, 0, labels)
+    counts = sorted(sum(labels[i] == lab for i in picked) for lab in set(labels))
+    assert len(picked) == 30 and counts[0] == 4 and counts[1] == 6 and counts[2:] == [10, 10]
+    draws = {tuple(vqa.seeded_subset(len(labels), 18, s, labels)) for s in range(6)}
+    assert len(draws) == 6
+    with pytest.raises(ValueError, match="labels"):
+        vqa.seeded_subset(10, 3, 0, ["a"] * 9)
+
+
+def test_balanced_loaders_draw_evenly_over_the_answers():
+    from prune_engine.data.calibration import calibration_vqa
+
+    easy = load_easy_vqa("train", limit=39, seed=1, balance=True)
+    counts = {a: sum(s.answer == a for s in easy) for a in easy[0].choices}
+    assert set(counts.values()) == {3}  # 13 answers x 3 (a plain draw is mostly yes/no)
+    plain = load_easy_vqa("train", limit=39, seed=1)
+    assert sum(s.answer in ("yes", "no") for s in plain) > 2 * 6
+    fashion = load_fashion_mnist("train", limit=20, seed=2, balance=True)
+    assert sorted(s.answer for s in fashion) == sorted(FASHION_MNIST_CLASSES * 2)
+    mix = calibration_vqa("easy-vqa:train,fashion-mnist:train", 46, seed=0, balance=True)
+    fm = [s for s in mix if s.meta["dataset"] == "fashion-mnist"]
+    assert len(mix) == 46 and len(fm) == 23
+    assert max(sum(s.answer == c for s in fm) for c in FASHION_MNIST_CLASSES) == 3
+    assert [s.id for s in calibration_vqa("easy-vqa:train", 10, seed=0)] == \
+        [s.id for s in load_easy_vqa("train", limit=10, seed=0)]  # off: the plain draw of before
+
+
 def test_unknown_split():
     with pytest.raises(DataError, match="split"):
         load_easy_vqa("validation")

@@ -42,15 +42,16 @@ def mm_specs(spec: str | None) -> list[str]:
     return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
-def calibration_vqa(spec: str, limit: int, seed: int = 0) -> list[VQASample]:
+def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False) -> list[VQASample]:
     """Image-text calibration samples: a seeded draw of `limit` samples from the training split of
-    each part of `spec` (a comma-separated mix gets an even share per part), interleaved."""
+    each part of `spec` (a comma-separated mix gets an even share per part), interleaved; `balance`
+    draws each part evenly over its answers."""
     parts = mm_specs(spec)
     shares = [limit // len(parts) + (1 if i < limit % len(parts) else 0) for i in range(len(parts))]
     drawn = []
     for part, n in zip(parts, shares):
         name, _, split = part.partition(":")
-        drawn.append(load_vqa(f"{name}:{split or 'train'}", limit=n, seed=seed))
+        drawn.append(load_vqa(f"{name}:{split or 'train'}", limit=n, seed=seed, balance=balance))
     mixed = [s for group in zip(*drawn) for s in group] if len(drawn) > 1 else drawn[0]
     if len(drawn) > 1:  # the longer groups' tails
         shortest = min(len(g) for g in drawn)
@@ -58,14 +59,15 @@ def calibration_vqa(spec: str, limit: int, seed: int = 0) -> list[VQASample]:
     return mixed
 
 
-def load_vqa(spec: str, limit: int | None = None, seed: int = 0) -> list[VQASample]:
+def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool = False) -> list[VQASample]:
     """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split], a benchmark name[:split]
     (from the hub) or a benchmark name with a local file in the hub schema: scienceqa:FILE[@split]
-    (FILE a .parquet, .json or .jsonl; split names the file's split, default the benchmark's)."""
+    (FILE a .parquet, .json or .jsonl; split names the file's split, default the benchmark's).
+    `limit` draws a seeded subset; `balance` draws it evenly over the answers."""
     from pathlib import Path
 
     from prune_engine.data.hub import BENCHMARKS, load_benchmark
-    from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
+    from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist, seeded_subset
 
     name, _, split = spec.partition(":")
     if name in BENCHMARKS:
@@ -73,13 +75,17 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0) -> list[VQASamp
         if Path(file).suffix.lower() in (".parquet", ".json", ".jsonl"):
             if not Path(file).is_file():
                 raise DataError(f"{name}: data file not found: {file}")
-            return load_benchmark(name, source=file, split=file_split or None, limit=limit)
+            samples = load_benchmark(name, source=file, split=file_split or None, limit=None if balance else limit)
+            return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])] \
+                if balance else samples
     if name == "easy-vqa":
-        return load_easy_vqa(split or "train", limit=limit, seed=seed)
+        return load_easy_vqa(split or "train", limit=limit, seed=seed, balance=balance)
     if name == "fashion-mnist":
-        return load_fashion_mnist(split or "train", limit=limit, seed=seed)
+        return load_fashion_mnist(split or "train", limit=limit, seed=seed, balance=balance)
     if name in BENCHMARKS:
         samples = load_benchmark(name, split=split or None)
+        if balance:
+            return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])]
         if limit is not None and limit < len(samples):  # a seeded draw, not the first rows
             import numpy as np
 

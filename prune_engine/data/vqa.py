@@ -79,13 +79,34 @@ def _check_split(split: str, name: str) -> None:
         raise DataError(f"{name}: unknown split '{split}' (expected one of {', '.join(_SPLITS)})")
 
 
-def _subset(n: int, limit: int | None, seed: int) -> list[int]:
-    """Indices of a seeded subset of ``range(n)`` in file order (all of them when limit is None)."""
+def seeded_subset(n: int, limit: int | None, seed: int, strata: list | None = None) -> list[int]:
+    """Indices of a seeded subset of ``range(n)`` in file order (all of them when limit is None).
+
+    With ``strata`` (one label per index, e.g. the answers) the draw is balanced: an even share of
+    each label, taken in turns over the labels in a seeded order (a label with too few indices gives
+    its turns to the others), so every answer is represented and none dominates by chance."""
     if limit is None or limit >= n:
         return list(range(n))
     if limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
-    return sorted(random.Random(seed).sample(range(n), limit))
+    rng = random.Random(seed)
+    if strata is None:
+        return sorted(rng.sample(range(n), limit))
+    if len(strata) != n:
+        raise ValueError(f"{len(strata)} labels for {n} indices")
+    groups: dict = {}
+    for i, label in enumerate(strata):
+        groups.setdefault(label, []).append(i)
+    labels = sorted(groups, key=str)
+    rng.shuffle(labels)  # which labels get the remainder when limit is not a multiple
+    for label in labels:
+        rng.shuffle(groups[label])
+    picked: list[int] = []
+    for turn in range(max(len(g) for g in groups.values())):
+        for label in labels:
+            if turn < len(groups[label]) and len(picked) < limit:
+                picked.append(groups[label][turn])
+    return sorted(picked)
 
 
 def _load_image(path: Path, what: str) -> Image.Image:
@@ -153,11 +174,12 @@ def _easy_vqa_records(root: Path, split: str) -> list[tuple[str, str, int]]:
 
 
 def load_easy_vqa(split: str, limit: int | None = None, seed: int = 0,
-                  root: str | Path | None = None) -> list[VQASample]:
+                  root: str | Path | None = None, balance: bool = False) -> list[VQASample]:
     """easy-VQA question-answer pairs of ``split`` ('train' or 'test').
 
     ``limit`` picks a seeded random subset of the QA pairs (kept in file order); ``root`` is
-    the data directory (default: the installed ``easy-vqa`` package's ``data``). Choices are
+    the data directory (default: the installed ``easy-vqa`` package's ``data``); ``balance`` draws
+    the subset evenly over the answers (`seeded_subset`). Choices are
     the 13 answers of ``answers.txt``; category is the question type (yes/no, shape, colour).
     Images are loaded once per image id and shared between its questions.
     """
@@ -168,7 +190,8 @@ def load_easy_vqa(split: str, limit: int | None = None, seed: int = 0,
     path = root / split / "questions.json"
     images: dict[int, Image.Image] = {}
     samples = []
-    for i in _subset(len(records), limit, seed):
+    strata = [answer for _, answer, _ in records] if balance else None
+    for i in seeded_subset(len(records), limit, seed, strata):
         question, answer, image_id = records[i]
         try:
             category = easy_vqa_category(question, answer)
@@ -256,13 +279,13 @@ def _read_idx(path: Path, magic: int) -> tuple[tuple[int, ...], bytes]:
 
 
 def load_fashion_mnist(split: str, limit: int | None = None, seed: int = 0,
-                       root: str | Path | None = None) -> list[VQASample]:
+                       root: str | Path | None = None, balance: bool = False) -> list[VQASample]:
     """Fashion-MNIST photos of ``split`` ('train' 60k, 'test' 10k) as VQA samples.
 
     Question "What is shown?", answer and category = the class name, choices = the 10
     class names. ``limit`` picks a seeded random subset (kept in file order); ``root`` is
     the directory of the IDX files (default ``/usr/share/datasets/fashion-mnist``). Images
-    are 28x28 greyscale (mode "L").
+    are 28x28 greyscale (mode "L"). ``balance`` draws the subset evenly over the classes.
     """
     _check_split(split, "fashion-mnist")
     root = Path(root) if root is not None else FASHION_MNIST_DIR
@@ -274,7 +297,7 @@ def load_fashion_mnist(split: str, limit: int | None = None, seed: int = 0,
     if n != m:
         raise DataError(f"{label_path}: {m} labels for {n} images in {image_path.name}")
     samples = []
-    for i in _subset(n, limit, seed):
+    for i in seeded_subset(n, limit, seed, list(labels[:n]) if balance else None):
         label = labels[i]
         if label >= len(FASHION_MNIST_CLASSES):
             raise DataError(f"{label_path}: record {i}: label {label} out of range 0-9")
