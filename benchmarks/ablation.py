@@ -66,6 +66,30 @@ def fmt(row: dict, metric: str) -> str:
     return f"{row[metric]:.4g}" + (f" ± {sd:.2g}" if sd is not None and len(row.get("seeds", [])) > 1 else "")
 
 
+def ordering(target: float, first: dict, full: dict) -> str:
+    """Whether the paper's ordering (Full ahead of every ablated variant) holds on the single-seed draw:
+    per variant and metric, better or worse than Full, and whether the gap exceeds Full's sd over seeds."""
+    f0, parts, holds = first["full"], [], []
+    for v in ("auto_wo_gen", "no_evo", "evo_wo_ub"):
+        x = first.get(v)
+        if x is None:
+            continue
+        cells, ahead = [], True
+        for m, lower_better in (("ppl", True), ("easy_vqa", False), ("fashion_mnist", False)):
+            gap = (x[m] - f0[m]) * (1 if lower_better else -1)  # > 0: Full is ahead
+            ahead &= gap >= 0
+            noise = full.get(f"{m}_sd", 0.0)
+            cells.append(f"{m} {'Full ahead' if gap >= 0 else 'Full behind'}"
+                         f"{'' if abs(gap) > noise else ' (within sd)'}")
+        holds.append(ahead)
+        parts.append(f"{LABELS[v]}: " + ", ".join(cells))
+    if not parts:
+        return f"At {target}: no ablated variant to order."
+    verdict = "holds on every metric" if all(holds) else "does not hold on every metric"
+    return (f"At {target}, the paper's ordering (Full ahead of each ablated variant, seed {f0['seed']}) {verdict}: "
+            + "; ".join(parts) + ".")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="0.5,0.7")
@@ -133,6 +157,8 @@ def main(argv=None) -> int:
                     if v in by_variant and by_variant[v]["ratios"] == f["per_seed"][0]["ratios"]]
             if same:
                 verdict.append(f"At {t}, chose Full's (seed {seeds[0]}) policy: {', '.join(same)}.")
+            if first.get("full") is not None:
+                verdict.append(ordering(t, first, f))
     if missing:
         verdict.append("Not run yet (the same command without --cached-only runs them): " + ", ".join(missing) + ".")
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
