@@ -45,6 +45,9 @@ class DataConfig(BaseModel):
         from prune_engine.data.calibration import check_calibration_data
 
         check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
+        if self.mm_balance and not self.mm_calib:
+            raise ValueError("mm_balance (--mm-balance) balances the image-text calibration draw: "
+                             "it needs mm_calib (--mm-calib)")
         return self
 
 
