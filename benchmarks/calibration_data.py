@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"a subset of {list(CONFIGS)}")
     ap.add_argument("--name", default="calibration_data",
-                    help="results file benchmarks/results/<name>.md|json (another name for an experiment beside the table)")
+                    help="results file benchmarks/results/<name>.md|json (an experiment beside the table)")
     ap.add_argument("--work", type=Path, default=Path("runs/benchmarks"), help="run directories and the cache")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     table = markdown_table(headers, rows)
     print("\n" + table)
     notes = (f"Uniform SparseGPT at {args.target} on {base.model}, calibration text {base.data['calib']}, image-text "
-             f"{base.data['mm_calib']} (an even share of each; 'balanced': each drawn evenly over its answers). 'mean ± sd' over calibration seeds {seeds}. "
+             f"{base.data['mm_calib']} (an even share of each; 'balanced': each drawn evenly over its answers). "
+             f"'mean ± sd' over calibration seeds {seeds}. "
              f"Held-out: {base.heldout.segments}x{base.heldout.seqlen} tokens of {base.heldout.text}, "
              f"{base.heldout.vqa} questions per VQA set (seed {base.heldout.seed}), the same for every row. "
              "'prune seconds' includes loading the model and data.")

@@ -67,7 +67,7 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
     from pathlib import Path
 
     from prune_engine.data.hub import BENCHMARKS, load_benchmark
-    from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist, seeded_subset
+    from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
 
     name, _, split = spec.partition(":")
     if name in BENCHMARKS:
@@ -76,8 +76,7 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
             if not Path(file).is_file():
                 raise DataError(f"{name}: data file not found: {file}")
             samples = load_benchmark(name, source=file, split=file_split or None, limit=None if balance else limit)
-            return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])] \
-                if balance else samples
+            return _balanced(samples, limit, seed) if balance else samples
     if name == "easy-vqa":
         return load_easy_vqa(split or "train", limit=limit, seed=seed, balance=balance)
     if name == "fashion-mnist":
@@ -85,7 +84,7 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
     if name in BENCHMARKS:
         samples = load_benchmark(name, split=split or None)
         if balance:
-            return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])]
+            return _balanced(samples, limit, seed)
         if limit is not None and limit < len(samples):  # a seeded draw, not the first rows
             import numpy as np
 
@@ -94,6 +93,13 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
         return samples
     raise DataError(f"unknown image-text data '{spec}': use easy-vqa[:split], fashion-mnist[:split] "
                     f"or one of {', '.join(sorted(BENCHMARKS))}")
+
+
+def _balanced(samples: list[VQASample], limit: int | None, seed: int) -> list[VQASample]:
+    """A seeded draw of `limit` samples, evenly over their answers."""
+    from prune_engine.data.vqa import seeded_subset
+
+    return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])]
 
 
 def text_batches(processor, spec: str, n: int, seqlen: int, seed: int = 0,

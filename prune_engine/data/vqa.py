@@ -102,10 +102,10 @@ def seeded_subset(n: int, limit: int | None, seed: int, strata: list | None = No
     for label in labels:
         rng.shuffle(groups[label])
     picked: list[int] = []
-    for turn in range(max(len(g) for g in groups.values())):
-        for label in labels:
-            if turn < len(groups[label]) and len(picked) < limit:
-                picked.append(groups[label][turn])
+    turn = 0
+    while len(picked) < limit:  # ends: limit < n
+        picked += [groups[label][turn] for label in labels if turn < len(groups[label])][:limit - len(picked)]
+        turn += 1
     return sorted(picked)
 
 
