@@ -25,14 +25,14 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.config import ConfigError, RunConfig
-from actors.dense_loader import load_dense
-from actors.evaluator_actor import EvaluatorActor
-from actors.learner_actor import LearnerActor
-from actors.memory_request import GiB, actor_memory
-from actors.object_holder import ObjectHolder
-from actors.schedule import Schedule
-from search.protocol import Evaluation, ProjectorUpdate
+from efficientllava.actors.config import ConfigError, RunConfig
+from efficientllava.actors.dense_loader import load_dense
+from efficientllava.actors.evaluator_actor import EvaluatorActor
+from efficientllava.actors.learner_actor import LearnerActor
+from efficientllava.actors.memory_request import GiB, actor_memory
+from efficientllava.actors.object_holder import ObjectHolder
+from efficientllava.actors.schedule import Schedule
+from efficientllava.search.protocol import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,9 @@ class ActorPool:
         self.param_counts = np.asarray(first["param_counts"], dtype=np.int64)
         self.identity = first["identity"]
         self.has_projector = bool(first["has_projector"])
+        # database mode: the driver may re-score known policies on image-text samples only after a projector step
+        self.text_independent_of_projector = bool(first["text_independent_of_projector"])
+        self.held_aside = int(first["held_aside"])  # 0: the projector guard has nothing to measure
         self.n_blocks = int(first["blocks"])
         self.use_projector = self.has_projector and self.run.search.projector_mode != "off"
         self.startup_s = time.perf_counter() - t0
@@ -331,7 +334,8 @@ class ActorPool:
             self._replay.append(call)
         after = float(share @ np.array(self._answer_losses(monitored)))
         self._last_update = (monitored, share, before, step_losses)
-        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses)
+        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses,
+                               held_aside=self.held_aside)
 
     def rescale_projector_update(self, scale: float) -> ProjectorUpdate:
         """Keep `scale` of the last projector step's update (0: drop it), measured like that step."""
@@ -343,7 +347,8 @@ class ActorPool:
         self._publish(state_ref, version)
         self._replay.append(call)
         after = before if scale == 0 else float(share @ np.array(self._answer_losses(monitored)))
-        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses, float(scale))
+        return ProjectorUpdate(self.projector_version, before, after, self._change(), step_losses, float(scale),
+                               self.held_aside)
 
     def _change(self) -> float:
         return float(self._learner(lambda: self.learner.change_since_mark.remote()))
@@ -391,7 +396,7 @@ class ActorPool:
     def export(self, ratios: np.ndarray, dest: str, files: dict[str, dict]) -> dict:
         """Prune the dense model sequentially with `ratios` and the current projector; save it at
         `dest` (a local path on the driver's machine or a pyarrow.fs URI)."""
-        from actors.storage import is_uri, write_dir
+        from efficientllava.actors.storage import is_uri, write_dir
 
         self._settle_sync()
         here = ray.get_runtime_context().get_node_id()

@@ -15,8 +15,8 @@ app = typer.Typer(help="EfficientLLaVA: auto-prune vision-language models (SRM-g
 eval_app = typer.Typer(help="Evaluate a (pruned) model.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-from actors.demo import DEMO_DEFAULTS, DEMO_HELDOUT_VQA
-from actors.options import (DATA, OFFLOAD, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
+from efficientllava.actors.demo import DEMO_DEFAULTS, DEMO_HELDOUT_VQA, DEMO_TIME_BUDGET_S
+from efficientllava.actors.options import (DATA, OFFLOAD, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
                             ModelOption, PresetOption, SetOption, heldout_config, run_config, with_settings)
 
 
@@ -41,9 +41,9 @@ def one_line_errors():
     """Known user errors become one line on stderr and exit code 2."""
     from pydantic import ValidationError
 
-    from prune_engine.data.text import DataError
-    from prune_engine.models.adapter import ModelError
-    from prune_engine.sparsegpt import PruneConfigError
+    from efficientllava.prune_engine.data.text import DataError
+    from efficientllava.prune_engine.models.adapter import ModelError
+    from efficientllava.prune_engine.sparsegpt import PruneConfigError
 
     try:
         yield
@@ -95,10 +95,10 @@ def prune(
 ):
     """Prune a model's language model with layer-sequential SparseGPT (uniform ratio, N:M, or a policy)."""
     with one_line_errors():
-        from prune_engine.checks import check_device, check_output_dir, check_positive, check_seqlen
-        from prune_engine.config import DataConfig
-        from prune_engine.models.loading import model_kind
-        from prune_engine.prune import PruneJob, run_prune
+        from efficientllava.prune_engine.checks import check_device, check_output_dir, check_positive, check_seqlen
+        from efficientllava.prune_engine.config import DataConfig
+        from efficientllava.prune_engine.models.loading import model_kind
+        from efficientllava.prune_engine.prune import PruneJob, run_prune
 
         if sparsity is not None and (pattern or policy):
             raise ValueError(f"--sparsity conflicts with {'--pattern' if pattern else '--policy'}: "
@@ -131,8 +131,8 @@ def eval_ppl(
 ):
     """Perplexity on held-out text."""
     with one_line_errors():
-        from prune_engine.checks import (check_device, check_forward_memory, check_output_file, check_positive, check_seqlen)
-        from prune_engine.models.loading import model_kind
+        from efficientllava.prune_engine.checks import (check_device, check_forward_memory, check_output_file, check_positive, check_seqlen)
+        from efficientllava.prune_engine.models.loading import model_kind
 
         check_positive(nsamples=nsamples, seqlen=seqlen, batch_size=batch_size)
         check_device(device)
@@ -141,10 +141,10 @@ def eval_ppl(
         check_forward_memory(model, min(batch_size, nsamples or batch_size), seqlen, device)
         if json_out:
             check_output_file(json_out, "--json")
-        from prune_engine.data.calibration import tokenizer_of
-        from prune_engine.data.text import eval_segments, load_text
-        from prune_engine.evaluation.perplexity import perplexity
-        from prune_engine.models.loading import load_model
+        from efficientllava.prune_engine.data.calibration import tokenizer_of
+        from efficientllava.prune_engine.data.text import eval_segments, load_text
+        from efficientllava.prune_engine.evaluation.perplexity import perplexity
+        from efficientllava.prune_engine.models.loading import load_model
 
         adapter, processor = load_model(model, device=device)
         segments = eval_segments(tokenizer_of(processor), load_text(text), nsamples, seqlen)
@@ -159,7 +159,7 @@ def eval_ppl(
 @contextmanager
 def search_errors():
     """one_line_errors, plus checkpoint errors and Ray's wrapping of errors raised in actors."""
-    from search.checkpoint import CheckpointError
+    from efficientllava.search.checkpoint import CheckpointError
 
     with one_line_errors():
         try:
@@ -186,10 +186,10 @@ def search(
 ):
     """Search per-block sparsity ratios (genetic search, SRM fitness, projector evolution) on Ray,
     then prune the model with the best policy."""
-    from actors.storage import absolute
+    from efficientllava.actors.storage import absolute
 
     with resumable(f"continue with `efficientllava resume {absolute(out)}`"), search_errors():
-        from actors.run import check_new_run_dir, run_search
+        from efficientllava.actors.run import check_new_run_dir, run_search
 
         run = run_config(settings, config, set_, preset)
         out = absolute(out)
@@ -208,10 +208,10 @@ def resume(
     """Continue a search from its last checkpoint (same result as an uninterrupted run), then
     prune the model with the best policy. The Ray settings default to the saved ones and do not
     change the result."""
-    from actors.storage import absolute
+    from efficientllava.actors.storage import absolute
 
     with resumable(f"continue with `efficientllava resume {absolute(run_dir)}`"), search_errors():
-        from actors.run import resume_search
+        from efficientllava.actors.run import resume_search
 
         if generations is not None and generations < 1:
             raise ValueError("--generations must be at least 1")
@@ -237,9 +237,9 @@ def tune(
 ):
     """Tune eta with Ray Tune: one trial = one search run, scored on held-out data (resumable)."""
     with resumable("run the same command again to continue the experiment"), search_errors():
-        from actors.tune import TuneJob, format_rows, run_tune
-        from prune_engine.checks import check_output_file
-        from prune_engine.models.loading import model_facts
+        from efficientllava.actors.tune import TuneJob, format_rows, run_tune
+        from efficientllava.prune_engine.checks import check_output_file
+        from efficientllava.prune_engine.models.loading import model_facts
 
         try:
             etas = tuple(float(e) for e in eta.split(",") if e.strip())
@@ -274,8 +274,8 @@ def eval_vqa(
 ):
     """VQA accuracy by constrained choice over the answer set, with a per-category breakdown."""
     with one_line_errors():
-        from prune_engine.checks import check_device, check_output_file, check_positive
-        from prune_engine.models.loading import model_facts
+        from efficientllava.prune_engine.checks import check_device, check_output_file, check_positive
+        from efficientllava.prune_engine.models.loading import model_facts
 
         check_positive(batch_size=batch_size)
         if limit < 0:
@@ -289,13 +289,13 @@ def eval_vqa(
             raise ValueError(f"eval vqa needs the model's image processor: {facts['image_processor']}")
         if json_out:
             check_output_file(json_out, "--json")
-        from prune_engine.data.calibration import load_vqa
-        from prune_engine.evaluation.vqa import vqa_accuracy
-        from prune_engine.models.loading import load_model
+        from efficientllava.prune_engine.data.calibration import load_vqa
+        from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
+        from efficientllava.prune_engine.models.loading import load_model
 
         samples = load_vqa(data, limit=limit or None, seed=seed)
         adapter, processor = load_model(model, device=device)
-        from prune_engine.models.loading import text_only_reason
+        from efficientllava.prune_engine.models.loading import text_only_reason
 
         reason = text_only_reason(model, processor)
         if reason:
@@ -320,8 +320,8 @@ def report(
 ):
     """Markdown + HTML report of a search run: fitness curve, policy heatmap, neighbour weights, tables."""
     with one_line_errors():
-        from prune_engine.checks import check_output_dir
-        from actors.report import DEFAULT_BENCHMARKS, run_model, write_report
+        from efficientllava.prune_engine.checks import check_output_dir
+        from efficientllava.actors.report import DEFAULT_BENCHMARKS, run_model, write_report
 
         if benchmarks is not None and not benchmarks.is_dir():
             raise ValueError(f"--benchmarks {benchmarks}: not a directory")
@@ -339,10 +339,15 @@ def report(
 
 
 @app.command()
-@with_settings(RUN + HELDOUT, defaults={**DEMO_DEFAULTS, "heldout.vqa": DEMO_HELDOUT_VQA})
+@with_settings(RUN + HELDOUT, exclude=("search.time_budget_s",),
+               defaults={**DEMO_DEFAULTS, "heldout.vqa": DEMO_HELDOUT_VQA})
 def demo(
     settings: dict,
     out: Path = typer.Option(Path("runs/demo"), help="Run directory of the demo."),
+    time_budget: float = typer.Option(DEMO_TIME_BUDGET_S, "--time-budget", metavar="S", min=0,
+                                      help="Seconds for the whole demo: the baseline and the held-out evaluation "
+                                      "are measured first, the search gets the rest and (default preset) sizes its "
+                                      "screening to it. 0: no budget (the preset's fixed screening)."),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
     preset: str = PresetOption,
@@ -351,10 +356,10 @@ def demo(
     """The demo main job: search smol-llava, then compare dense / uniform / searched on held-out data."""
     with resumable(f"the search continues with `efficientllava resume {out.resolve() / 'search'}` "
                    "(or run the demo again with --overwrite)"), one_line_errors(), search_errors():
-        from actors.demo import DemoJob, demo_run_config, run_demo
+        from efficientllava.actors.demo import DemoJob, demo_run_config, run_demo
 
         run = demo_run_config(settings, config, set_, preset)
-        job = DemoJob(out=out, run=run, preset=preset, overwrite=overwrite,
+        job = DemoJob(out=out, run=run, preset=preset, overwrite=overwrite, time_budget_s=time_budget or None,
                       heldout=heldout_config(settings, run.search.seed, vqa=DEMO_HELDOUT_VQA))
         run_demo(job, log=_log)
 

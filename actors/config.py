@@ -20,9 +20,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prune_engine.config import DataConfig, EngineConfig
-from search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
-from search.policy import levels_of
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+from efficientllava.search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
+from efficientllava.search.policy import levels_of
 
 SECTIONS = ("search", "engine", "data", "ray")
 KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
@@ -36,14 +36,16 @@ KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
 #: default: EvoPress-style economics, measured best held-out quality per wall-clock minute here:
 #:   many children screened per generation on a small slice of the proxy data (in bfloat16 where the
 #:   hardware is fast at it), survivors on all of it; 250 children a generation give >= 500 candidate
-#:   evaluations in the demo's time on 2 cores (benchmarks/search_cost.py).
+#:   evaluations in the demo's time on 2 cores (benchmarks/search_cost.py). Given a time budget
+#:   (--time-budget; the demo sets one), the children per generation are sized to fit it from what a
+#:   screened child and a generation cost on the machine at hand (at most 250).
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "paper": {"search.population": 16, "search.generations": 10, "search.elites": 5, "search.eta": 0.5,
               "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
     "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
                 "search.init": "uniform", "search.tolerance": 0.0,
-                "search.offspring": 250, "engine.mode": "database",
+                "search.offspring": 250, "search.offspring_budget": True, "engine.mode": "database",
                 "engine.fitness_nsamples": 4, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }
@@ -109,9 +111,9 @@ class RayOptions(BaseModel):
 
 def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, local: bool) -> None:
     """Cheap checks that need no model weights and no data loading."""
-    from prune_engine.data.calibration import mm_specs
-    from prune_engine.data.text import DataError, parse_text_spec
-    from prune_engine.sparsegpt import Pattern
+    from efficientllava.prune_engine.data.calibration import mm_specs
+    from efficientllava.prune_engine.data.text import DataError, parse_text_spec
+    from efficientllava.prune_engine.sparsegpt import Pattern
 
     if engine.mode not in ("sequential", "database"):
         raise ConfigError(f"invalid engine config: mode must be 'sequential' or 'database', got '{engine.mode}'")
@@ -143,21 +145,21 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
     if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
         raise ConfigError(f"invalid data config: calib: text file not found: {spec.path}")
     if local and engine.offload_dir is not None:  # on a remote cluster the directory is the nodes'
-        from prune_engine.checks import check_output_dir
+        from efficientllava.prune_engine.checks import check_output_dir
 
         try:
             check_output_dir(Path(engine.offload_dir), "offload_dir")
         except ValueError as exc:
             raise ConfigError(f"invalid engine config: {exc}") from None
     if local:
-        from prune_engine.checks import check_text_budget
+        from efficientllava.prune_engine.checks import check_text_budget
 
         try:
             check_text_budget(data.calib, data.nsamples, data.seqlen)
         except (ValueError, DataError) as exc:
             raise ConfigError(f"invalid data config: calib: {str(exc).removeprefix('--calib ')}") from None
     if data.mm_calib is not None:
-        from prune_engine.data.hub import BENCHMARKS
+        from efficientllava.prune_engine.data.hub import BENCHMARKS
 
         for part in mm_specs(data.mm_calib) or [data.mm_calib]:
             name = part.partition(":")[0]
@@ -165,8 +167,8 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
                 raise ConfigError(f"invalid data config: mm_calib: unknown image-text data '{part}' (use "
                                   f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))}; "
                                   "a comma-separated mix is allowed)")
-    from prune_engine.models.adapter import ModelError
-    from prune_engine.models.loading import model_facts
+    from efficientllava.prune_engine.models.adapter import ModelError
+    from efficientllava.prune_engine.models.loading import model_facts
 
     model = engine.model
     try:
@@ -228,8 +230,8 @@ class RunConfig(BaseModel):
             engine = engine.model_copy(update={"granularity": search.granularity})
         local = local if local is not None else ray_options.address is None
         if local:
-            from prune_engine.models.adapter import ModelError
-            from prune_engine.models.loading import absolute_model
+            from efficientllava.prune_engine.models.adapter import ModelError
+            from efficientllava.prune_engine.models.loading import absolute_model
 
             try:  # a local directory is saved absolute: the run resumes from any folder
                 engine = engine.model_copy(update={"model": absolute_model(engine.model)})

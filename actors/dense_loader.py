@@ -9,7 +9,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from prune_engine.tensors import pack_tensors
+from efficientllava.prune_engine.tensors import pack_tensors
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -19,8 +19,8 @@ def _dtype(name: str) -> torch.dtype:
 @ray.remote(max_retries=3)
 def load_dense(engine: dict, dtype: str) -> tuple[dict, dict | None]:
     """The dense model's weights, and its projector's (None for text-only models)."""
-    from prune_engine.models.adapter import ModelError
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.models.adapter import ModelError
+    from efficientllava.prune_engine.models.loading import load_model
 
     try:
         adapter, _ = load_model(engine["model"], dtype=_dtype(dtype))

@@ -22,8 +22,8 @@ import numpy as np
 import ray
 import torch
 
-from actors.object_holder import held_ref
-from prune_engine.tensors import unpack_tensors
+from efficientllava.actors.object_holder import held_ref
+from efficientllava.prune_engine.tensors import unpack_tensors
 
 
 @ray.remote
@@ -44,8 +44,8 @@ class EvaluatorActor:
         self.node_id = ctx.get_node_id()
         self.candidates = 0
         try:
-            from prune_engine.config import DataConfig, EngineConfig
-            from prune_engine.scoring import CandidateScorer
+            from efficientllava.prune_engine.config import DataConfig, EngineConfig
+            from efficientllava.prune_engine.scoring import CandidateScorer
 
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             gpu = bool(ray.get_gpu_ids())
@@ -74,8 +74,11 @@ class EvaluatorActor:
         self._check()
         ev = self.ev
         return {"param_counts": ev.param_counts().tolist(), "identity": ev.identity(),
-                "has_projector": ev.has_projector, "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
+                "has_projector": ev.has_projector, "held_aside": ev.held_aside,
+                "text_independent_of_projector": ev.text_independent_of_projector,
+                "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
                 "pid": os.getpid(), "device": ev.engine.device, "threads": torch.get_num_threads(),
+                "screen_dtype": str(ev.screen_dtype or ev.pruner.dtype).removeprefix("torch."),
                 "restarted": self.restarted}
 
     def database_part(self, index: int, parts: int) -> dict:
@@ -106,7 +109,7 @@ class EvaluatorActor:
     def evaluate(self, ratios: np.ndarray, version: int, projector: list, fidelity: str = "full",
                  modalities: tuple = ("text", "mm")) -> dict:
         """Score `ratios` under projector `version` at `fidelity` ("full" or "screen") on `modalities`."""
-        from search.fitness import norm_term
+        from efficientllava.search.fitness import norm_term
 
         self._check()
         self._sync(version, projector)
@@ -147,7 +150,7 @@ class EvaluatorActor:
 
         how: "direct" (dest is a local path on this node), "uri" (a pyarrow.fs URI) or "bytes"
         (return the files for the driver to write)."""
-        from prune_engine.prune import save_model_dir
+        from efficientllava.prune_engine.prune import save_model_dir
 
         self._check()
         self._sync(version, projector)
@@ -169,7 +172,7 @@ class EvaluatorActor:
                 local = Path(tmp) / "model"
                 save_model_dir(ev.adapter, ev.processor, local, files, overwrite=True)
                 if how == "uri":
-                    from actors.storage import upload_dir
+                    from efficientllava.actors.storage import upload_dir
 
                     upload_dir(local, dest)
                     return {"report": summary, "files": None}

@@ -9,15 +9,15 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from actors.object_holder import held_ref
-from prune_engine.tensors import pack_tensors, unpack_tensors
+from efficientllava.actors.object_holder import held_ref
+from efficientllava.prune_engine.tensors import pack_tensors, unpack_tensors
 
 
 @ray.remote
 class LearnerActor:
     def __init__(self, projector: list, lr: float):
         """projector: [ObjectRef of the dense projector state] (nested, as for the evaluators)."""
-        from prune_engine.projector import ProjectorLearner
+        from efficientllava.prune_engine.projector import ProjectorLearner
 
         self.learner = ProjectorLearner(unpack_tensors(ray.get(held_ref(projector))), lr=lr)
 

@@ -79,7 +79,7 @@ def model_parameters(model: str) -> int | None:
     """Parameters of an engine.model value, read on this machine: a local directory, or an embedded
     model ('smollm2', 'smol-llava'; its directory is assembled on first use, as loading does);
     None for a hub id or anything unreadable (then nothing is requested)."""
-    from prune_engine.models.loading import EMBEDDED_MODELS, model_kind, resolve_model_path
+    from efficientllava.prune_engine.models.loading import EMBEDDED_MODELS, model_kind, resolve_model_path
 
     try:
         if model not in EMBEDDED_MODELS and model_kind(model) != "dir":

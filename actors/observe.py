@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from search.events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted, ProjectorStepped,
-                           SearchFinished)
+from efficientllava.search.events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted,
+                                          OffspringSized, ProjectorStepped, SearchFinished)
 
 METRIC_NAMES = ("efficientllava_generation", "efficientllava_best_fitness", "efficientllava_candidates_evaluated",
                 "efficientllava_seconds_per_candidate")
@@ -62,7 +62,8 @@ class ConsoleProgress:
     nothing was printed for `heartbeat_s` seconds (so a log never goes quiet for long)."""
 
     def __init__(self, generations: int, population: int, blocks: int, start_generation: int = 0,
-                 enabled: bool = True, log: Callable[[str], None] | None = None, heartbeat_s: float = 20.0):
+                 enabled: bool = True, log: Callable[[str], None] | None = None, heartbeat_s: float = 20.0,
+                 screening: str = "screening", evaluators: int = 1):
         import threading
         import time
 
@@ -72,6 +73,7 @@ class ConsoleProgress:
         self.console = Console(stderr=True)
         self._log = log or (lambda m: self.console.print(m, highlight=False))
         self.population, self.blocks, self.generations = population, blocks, generations
+        self.screening, self.evaluators = screening, evaluators  # e.g. "bfloat16 screening", 2
         self.interactive = enabled and self.console.is_terminal
         self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
@@ -139,6 +141,15 @@ class ConsoleProgress:
             self.log(f"generation {e.generation + 1}/{self.generations}: best F {e.best_fitness:.4f}, "
                      f"{e.evaluated} evaluated + {e.screened} screened, 1/sum(c^2) {e.effective_candidates:.2f}, "
                      f"{self._blocks_run} block passes, projector v{e.projector_version}, {e.elapsed_s:.1f} s")
+        elif isinstance(e, OffspringSized):
+            why = {"budget": "what fits the time budget",
+                   "offspring": "the most the preset draws (the budget would allow more)",
+                   "population": "the fewest that refill the population: the budget is too small for more, "
+                                 "the search will stop at it"}[e.limited_by]
+            self.log(f"screening sized: {self.screening}, {e.seconds_per_child:.2f} s a child on {self.evaluators} "
+                     f"evaluator(s), a generation {e.seconds_per_generation:.0f} s without screening, "
+                     f"{e.budget_left_s:.0f} s of the time budget left: {e.children} children per generation "
+                     f"({why})")
         elif isinstance(e, SearchFinished):
             self.log(f"search finished after {e.generations} generation(s) ({e.reason}): best F {e.best_fitness:.4f}")
 

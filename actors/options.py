@@ -62,6 +62,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "population of at most 4 chosen without elites keeps population - 1)."),
     Setting("search.offspring", int, "Children per generation screened on a slice of the proxy data "
             "(database mode; 0: none)."),
+    Setting("search.time_budget_s", float, "Wall-clock seconds of the search, counted once the actors are up: it "
+            "stops between generations when they are spent; with search.offspring_budget (the default preset) the "
+            "screened children per generation are sized to end within them.", flag="--time-budget", metavar="S"),
     Setting("search.eta", float, "SRM weight eta in F = -L_proxy - eta*s*G; 0 = Auto w/o Gen."),
     Setting("search.seed", int, "Seed of the search and of the proxy-data draw."),
     Setting("search.granularity", str, "block | matrix."),
@@ -114,12 +117,12 @@ HELDOUT = tuple(k for k in SETTINGS if k.startswith("heldout."))
 
 def default_text(key: str, presets: bool, override: Any = None) -> str:
     """' (default: X)' from the config classes, with the paper preset's value where it differs."""
-    from actors.config import PRESETS, setting_default
+    from efficientllava.actors.config import PRESETS, setting_default
 
     if override is not None:
         return f" (default: {override})"
     if key.startswith("heldout."):
-        from prune_engine.config import HeldoutConfig
+        from efficientllava.prune_engine.config import HeldoutConfig
 
         return f" (default: {HeldoutConfig.model_fields[key.partition('.')[2]].default})"
     value = setting_default(key, "default" if presets else None)
@@ -196,8 +199,8 @@ PresetOption = typer.Option("default", "--preset", help=PRESET_HELP)
 def run_config(settings: dict[str, Any], config: Path | None, sets: list[str] | None, preset: str,
                require_model: bool = True):
     """The RunConfig of a command's settings (the heldout.* ones are not part of it)."""
-    from actors.config import RunConfig, read_sections
-    from search.config import parse_overrides
+    from efficientllava.actors.config import RunConfig, read_sections
+    from efficientllava.search.config import parse_overrides
 
     run_settings = {k: v for k, v in settings.items() if not k.startswith("heldout.")}
     if require_model and run_settings.get("engine.model") is None:
@@ -208,7 +211,7 @@ def run_config(settings: dict[str, Any], config: Path | None, sets: list[str] | 
 
 
 def heldout_config(settings: dict[str, Any], seed: int, **defaults):
-    from prune_engine.config import HeldoutConfig
+    from efficientllava.prune_engine.config import HeldoutConfig
 
     chosen = {k.partition(".")[2]: v for k, v in settings.items() if k.startswith("heldout.") and v is not None}
     return HeldoutConfig(**{**defaults, **chosen, "seed": seed})

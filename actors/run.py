@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from actors.config import ConfigError, RayOptions, RunConfig
-from actors.storage import absolute, exists, is_uri, read_file, write_file
-from search.checkpoint import CONFIG, RunStore, read_config, read_history
-from search.config import SearchConfig
+from efficientllava.actors.config import ConfigError, RayOptions, RunConfig
+from efficientllava.actors.storage import absolute, exists, is_uri, read_file, write_file
+from efficientllava.search.checkpoint import CONFIG, RunStore, read_config, read_history
+from efficientllava.search.config import SearchConfig
 
 Log = Callable[[str], None]
 
@@ -181,7 +182,7 @@ def check_new_run_dir(out: str) -> None:
         raise ConfigError(f"{out} already holds a search run: continue it with `efficientllava resume {out}` "
                           "or choose another --out")
     if not is_uri(out):
-        from prune_engine.checks import check_output_dir
+        from efficientllava.prune_engine.checks import check_output_dir
 
         check_output_dir(Path(out))
         p = Path(out)
@@ -231,14 +232,17 @@ class _Fanout:
 
 def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None = None, resume: bool = False,
                progress: bool = True, log: Log = print, on_event=None, on_candidate=None,
-               on_ready: Callable[[object], None] | None = None) -> dict:
+               on_ready: Callable[[object], None] | None = None, deadline: float | None = None) -> dict:
     """Run (or, with `resume`, continue) a search and write the outputs. Returns a summary dict.
+
+    deadline: a time.monotonic() by which a new search should end; once the actors are up (and their
+    level databases built) the time left becomes its search.time_budget_s (or shortens it).
 
     on_event / on_candidate: extra subscribers (tests); on_ready(evaluator) is called once the
     actors are up."""
-    from actors.actor_pool import ActorPool
-    from actors.observe import ConsoleProgress, SearchMetrics
-    from search.driver import SearchDriver
+    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.actors.observe import ConsoleProgress, SearchMetrics
+    from efficientllava.search.driver import SearchDriver
 
     out = absolute(out)
     fan = _Fanout()
@@ -259,9 +263,17 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
                 driver = SearchDriver.resume(out, evaluator, fan.on_event, config=resume_config)
                 log(f"resuming {out} at generation {driver.generation} of {driver.config.generations}")
             else:
-                driver = SearchDriver(resume_config or run.search, evaluator, out, fan.on_event)
+                config = resume_config or run.search
+                if deadline is not None:
+                    left = max(deadline - time.monotonic(), 1.0)
+                    if config.time_budget_s is None or left < config.time_budget_s:
+                        config = config.merge({"time_budget_s": round(left, 1)})
+                    log(f"search time budget: {config.time_budget_s:.0f} s from now")
+                driver = SearchDriver(config, evaluator, out, fan.on_event)
+            screening = f"{evaluator.facts[0].get('screen_dtype', 'model dtype')} screening"
             console = ConsoleProgress(driver.config.generations, driver.config.population, evaluator.n_blocks,
-                                      driver.generation, enabled=progress, log=log)
+                                      driver.generation, enabled=progress, log=log, screening=screening,
+                                      evaluators=evaluator.n_actors)
             fan.event_subs.append(console.on_event)
             fan.candidate_subs.append(console.on_candidate)
             _store_run_name(out, run_name)
@@ -276,7 +288,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
 
 
 def policy_document(driver, result, run: RunConfig) -> dict:
-    from prune_engine.models.adapter import MATRIX_NAMES
+    from efficientllava.prune_engine.models.adapter import MATRIX_NAMES
 
     space, cfg = driver.space, driver.config
     ratios = [round(float(r), 6) for r in result.ratios]
@@ -301,7 +313,7 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
     log(f"best policy: F {result.fitness:.4f}, L_proxy {result.l_proxy:.4f}, G {result.g:.4f}, "
         f"mean sparsity {doc['mean_sparsity']:.4f}; pruning the final model sequentially")
     model_dir = out.rstrip("/") + "/model"
-    from actors.observe import heartbeat
+    from efficientllava.actors.observe import heartbeat
 
     with heartbeat(log, "pruning the final model"):
         report = evaluator.export(result.ratios, model_dir, {"policy.json": doc})

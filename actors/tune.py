@@ -22,7 +22,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prune_engine.config import HeldoutConfig
+from efficientllava.prune_engine.config import HeldoutConfig
 
 METRICS = ("ppl", "easy_vqa", "fashion_mnist")
 
@@ -75,10 +75,10 @@ def search_trial(config: dict) -> None:
     """Tune's function trainable: run (or resume, or reuse) one search, evaluate its model, report."""
     from ray import tune
 
-    from actors.config import RunConfig
-    from actors.run import resume_search, run_search
-    from prune_engine.evaluation.heldout import heldout_metrics
-    from search.checkpoint import CONFIG, RunStore
+    from efficientllava.actors.config import RunConfig
+    from efficientllava.actors.run import resume_search, run_search
+    from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
+    from efficientllava.search.checkpoint import CONFIG, RunStore
 
     job = TuneJob.model_validate_json(config["job"])
     eta = float(config["eta"])
@@ -106,9 +106,9 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
     """Start the experiment, or restore it when STORAGE/NAME already holds one. Returns one row per trial."""
     from ray import tune
 
-    from actors.config import RunConfig
+    from efficientllava.actors.config import RunConfig
 
-    from actors.run import ray_session
+    from efficientllava.actors.run import ray_session
 
     run = RunConfig.from_sections(job.run)  # fail fast, before Ray starts; each trial sets its own eta
     check_same_settings(job)
@@ -172,7 +172,7 @@ def save_settings(job: TuneJob) -> None:
 def check_same_settings(job: TuneJob) -> None:
     """An existing experiment is restored only with the settings it was started with (else its results
     would be reported for settings they were not made with): a one-line error naming the difference."""
-    from actors.config import ConfigError
+    from efficientllava.actors.config import ConfigError
 
     path = job.experiment_dir
     saved_file = path / SETTINGS

@@ -34,7 +34,7 @@ def settings_from_args(args) -> Settings:
         torch.set_num_threads(args.threads)
     import yaml
 
-    from prune_engine.config import HeldoutConfig
+    from efficientllava.prune_engine.config import HeldoutConfig
 
     d = Settings()
     return Settings(model=args.model, preset=args.preset, search=yaml.safe_load(args.search or "{}") or {},

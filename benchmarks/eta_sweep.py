@@ -40,14 +40,14 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="eta-sweep-benchmark")
     args = ap.parse_args(argv)
 
-    from actors.config import RunConfig
-    from actors.tune import TuneJob, format_rows, run_tune
+    from efficientllava.actors.config import RunConfig
+    from efficientllava.actors.tune import TuneJob, format_rows, run_tune
 
     run = RunConfig.load(preset=args.preset, overrides={
         "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
         "engine.model": args.model, "data.mm_calib": "easy-vqa:train,fashion-mnist:train",
         "ray.actors": args.actors})
-    from prune_engine.config import HeldoutConfig
+    from efficientllava.prune_engine.config import HeldoutConfig
 
     job = TuneJob(run=run.sections(without=("search.eta",)), etas=tuple(float(e) for e in args.eta.split(",")),
                   storage=args.storage, name=args.name, max_concurrent=args.max_concurrent,

@@ -171,9 +171,9 @@ def measure(size: str, store: str, device: str, dtype_name: str, offload: bool, 
             mm_samples: int, seed: int) -> dict:
     import torch
 
-    from prune_engine.answer_loss import backward_mean_answer_loss
-    from prune_engine.models.adapter import ModelAdapter
-    from prune_engine.pipeline import SequentialPruner
+    from efficientllava.prune_engine.answer_loss import backward_mean_answer_loss
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.pipeline import SequentialPruner
 
     torch.manual_seed(seed)
     dtype = getattr(torch, dtype_name)

@@ -34,9 +34,9 @@ from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 def candidate_set(param_counts: np.ndarray, population: int, n: int, seed: int):
     """Generation 1 of the search over this policy space, sorted; the chunk of the first actor."""
-    from actors.schedule import contiguous_chunks, lexicographic_order
-    from search import SearchConfig, feasible_space
-    from search.operators import initial_population, next_generation
+    from efficientllava.actors.schedule import contiguous_chunks, lexicographic_order
+    from efficientllava.search import SearchConfig, feasible_space
+    from efficientllava.search.operators import initial_population, next_generation
 
     cfg = SearchConfig(population=population, seed=seed)
     space = feasible_space(cfg, param_counts)
@@ -56,7 +56,7 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def measure(label: str, run_config, candidates: list[np.ndarray]) -> dict:
-    from actors.actor_pool import ActorPool
+    from efficientllava.actors.actor_pool import ActorPool
 
     summaries: list[dict] = []
     load = os.getloadavg()[0]
@@ -97,7 +97,7 @@ def main() -> None:
 
     import ray
 
-    from actors.config import RunConfig
+    from efficientllava.actors.config import RunConfig
 
     def config(actors: int, **engine) -> RunConfig:
         return RunConfig.from_sections({
@@ -109,7 +109,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        from actors.actor_pool import ActorPool
+        from efficientllava.actors.actor_pool import ActorPool
 
         probe = ActorPool(config(1), "bench-facts", log_fn=lambda m: None)
         param_counts, blocks = probe.param_counts, probe.n_blocks

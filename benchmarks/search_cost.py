@@ -41,11 +41,11 @@ def main(argv=None) -> int:
 
     import ray
 
-    from actors.config import RunConfig
-    from actors.run import run_search
-    from prune_engine.data.calibration import calibration_vqa, text_batches, vqa_batches
-    from prune_engine.models.loading import load_model, load_processor
-    from prune_engine.pipeline import SequentialPruner
+    from efficientllava.actors.config import RunConfig
+    from efficientllava.actors.run import run_search
+    from efficientllava.prune_engine.data.calibration import calibration_vqa, text_batches, vqa_batches
+    from efficientllava.prune_engine.models.loading import load_model, load_processor
+    from efficientllava.prune_engine.pipeline import SequentialPruner
 
     processor = load_processor(args.model)
     llava = hasattr(processor, "image_processor")

@@ -66,17 +66,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prune_engine.data.calibration import text_batches, tokenizer_of  # noqa: E402
-from prune_engine.data.text import eval_segments, load_text  # noqa: E402
-from prune_engine.evaluation.perplexity import perplexity  # noqa: E402
-from prune_engine.models.loading import load_model  # noqa: E402
-from prune_engine.pipeline import SequentialPruner  # noqa: E402
-from prune_engine.sparsegpt import Hessian, Pattern, sparsegpt  # noqa: E402
-from prune_engine.threads import one_cpu_thread  # noqa: E402
+from efficientllava.prune_engine.data.calibration import text_batches, tokenizer_of  # noqa: E402
+from efficientllava.prune_engine.data.text import eval_segments, load_text  # noqa: E402
+from efficientllava.prune_engine.evaluation.perplexity import perplexity  # noqa: E402
+from efficientllava.prune_engine.models.loading import load_model  # noqa: E402
+from efficientllava.prune_engine.pipeline import SequentialPruner  # noqa: E402
+from efficientllava.prune_engine.sparsegpt import Hessian, Pattern, sparsegpt  # noqa: E402
+from efficientllava.prune_engine.threads import one_cpu_thread  # noqa: E402
 
-import prune_engine.pipeline as _pipeline_module  # noqa: E402
-import prune_engine.sparsegpt as _sparsegpt_module  # noqa: E402
-import prune_engine.threads as _threads_module  # noqa: E402
+import efficientllava.prune_engine.pipeline as _pipeline_module  # noqa: E402
+import efficientllava.prune_engine.sparsegpt as _sparsegpt_module  # noqa: E402
+import efficientllava.prune_engine.threads as _threads_module  # noqa: E402
 
 # What our code was at import time (prune_engine/ is being edited by others while benchmarks run).
 SOURCES = {f"prune_engine/{Path(m.__file__).name}": hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:16]

@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from prune_engine.data.calibration import text_batches  # noqa: E402
-from prune_engine.models.loading import load_model  # noqa: E402
-from prune_engine.pipeline import SequentialPruner  # noqa: E402
-from prune_engine.sparsegpt import Hessian, sparsegpt  # noqa: E402
-from prune_engine.threads import one_cpu_thread  # noqa: E402
+from efficientllava.prune_engine.data.calibration import text_batches  # noqa: E402
+from efficientllava.prune_engine.models.loading import load_model  # noqa: E402
+from efficientllava.prune_engine.pipeline import SequentialPruner  # noqa: E402
+from efficientllava.prune_engine.sparsegpt import Hessian, sparsegpt  # noqa: E402
+from efficientllava.prune_engine.threads import one_cpu_thread  # noqa: E402
 
 
 def main() -> None:

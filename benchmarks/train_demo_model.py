@@ -39,10 +39,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prune_engine.data.vqa import (  # noqa: E402
+from efficientllava.prune_engine.data.vqa import (  # noqa: E402
     EASY_VQA_COLOURS, EASY_VQA_SHAPES, FASHION_MNIST_CLASSES, answer_ids, easy_vqa_image_labels,
     encode_prompts, load_easy_vqa, load_fashion_mnist)
-from prune_engine.models.smol_llava import (DEFAULT_ARCH, IMAGE_TOKEN_ID, WEIGHTS_FILE, build_demo_model, save_weights)
+from efficientllava.prune_engine.models.smol_llava import (DEFAULT_ARCH, IMAGE_TOKEN_ID, WEIGHTS_FILE, build_demo_model, save_weights)
 
 
 def log(msg: str) -> None:
@@ -326,7 +326,7 @@ def stage2(model, processor, easy, fashion, easy_pix, fm_pix, arch, args, rng: r
 
 
 def eval_only(args) -> int:
-    from prune_engine.evaluation.vqa import vqa_accuracy
+    from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
 
     t0 = time.time()
     model, processor = build_demo_model(args.out)
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
 
     import transformers
 
-    from prune_engine.evaluation.vqa import vqa_accuracy
+    from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
 
     torch.set_num_threads(args.threads)
     if args.eval_only:

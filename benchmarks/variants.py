@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from prune_engine.config import HeldoutConfig
+from efficientllava.prune_engine.config import HeldoutConfig
 
 SEARCHES = {
     "auto_wo_gen": {"search.eta": 0.0},
@@ -79,7 +79,7 @@ class Settings(BaseModel):
         return f"{variant}-{target:g}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def run_config(self, target: float, overrides: dict | None = None):
-        from actors.config import RunConfig
+        from efficientllava.actors.config import RunConfig
 
         return RunConfig.load(preset=self.preset, overrides={
             **{f"search.{k}": v for k, v in self.search.items()}, **{f"engine.{k}": v for k, v in self.engine.items()},
@@ -91,7 +91,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
                 cached_only: bool = False) -> dict | None:
     """Prune (or search) one variant, evaluate it, cache and return its row (with `cached_only`: the
     cached row, or None when there is none)."""
-    from prune_engine.evaluation.heldout import heldout_metrics
+    from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
 
     key = settings.key(variant, target if target is not None else 0.0)
     cached = work / f"{key}.json"
@@ -109,7 +109,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     if variant == "dense":
         model_dir = settings.model
     elif variant in ("uniform", "owl"):
-        from prune_engine.prune import PruneJob, run_prune
+        from efficientllava.prune_engine.prune import PruneJob, run_prune
 
         data = settings.run_config(target).data  # the search's calibration data, exactly
         summary = run_prune(PruneJob(model=settings.model, out=out, sparsity=target, data=data, progress=False,
@@ -117,7 +117,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
                             log=lambda m: None)
         model_dir, row["ratios"] = str(out), summary["ratios"]
     elif variant in SEARCHES:
-        from actors.run import run_search
+        from efficientllava.actors.run import run_search
 
         summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
                              log=lambda m: None)

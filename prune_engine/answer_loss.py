@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from prune_engine.models.adapter import ModelAdapter
+from efficientllava.prune_engine.models.adapter import ModelAdapter
 
 
 def _answer_count(batch: dict) -> int:

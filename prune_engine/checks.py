@@ -5,7 +5,7 @@ import functools
 import os
 from pathlib import Path
 
-from prune_engine.models.loading import model_facts
+from efficientllava.prune_engine.models.loading import model_facts
 
 
 class InputError(ValueError):
@@ -45,7 +45,7 @@ def check_seqlen(spec: str, seqlen: int) -> None:
 def check_text_budget(spec: str, n: int, seqlen: int, flag: str = "--calib") -> None:
     """A necessary condition, cheap: the text has at least one character per token needed (hub text is
     checked where it is loaded)."""
-    from prune_engine.data.text import parse_text_spec
+    from efficientllava.prune_engine.data.text import parse_text_spec
 
     if parse_text_spec(spec).kind == "hf":
         return
@@ -57,7 +57,7 @@ def check_text_budget(spec: str, n: int, seqlen: int, flag: str = "--calib") -> 
 
 def _stamp(spec: str) -> tuple:
     """Size and mtime of a text file (so the cache below notices a changed file)."""
-    from prune_engine.data.text import parse_text_spec
+    from efficientllava.prune_engine.data.text import parse_text_spec
 
     path = Path(parse_text_spec(spec).path or "")
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else (None, None)
@@ -65,7 +65,7 @@ def _stamp(spec: str) -> tuple:
 
 @functools.lru_cache(maxsize=16)
 def _characters(spec: str, size, mtime) -> int:  # noqa: ARG001  (cache key)
-    from prune_engine.data.text import load_text
+    from efficientllava.prune_engine.data.text import load_text
 
     return sum(len(d.text) for d in load_text(spec))
 

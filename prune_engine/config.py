@@ -42,7 +42,7 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _training_splits(self) -> "DataConfig":
-        from prune_engine.data.calibration import check_calibration_data
+        from efficientllava.prune_engine.data.calibration import check_calibration_data
 
         check_calibration_data(self.calib, self.mm_calib, self.allow_eval_split)
         if self.mm_balance and not self.mm_calib:

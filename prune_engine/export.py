@@ -51,7 +51,7 @@ def _parts(model_or_adapter) -> tuple[nn.Module, nn.Module]:
     """(decoder with .layers/.norm/.embed_tokens/.rotary_emb, lm_head) of an adapter or HF model."""
     if hasattr(model_or_adapter, "decoder") and hasattr(model_or_adapter, "model"):  # ModelAdapter
         return model_or_adapter.decoder, model_or_adapter.model.lm_head
-    from prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model_or_adapter)
     return adapter.decoder, adapter.model.lm_head

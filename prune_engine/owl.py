@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prune_engine.models.adapter import ModelAdapter
+from efficientllava.prune_engine.models.adapter import ModelAdapter
 
 
 @torch.no_grad()

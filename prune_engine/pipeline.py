@@ -38,11 +38,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_engine.models.adapter import BlockInputs, ModelAdapter
-from prune_engine.prefix_cache import PrefixCache
-from prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
-from prune_engine.threads import one_cpu_thread
-from prune_engine.weight_store import DenseWeights, LevelDatabase
+from efficientllava.prune_engine.models.adapter import BlockInputs, ModelAdapter
+from efficientllava.prune_engine.prefix_cache import PrefixCache
+from efficientllava.prune_engine.sparsegpt import Hessian, Pattern, Pruned, check_sparsity, sparsegpt
+from efficientllava.prune_engine.threads import one_cpu_thread
+from efficientllava.prune_engine.weight_store import DenseWeights, LevelDatabase
 
 Ratios = dict[str, float]  # target sparsity per matrix name of one block
 Stage = list[tuple[str, nn.Linear]]  # linears of one block that read the same input, by name

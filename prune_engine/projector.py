@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prune_engine.tensors import deserialise, serialise
+from efficientllava.prune_engine.tensors import deserialise, serialise
 
 
 class ProjectorError(RuntimeError):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from prune_engine.config import DataConfig
-from prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
-from prune_engine.models.adapter import MATRIX_NAMES, ModelError
-from prune_engine.models.loading import load_model, load_processor, resolve_model_path, text_only_reason
-from prune_engine.pipeline import SequentialPruner, block_ratios
-from prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
+from efficientllava.prune_engine.config import DataConfig
+from efficientllava.prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
+from efficientllava.prune_engine.models.adapter import MATRIX_NAMES, ModelError
+from efficientllava.prune_engine.models.loading import load_model, load_processor, resolve_model_path, text_only_reason
+from efficientllava.prune_engine.pipeline import SequentialPruner, block_ratios
+from efficientllava.prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
 
 
 class PruneJob(BaseModel):
@@ -88,7 +88,7 @@ def read_policy(path: Path) -> list:
 
 def _check_against_config(job: PruneJob, policy, pattern: Pattern) -> None:
     """Policy length and N:M divisibility from config.json alone, before calibration."""
-    from prune_engine.models.loading import model_facts
+    from efficientllava.prune_engine.models.loading import model_facts
 
     facts = model_facts(job.model) or {}
     blocks = facts.get("layers")
@@ -102,7 +102,7 @@ def _check_against_config(job: PruneJob, policy, pattern: Pattern) -> None:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    from prune_engine.checks import check_output_dir
+    from efficientllava.prune_engine.checks import check_output_dir
 
     check_output_dir(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -167,7 +167,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
     log(f"calibration: {describe(batches)}")
     if job.owl is not None:
-        from prune_engine.owl import outlier_ratios, owl_policy
+        from efficientllava.prune_engine.owl import outlier_ratios, owl_policy
 
         outliers = outlier_ratios(adapter, batches, job.owl_m)
         policy = owl_policy(outliers, job.sparsity, job.owl, [sum(c.values()) for c in adapter.param_counts()])

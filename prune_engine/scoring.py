@@ -14,20 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prune_engine.answer_loss import backward_mean_answer_loss, summed_answer_loss
-from prune_engine.config import DataConfig, EngineConfig
-from prune_engine.data.calibration import (
+from efficientllava.prune_engine.answer_loss import backward_mean_answer_loss, summed_answer_loss
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+from efficientllava.prune_engine.data.calibration import (
     calibration_vqa,
     check_token_ids,
     text_batches,
     vqa_batches,
 )
-from prune_engine.models.loading import load_model, load_processor, model_identity
-from prune_engine.pipeline import SequentialPruner
-from prune_engine.precision import screen_dtype
-from prune_engine.projector import ProjectorError
-from prune_engine.sparsegpt import Pattern
-from prune_engine.threads import use_threads
+from efficientllava.prune_engine.models.loading import load_model, load_processor, model_identity
+from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.precision import screen_dtype
+from efficientllava.prune_engine.projector import ProjectorError
+from efficientllava.prune_engine.sparsegpt import Pattern
+from efficientllava.prune_engine.threads import use_threads
 
 
 @dataclass
@@ -96,6 +96,7 @@ class CandidateScorer:
         # the projector's held-aside samples (never trained on: the guard judges an update on them) and
         # its training samples; at most half of the image-text samples are held aside
         held = min(engine.monitor_samples, len(samples) // 2)
+        self.held_aside = held  # 0 (a single image-text sample): the guard has nothing to judge an update on
         self.monitor_batches = vqa_batches(processor, samples[:held])
         train = samples[held:]
         self.projector_batches = [vqa_batches(processor, train[i:i + engine.projector_batch])[0]
@@ -130,7 +131,7 @@ class CandidateScorer:
         """Add entries made by `database_part` (possibly on another evaluator); arrays are only read."""
         import warnings
 
-        from prune_engine.sparsegpt import Pruned
+        from efficientllava.prune_engine.sparsegpt import Pruned
 
         with warnings.catch_warnings():  # read-only (object store) arrays: the weights are only copied from
             warnings.simplefilter("ignore", UserWarning)
@@ -141,6 +142,13 @@ class CandidateScorer:
     @property
     def has_projector(self) -> bool:
         return self.adapter.is_llava and bool(self.samples)
+
+    @property
+    def text_independent_of_projector(self) -> bool:
+        """L_text and the norms are the same under every projector only in database mode (masks stitched
+        from a database built once from the dense model); sequential pruning's Hessians include the
+        projector's image-text activations, so every candidate's text scores change with the projector."""
+        return self.engine.mode == "database"
 
     def param_counts(self) -> np.ndarray:
         counts = self.adapter.param_counts()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prune_engine.sparsegpt import Pruned
+from efficientllava.prune_engine.sparsegpt import Pruned
 
 
 class _Files:

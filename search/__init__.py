@@ -5,14 +5,16 @@ from .checkpoint import CheckpointError, RunStore, read_config, read_history
 from .config import ConfigError, SearchConfig
 from .driver import SearchDriver, SearchResult
 from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate
-from .events import CandidateEvaluated, GenerationFinished, GenerationStarted, ProjectorStepped, SearchFinished
-from .fitness import fitness, norm_term, proxy_loss, srm_scale
+from .events import (CandidateEvaluated, GenerationFinished, GenerationStarted, OffspringSized, ProjectorStepped,
+                     SearchFinished)
+from .fitness import FitnessError, fitness, norm_term, proxy_loss, srm_scale
 from .neighbours import effective_candidates, neighbour_weights
 from .policy import PolicySpace, feasible_space
 
 __all__ = [
-    "CandidateEvaluated", "CheckpointError", "ConfigError", "Evaluation", "EvaluationProtocol", "GenerationFinished",
+    "CandidateEvaluated", "CheckpointError", "ConfigError", "Evaluation", "EvaluationProtocol", "FitnessError",
+    "GenerationFinished",
     "GenerationStarted", "PolicySpace", "ProjectorStepped", "ProjectorUpdate", "RunStore", "SearchConfig",
-    "SearchDriver", "SearchFinished", "SearchResult", "effective_candidates", "feasible_space", "fitness",
+    "OffspringSized", "SearchDriver", "SearchFinished", "SearchResult", "effective_candidates", "feasible_space", "fitness",
     "neighbour_weights", "norm_term", "proxy_loss", "read_config", "read_history", "srm_scale",
 ]

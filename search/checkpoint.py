@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-FORMAT = 3  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale
+FORMAT = 4  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale;
+# 4: infeasible (why a candidate with non-finite scores got fitness -inf)
 STATE = "state.json"
 CONFIG = "config.yaml"
 COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
@@ -47,7 +48,8 @@ HISTORY_SCHEMA = pa.schema(
         ("l_mm", pa.float64()),  # null without image-text proxy data
         ("g", pa.float64()),  # G = sum_k log(||W_hat_k|| / ||W_k||)
         ("srm_scale", pa.float64()),  # s in F = -L - eta * s * G (fixed per run)
-        ("fitness", pa.float64()),
+        ("fitness", pa.float64()),  # -inf for an infeasible candidate
+        ("infeasible", pa.string()),  # null, or why the candidate is infeasible ("l_mm is nan": a non-finite score)
         ("c_m", pa.float64()),  # neighbour weight (null for screened children)
         ("seconds", pa.float64()),
         ("cached", pa.bool_()),

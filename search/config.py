@@ -51,6 +51,10 @@ class SearchConfig(BaseModel):
     seed: int = Field(0, ge=0)
     # multi-fidelity selection (§4a): children screened on a slice of the proxy data per generation
     offspring: int = Field(0, ge=0, description="children screened per generation (0: no screening, the paper's GA)")
+    offspring_budget: bool = Field(False, description="with time_budget_s: after generation 0, measure what a screened "
+                                   "child and a generation cost here and draw as many children per generation (at "
+                                   "most `offspring`, at least population - elites) as let the search end within "
+                                   "the budget; decided once, checkpointed")
     # fitness (§3)
     eta: float = Field(0.5, ge=0.0, description="SRM weight; 0 = 'Auto w/o Gen'")
     mm_weight: float = Field(0.5, ge=0.0, le=1.0,

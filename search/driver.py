@@ -27,9 +27,10 @@ import yaml
 
 from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compatible, normalise
 from .config import SearchConfig
-from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate, has_projector
-from .events import CandidateEvaluated, Event, GenerationFinished, GenerationStarted, ProjectorStepped, SearchFinished
-from .fitness import fitness, norm_term, proxy_loss, srm_scale
+from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate, has_projector, text_independent_of_projector
+from .events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted, OffspringSized, ProjectorStepped,
+                     SearchFinished)
+from .fitness import FitnessError, fitness, infeasible_reason, norm_term, proxy_loss, srm_scale
 from .neighbours import effective_candidates, neighbour_weights
 from .operators import initial_population, next_generation, select_elites
 from .policy import feasible_space
@@ -68,14 +69,16 @@ class SearchDriver:
         self.rng = np.random.default_rng(config.seed)
         self.population: list[np.ndarray] = []
         self.children: list[np.ndarray] = []  # drawn for the next generation, not screened yet (offspring > 0)
+        self.offspring_sized: int | None = None  # children per generation chosen for the time budget (offspring_budget)
+        self.generation_cost_s: float | None = None  # a generation's predicted wall time with them (measured)
         self.projector_version = int(getattr(evaluator, "projector_version", 0))
         self.elapsed_s = 0.0
         self.srm_scale: float | None = config.srm_scale
         self.best: dict | None = None
         self.rows: list[dict] = []  # the history, one row per candidate per generation
         self._memo: dict[tuple[bytes, int, str], Evaluation] = {}
-        # text losses and norms do not depend on the projector: kept across versions, so after a
-        # projector step a known policy is re-scored on its image-text samples only
+        # text losses and norms, kept across projector versions where they cannot depend on the projector
+        # (text_independent_of_projector): after a step a known policy is then re-scored on image-text only
         self._text_memo: dict[tuple[bytes, str], Evaluation] = {}
         self._config_record = config.to_dict()
         self._started = False
@@ -104,6 +107,8 @@ class SearchDriver:
         driver.generation = state["generation"]
         driver.population = [np.array(p, dtype=np.int64) for p in state["population"]]
         driver.children = [np.array(p, dtype=np.int64) for p in state.get("children", [])]
+        driver.offspring_sized = state.get("offspring_sized")
+        driver.generation_cost_s = state.get("generation_cost_s")
         driver.rng.bit_generator.state = state["rng"]
         driver.projector_version = state["projector_version"]
         driver.elapsed_s = state["elapsed_s"]
@@ -149,6 +154,8 @@ class SearchDriver:
         budget = self.config.time_budget_s
         if budget is not None and self.generation > 0 and elapsed >= budget:
             return "time_budget"
+        if budget is not None and self.generation_cost_s is not None and elapsed + self.generation_cost_s > budget:
+            return "time_budget"  # measured (offspring_budget): the next generation would end past the budget
         return None
 
     def _generation(self, clock: Callable[[], float]) -> None:
@@ -157,6 +164,7 @@ class SearchDriver:
         self._emit(GenerationStarted(t, size, version))
         screened = self._screen_children(t, version) if self.children else 0  # multi-fidelity: the best fill G_t
         pop = self.population
+        started = clock()
         evals, cached = self._evaluate(pop, version, "full")
         losses = np.array([self._loss(e) for e in evals])
         if self.srm_scale is None:  # fixed once per run
@@ -171,8 +179,11 @@ class SearchDriver:
                          g=norm_term(evals[b].log_norm_ratio))
         elites = [pop[i] for i in select_elites(f, cfg.elites)]
         update = ProjectorUpdate(version)
-        if self.use_projector:  # search-space evolution
+        if self.use_projector and np.isfinite(f).any():  # search-space evolution
             w = c if cfg.projector_mode == "weighted" else np.full(len(pop), 1.0 / len(pop))
+            if not np.isfinite(f).all():  # an infeasible candidate never trains the projector
+                w = np.where(np.isfinite(f), w, 0.0)
+                w = w / w.sum() if w.sum() > 0 else np.isfinite(f) / np.isfinite(f).sum()
             draws = [self.rng.choice(len(pop), size=cfg.projector_candidates, p=w).tolist()
                      for _ in range(cfg.projector_steps)]
             update = self.evaluator.projector_step([self.space.ratios(p) for p in pop], draws, cfg.projector_lr)
@@ -186,7 +197,8 @@ class SearchDriver:
                        projector_loss_after=update.loss_after, projector_change=update.change,
                        projector_scale=update.scale if self.use_projector else None)
         if cfg.offspring:  # multi-fidelity: many children, screened at the start of the next generation
-            pool = next_generation(elites, self.space, len(elites) + cfg.offspring, self.rng, cfg.mutation_switches,
+            n = self._offspring_count(pop, self.projector_version, clock() - started, clock)
+            pool = next_generation(elites, self.space, len(elites) + n, self.rng, cfg.mutation_switches,
                                    strict=False)  # a small feasible space may hold fewer children
             self.population, self.children = elites, pool[len(elites):]
         else:
@@ -211,40 +223,93 @@ class SearchDriver:
         self.children = []
         return len(children) - sum(s_cached)
 
+    def _offspring_count(self, pop: list[np.ndarray], version: int, generation_s: float,
+                         clock: Callable[[], float]) -> int:
+        """Children to draw now: `offspring`, or with `offspring_budget` and a time budget as many as fit it,
+        decided once at the end of generation 0 from two measurements made here: the generation's wall time
+        without screening (`generation_s`), and the wall time of screening its policies (not recorded, no
+        memo: the search's draws and history are the same as with that count fixed)."""
+        cfg = self.config
+        if not (cfg.offspring_budget and cfg.time_budget_s is not None):
+            return cfg.offspring
+        if self.offspring_sized is not None:
+            return self.offspring_sized
+        t0 = clock()
+        self.evaluator.evaluate([self.space.ratios(p) for p in pop], version, "screen")
+        per_child = (clock() - t0) / len(pop)
+        screenings = max(cfg.generations - self.generation - 1, 0)  # children drawn after the last are never screened
+        left = cfg.time_budget_s - clock()
+        floor, cap = cfg.population - cfg.elites, cfg.offspring
+        fit = math.floor((left - screenings * generation_s) / (screenings * per_child)) if screenings else cap
+        n = min(max(fit, floor), cap)
+        limited_by = "offspring" if fit >= cap else ("population" if fit <= floor else "budget")
+        self.offspring_sized, self.generation_cost_s = n, generation_s + n * per_child
+        self._emit(OffspringSized(self.generation, n, per_child, generation_s, left, limited_by))
+        return n
+
     def _guard(self, update: ProjectorUpdate) -> ProjectorUpdate:
         """Keep the update only as far as it lowers the drawn candidates' answer loss on held-aside
-        samples: halve it up to `projector_backtrack` times, else drop it (scale 0). An evaluator that
-        does not measure the loss (NaN) keeps every update."""
-        if not (math.isfinite(update.loss_before) and math.isfinite(update.loss_after)):
+        samples: halve it up to `projector_backtrack` times, else drop it (scale 0). A non-finite loss
+        after the update never counts as lower; a non-finite loss before it (measured, so a drawn candidate
+        is broken) cannot show any fraction helps: dropped at once. Only an evaluator that measures
+        nothing (no held-aside samples: ``held_aside == 0``, or not reported and both losses NaN) keeps
+        every update; the history then shows NaN losses with scale 1, never a dropped update."""
+        if not self._guard_measures(update):
             return update
+        if not math.isfinite(update.loss_before):
+            return self.evaluator.rescale_projector_update(0.0)
         scale = 1.0
         for _ in range(self.config.projector_backtrack):
-            if update.loss_after < update.loss_before:
+            if self._lowers(update):
                 return update
             scale /= 2
             update = self.evaluator.rescale_projector_update(scale)
-        if update.loss_after < update.loss_before:
+        if self._lowers(update):
             return update
         return self.evaluator.rescale_projector_update(0.0)
+
+    @staticmethod
+    def _guard_measures(update: ProjectorUpdate) -> bool:
+        """Whether the held-aside loss was measured at all (an evaluator without held-aside samples
+        says ``held_aside=0``; one that does not say is taken to measure nothing when both are NaN)."""
+        held = getattr(update, "held_aside", None)
+        if held is not None:
+            return held > 0
+        return not (math.isnan(update.loss_before) and math.isnan(update.loss_after))
+
+    @staticmethod
+    def _lowers(update: ProjectorUpdate) -> bool:
+        """The update lowered the held-aside loss (a non-finite loss never counts as lower)."""
+        return math.isfinite(update.loss_after) and update.loss_after < update.loss_before
 
     def _fix_srm_scale(self, losses: np.ndarray, evals: list[Evaluation], version: int) -> None:
         """s = sd(L) / sd(G) over generation 0, or over `srm_sample` random feasible policies (recorded
         with fidelity "scale"): a first generation around the uniform policy has too little spread in G
-        to put it on L's scale (s then comes out ~10x too large and G drowns L later on)."""
+        to put it on L's scale (s then comes out ~10x too large and G drowns L later on). Only candidates
+        with a finite L and G count; a FitnessError when fewer than 2 of them are left."""
         cfg = self.config
         if not cfg.srm_sample:
-            self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+            self.srm_scale = self._measured_srm_scale(losses, evals, f"generation {self.generation}")
             return
         rng = np.random.default_rng([cfg.seed, 0x5C41E])  # a stream of its own: the search's draws are unchanged
         sample = initial_population(self.space, cfg.srm_sample + 1, rng, "random")[1:]  # less the uniform policy
         s_evals, s_cached = self._evaluate(sample, version, "full")
         s_loss = np.array([self._loss(e) for e in s_evals])
-        self.srm_scale = srm_scale(s_loss, [norm_term(e.log_norm_ratio) for e in s_evals])
+        self.srm_scale = self._measured_srm_scale(s_loss, s_evals, "the srm_sample policies")
         for j, (p, e) in enumerate(zip(sample, s_evals)):
             f = fitness(s_loss[j], e.log_norm_ratio, cfg.eta, self.srm_scale)
             self._record(self.generation, -1 - j, p, version, "scale", e, s_loss[j], f, math.nan, s_cached[j])
 
+    @staticmethod
+    def _measured_srm_scale(losses: np.ndarray, evals: list[Evaluation], where: str) -> float:
+        """srm_scale over the candidates of `where`, its error naming them."""
+        try:
+            return srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+        except FitnessError as exc:
+            raise FitnessError(f"{where}: {exc}") from None
+
     def _loss(self, e: Evaluation) -> float:
+        """L_proxy; non-finite when a measured loss is (never L_text alone: the candidate is infeasible)."""
         return proxy_loss(e.l_text, e.l_mm, self.config.mm_weight)
 
     def _record(self, t, m, p, version, fidelity, e: Evaluation, loss, f, c_m, cached) -> None:
@@ -254,6 +319,7 @@ class SearchDriver:
             generation=t, candidate=m, policy=p.tolist(), mean_sparsity=self.space.mean_sparsity(p),
             projector_version=version, fidelity=fidelity, l_proxy=float(loss), l_text=float(e.l_text),
             l_mm=None if e.l_mm is None else float(e.l_mm), g=g, srm_scale=float(self.srm_scale), fitness=float(f),
+            infeasible=infeasible_reason(e.l_text, e.l_mm, e.log_norm_ratio),
             c_m=None if math.isnan(c_m) else float(c_m), seconds=seconds, cached=bool(cached),
             log_norm_ratio=np.asarray(e.log_norm_ratio, dtype=np.float64).tolist(),
             effective_candidates=None, projector_loss_before=None, projector_loss_after=None, projector_change=None,
@@ -269,8 +335,10 @@ class SearchDriver:
             if k not in self._memo and k not in seen:
                 seen.add(k)
                 todo.append(m)
-        known = [m for m in todo if (keys[m][0], fidelity) in self._text_memo]
-        unknown = [m for m in todo if (keys[m][0], fidelity) not in self._text_memo]
+        # text scores are reused across projector versions only where they cannot depend on the projector
+        reuse = text_independent_of_projector(self.evaluator)
+        known = [m for m in todo if reuse and (keys[m][0], fidelity) in self._text_memo]
+        unknown = [m for m in todo if not (reuse and (keys[m][0], fidelity) in self._text_memo)]
         for subset, modalities in ((unknown, ("text", "mm")), (known, ("mm",))):
             if not subset:
                 continue
@@ -286,7 +354,8 @@ class SearchDriver:
                     raise RuntimeError(f"evaluator returned log_norm_ratio of shape {np.shape(e.log_norm_ratio)}, "
                                        f"expected ({self.space.n_blocks},)")
                 self._memo[keys[m]] = e
-                self._text_memo.setdefault((keys[m][0], fidelity), e)
+                if reuse:
+                    self._text_memo.setdefault((keys[m][0], fidelity), e)
         return [self._memo[k] for k in keys], [m not in todo for m in range(len(pop))]
 
     def _checkpoint(self) -> None:
@@ -294,6 +363,8 @@ class SearchDriver:
             generation=self.generation,
             population=[p.tolist() for p in self.population],
             children=[p.tolist() for p in self.children],
+            offspring_sized=self.offspring_sized,
+            generation_cost_s=self.generation_cost_s,
             rng=self.rng.bit_generator.state,
             projector_version=self.projector_version,
             elapsed_s=self.elapsed_s,
@@ -311,11 +382,25 @@ class SearchDriver:
         return pa.Table.from_pylist(self.rows, schema=HISTORY_SCHEMA)
 
     def result(self, stopped_by: str = "generations") -> SearchResult:
+        """The best policy of the last evaluated generation; if all of it is infeasible, the best of the
+        latest generation with a feasible candidate (a FitnessError when no candidate was feasible)."""
         if self.best is None:
             raise RuntimeError("no generation has been evaluated yet")
-        policy = np.array(self.best["policy"], dtype=np.int64)
-        return SearchResult(policy, self.space.ratios(policy), self.best["fitness"], self.best["l_proxy"],
-                            self.best["g"], self.generation, self.projector_version, self.history(), stopped_by)
+        best = self.best if math.isfinite(self.best["fitness"]) else self._last_feasible()
+        policy = np.array(best["policy"], dtype=np.int64)
+        return SearchResult(policy, self.space.ratios(policy), best["fitness"], best["l_proxy"],
+                            best["g"], self.generation, self.projector_version, self.history(), stopped_by)
+
+    def _last_feasible(self) -> dict:
+        """The best feasible candidate of the population of the latest generation that has one."""
+        rows = [r for r in self.rows if r["fidelity"] == "full" and r["infeasible"] is None]
+        if not rows:
+            reasons = sorted({r["infeasible"] for r in self.rows if r["infeasible"]})
+            raise FitnessError(f"no feasible candidate in {self.generation} generation(s): every one had a "
+                               f"non-finite score ({', '.join(reasons[:3])}; see the history's infeasible column)")
+        last = max(r["generation"] for r in rows)
+        best = max((r for r in rows if r["generation"] == last), key=lambda r: r["fitness"])  # first of ties
+        return {k: best[k] for k in ("generation", "policy", "fitness", "l_proxy", "g")}
 
     def _emit(self, event: Event) -> None:
         if self.on_event is not None:

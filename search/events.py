@@ -49,6 +49,18 @@ class ProjectorStepped:
 
 
 @dataclass(frozen=True)
+class OffspringSized:
+    """The children per generation chosen to fit the time budget (SearchConfig.offspring_budget)."""
+
+    generation: int  # decided at the end of this generation (0)
+    children: int  # per generation from now on
+    seconds_per_child: float  # measured wall time of one screened child, all evaluators busy
+    seconds_per_generation: float  # measured wall time of a generation without screening
+    budget_left_s: float  # of time_budget_s, when the decision was made
+    limited_by: str  # "budget", "offspring" (the cap) or "population" (the floor: the budget is too small)
+
+
+@dataclass(frozen=True)
 class SearchFinished:
     generations: int
     best_fitness: float
@@ -56,4 +68,5 @@ class SearchFinished:
     reason: str  # "generations" or "time_budget"
 
 
-Event = GenerationStarted | CandidateEvaluated | ProjectorStepped | GenerationFinished | SearchFinished
+Event = (GenerationStarted | CandidateEvaluated | ProjectorStepped | GenerationFinished | OffspringSized
+         | SearchFinished)

@@ -29,6 +29,9 @@ class ProjectorUpdate:
     change: float = math.nan  # ||W_p,new - W_p,old|| / ||W_p,old||
     steps: list = field(default_factory=list)  # per mini-batch step: the mean loss of its drawn candidates
     scale: float = 1.0  # fraction of the generation's update kept (the guard: 1, 1/2, 1/4, ... or 0 = dropped)
+    # image-text samples held aside that loss_before / loss_after are measured on: 0 = none (nothing is
+    # measured, the guard keeps every update); None = not reported (then NaN in both means none)
+    held_aside: int | None = None
 
 
 @runtime_checkable
@@ -63,10 +66,20 @@ class EvaluationProtocol(Protocol):
 
 
 # Optional attributes the driver reads: ``has_projector`` (default True; False for
-# text-only evaluators, the projector step is then skipped) and ``projector_version``
-# (the version before any step, default 0).
+# text-only evaluators, the projector step is then skipped), ``projector_version``
+# (the version before any step, default 0) and ``text_independent_of_projector``
+# (default False: after a projector step every candidate is re-scored on all modalities;
+# True only where L_text and the norms cannot depend on the projector by construction,
+# e.g. masks stitched from a level database built once from the dense model: the driver
+# then re-scores known policies on their image-text samples only).
 
 
 def has_projector(evaluator: object) -> bool:
     """Text-only evaluators set ``has_projector = False``; the driver then skips the step."""
     return bool(getattr(evaluator, "has_projector", True)) and hasattr(evaluator, "projector_step")
+
+
+def text_independent_of_projector(evaluator: object) -> bool:
+    """Whether the evaluator's L_text and log-norm ratios are the same under every projector version
+    (default False: unknown, so the driver never reuses them across versions)."""
+    return bool(getattr(evaluator, "text_independent_of_projector", False))

@@ -1,4 +1,5 @@
-"""Fault injection for the Ray tests: an evaluator actor dies by SIGKILL in the middle of a candidate.
+"""Fault injection for the Ray tests: an evaluator actor dies by SIGKILL in the middle of a candidate;
+and a held-aside loss that every projector update provably raises (the guard must act).
 
 Nothing of this is in the production actors. The test that starts the cluster passes
 ``runtime_env(trigger)`` to ``ray.init``: Ray runs ``install`` (a ``worker_process_setup_hook``)
@@ -8,6 +9,12 @@ trigger file does not exist, nothing changes. Once a test writes it (its content
 projector version to fail at, default 0), the first evaluator to finish scoring a candidate at that
 version or later deletes it and kills its own process: the candidate was pruned and scored but its
 result is never returned, as when a node dies mid-candidate. Exactly one actor dies per trigger.
+
+While the file named by PENALTY_ENV exists, ``CandidateScorer.answer_loss`` (the held-aside loss the
+projector guard judges an update by) returns the true loss plus PENALTY x ||W_p - W_p,dense||^2 (the
+projector's distance from the one the process started with). A mini-batch step moves every projector
+weight (AdamW: about lr each), so the penalty grows by far more than the true loss (a few tenths on the
+tiny model) can fall, at every fraction the guard tries: it must halve and then drop every update.
 """
 from __future__ import annotations
 
@@ -17,20 +24,24 @@ import sys
 from pathlib import Path
 
 TRIGGER_ENV = "EFFICIENTLLAVA_TEST_KILL_TRIGGER"
+PENALTY_ENV = "EFFICIENTLLAVA_TEST_PENALTY_TRIGGER"
+PENALTY = 1e6
 
 
-def runtime_env(trigger: Path) -> dict:
-    """The job-level runtime env for ``ray.init(runtime_env=...)`` that arms the fault on `trigger`."""
+def runtime_env(trigger: Path, penalty: Path | None = None) -> dict:
+    """The job-level runtime env for ``ray.init(runtime_env=...)`` that arms the faults on `trigger` (kill)
+    and `penalty` (the held-aside loss penalty)."""
     import ray.cloudpickle
 
     # the workers cannot import tests/: Ray ships `install` pickled by value rather than by name
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return {"worker_process_setup_hook": install, "env_vars": {TRIGGER_ENV: str(trigger)}}
+    env = {TRIGGER_ENV: str(trigger)} | ({PENALTY_ENV: str(penalty)} if penalty is not None else {})
+    return {"worker_process_setup_hook": install, "env_vars": env}
 
 
 def install() -> None:
     """worker_process_setup_hook: wrap CandidateScorer.evaluate with the fault check (once per process)."""
-    from prune_engine.scoring import CandidateScorer
+    from efficientllava.prune_engine.scoring import CandidateScorer
 
     evaluate = CandidateScorer.evaluate
     if getattr(evaluate, "fault_injected", False):
@@ -43,6 +54,23 @@ def install() -> None:
 
     evaluate_then_maybe_die.fault_injected = True
     CandidateScorer.evaluate = evaluate_then_maybe_die
+
+    answer_loss = CandidateScorer.answer_loss
+
+    def answer_loss_maybe_penalised(self, *args, **kwargs):
+        loss = answer_loss(self, *args, **kwargs)
+        trigger = os.environ.get(PENALTY_ENV)
+        if not trigger or not os.path.exists(trigger):
+            return loss
+        import torch
+
+        now = torch.cat([v.detach().double().flatten() for v in self.projector_state_dict().values()])
+        start = getattr(self, "_penalty_origin", None)
+        if start is None:  # the projector this process began with (the dense one: the guard runs in generation 0)
+            start = self._penalty_origin = now.clone()
+        return loss + PENALTY * float(((now - start) ** 2).sum())
+
+    CandidateScorer.answer_loss = answer_loss_maybe_penalised
 
 
 def maybe_die(trigger: str | None, version: int) -> None:

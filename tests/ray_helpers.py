@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 
-from actors.config import RunConfig
+from efficientllava.actors.config import RunConfig
 
 
 def tiny_sections(model: str, search: dict | None = None, engine: dict | None = None, data: dict | None = None,
@@ -34,8 +34,8 @@ def outcome(run_dir: str | Path) -> dict:
     import pyarrow.parquet as pq
     from safetensors.torch import load_file
 
-    from prune_engine.tensors import deserialise
-    from search.checkpoint import RunStore
+    from efficientllava.prune_engine.tensors import deserialise
+    from efficientllava.search.checkpoint import RunStore
 
     run_dir = Path(run_dir)
     doc = json.loads((run_dir / "policy.json").read_text())
@@ -71,7 +71,7 @@ def assert_same_outcome(a: dict, b: dict) -> None:
 
 def language_model_sparsity(model) -> float:
     """Zeros over all prunable decoder linears (q, k, v, o, gate, up, down)."""
-    from prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model)
     zeros = total = 0
@@ -120,7 +120,7 @@ def free_port() -> int:
 
 
 def zeros_match_policy(model, ratios: list[float]) -> bool:
-    from prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model)
     for i, r in enumerate(ratios):

@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from actors.run import run_search  # noqa: E402
+from efficientllava.actors.run import run_search  # noqa: E402
 from ray_helpers import language_model_sparsity, tiny_run  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -14,11 +14,11 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from actors.observe import METRIC_NAMES  # noqa: E402
-from actors.run import run_search  # noqa: E402
+from efficientllava.actors.observe import METRIC_NAMES  # noqa: E402
+from efficientllava.actors.run import run_search  # noqa: E402
 import faults  # noqa: E402
 from ray_helpers import (assert_same_outcome, free_port, language_model_sparsity, metric_value, outcome, probe_dashboard, tiny_run, tiny_sections, zeros_match_policy)
-from search.events import GenerationFinished  # noqa: E402
+from efficientllava.search.events import GenerationFinished  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -28,12 +28,14 @@ ACTOR_METRICS = ("efficientllava_actor_candidates", "efficientllava_actor_blocks
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"  # armed in this job's workers (tests/faults.py)
+    penalty = fault.parent / "penalise-projector-updates"
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=True, namespace="efficientllava",  # never another cluster
              _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False,
-             runtime_env=faults.runtime_env(fault))
+             runtime_env=faults.runtime_env(fault, penalty))
     try:
-        yield {"address": ray.get_runtime_context().gcs_address, "metrics_port": port, "fault": fault}
+        yield {"address": ray.get_runtime_context().gcs_address, "metrics_port": port, "fault": fault,
+               "penalty": penalty}
     finally:
         ray.shutdown()
 
@@ -110,11 +112,58 @@ def test_two_actors_end_to_end(reference, tiny_llava_dir):
         assert 0 < gen[0]["projector_loss_after"] <= gen[0]["projector_loss_before"]  # the guard's promise
         assert all(r["l_mm"] is not None and r["l_text"] is not None for r in gen)
     assert doc["projector_version"] == version
-    assert sorted(r["projector_scale"] for r in rows[::6]) != [1.0] * 3  # the guard acted in this run
     # both actors worked, each on its sorted chunk; prefix reuse skipped some block passes
     assert {s["actor"] for s in rec.candidates} == {0, 1}
     assert summary["stats"]["candidates"] == 18 and summary["stats"]["actor_failures"] == 0
     assert summary["stats"]["blocks_run"] < 18 * 3
+
+
+def test_the_guard_drops_updates_that_raise_the_held_aside_loss(cluster, tiny_llava_dir, tmp_path):
+    """An update that provably raises the held-aside loss (tests/faults.py: a penalty on the projector's
+    distance from where it started) is halved, halved again, then dropped, in every generation, through the
+    learner's rescale: the saved model keeps the dense projector bit for bit."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "run"
+    cluster["penalty"].write_text("on")
+    try:
+        run_search(tiny_run(tiny_llava_dir, search={"generations": 2}), str(out), progress=False,
+                   log=lambda m: None)
+    finally:
+        cluster["penalty"].unlink()
+    rows = outcome(out)["history"].to_pylist()
+    for t in range(2):
+        (first,) = {(r["projector_version"], r["projector_scale"], r["projector_change"]) for r in rows
+                    if r["generation"] == t}
+        assert first == (7 * t, 0.0, 0.0)  # 4 steps + 3 rescales (1/2, 1/4, 0) per generation, nothing kept
+        gen = [r for r in rows if r["generation"] == t]
+        assert gen[0]["projector_loss_after"] == gen[0]["projector_loss_before"]
+    pruned = LlavaForConditionalGeneration.from_pretrained(out / "model")
+    dense = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    for p, q in zip(pruned.model.multi_modal_projector.parameters(), dense.model.multi_modal_projector.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_screened_search_on_ray_in_either_precision(cluster, tiny_llava_dir, tmp_path, precision):
+    """The default preset's path (database mode, children screened on a slice) on two actors, with the
+    screening precision forced, so that every CPU runs both (bfloat16 works everywhere, only slower)."""
+    out = tmp_path / "run"
+    run = tiny_run(tiny_llava_dir, search={"generations": 2, "offspring": 10},
+                   engine={"mode": "database", "screen_precision": precision, "screen_nsamples": 2,
+                           "screen_mm_samples": 2})
+    summary = run_search(run, str(out), progress=False, log=lambda m: None)
+    history = outcome(out)["history"].to_pylist()
+    screened = [r for r in history if r["fidelity"] == "screen"]
+    assert len(screened) == 10 and {r["generation"] for r in screened} == {1}
+    assert all(r["infeasible"] is None and r["l_mm"] is not None for r in history)
+    doc = json.loads((out / "policy.json").read_text())
+    assert abs(doc["achieved_mean_sparsity"] - 0.5) <= 0.01 + 1e-9
+    kept = [r for r in history if r["generation"] == 1 and r["fidelity"] == "full"]
+    best_screened = sorted(screened, key=lambda r: -r["fitness"])[:6 - 2]  # the elites plus the best children
+    assert {tuple(r["policy"]) for r in best_screened} <= {tuple(r["policy"]) for r in kept}
+    assert summary["stats"]["screened"] == 10
 
 
 def test_dashboard_shows_named_actors_and_custom_metrics(reference):
@@ -165,8 +214,8 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
     import numpy as np
     import torch
 
-    from actors.actor_pool import ActorPool
-    from prune_engine.tensors import deserialise
+    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.prune_engine.tensors import deserialise
 
     ev = ActorPool(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
     try:
@@ -236,8 +285,8 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
 def test_memory_beyond_the_cluster_is_one_error_before_any_actor_starts(cluster, tiny_llava_dir):
     from ray.util.state import list_actors
 
-    from actors.actor_pool import ActorPool
-    from search.config import ConfigError
+    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.search.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"the cluster has [\d.]+ GiB of memory .*; 2 evaluator actors need "
                                           r"200000\.0 GiB \(100000\.00 GiB each, set\).*memory_per_actor_gb") as err:
@@ -251,14 +300,14 @@ def test_driver_killed_then_resume_gives_the_same_result(cluster, reference, tin
     """(c) SIGKILL the CLI driver after its first checkpoint, `efficientllava resume` on the same cluster."""
     from typer.testing import CliRunner
 
-    from actors.cli import app
-    from search.checkpoint import RunStore
+    from efficientllava.actors.cli import app
+    from efficientllava.search.checkpoint import RunStore
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_sections(tiny_llava_dir)))
     out = tmp_path / "run"
     log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "search", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "efficientllava.actors.cli", "search", "--config", str(config),
                              "--out", str(out), "--address", cluster["address"], "--no-progress", "--preset", "none"],
                             stdout=log, stderr=subprocess.STDOUT)
     store, deadline = RunStore(str(out)), time.monotonic() + 240
@@ -301,7 +350,7 @@ def test_text_only_model_in_database_mode(cluster, tiny_llama_dir, tmp_path):
 
 def test_infeasible_population_is_one_error_and_writes_nothing(cluster, tiny_llava_dir, tmp_path):
     """Feasibility needs the model's parameter counts (from the actors): still nothing is written."""
-    from search.config import ConfigError
+    from efficientllava.search.config import ConfigError
 
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="larger than the feasible space"):

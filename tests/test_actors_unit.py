@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from actors.config import RunConfig
-from search.policy import levels_of
-from actors.schedule import Schedule, contiguous_chunks, lexicographic_order
-from prune_engine.tensors import pack_tensors, unpack_tensors
-from search.config import ConfigError, SearchConfig
-from search.policy import PolicySpace
+from efficientllava.actors.config import RunConfig
+from efficientllava.search.policy import levels_of
+from efficientllava.actors.schedule import Schedule, contiguous_chunks, lexicographic_order
+from efficientllava.prune_engine.tensors import pack_tensors, unpack_tensors
+from efficientllava.search.config import ConfigError, SearchConfig
+from efficientllava.search.policy import PolicySpace
 
 
 # ---- scheduling -------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_pack_unpack_keeps_values_ties_and_bfloat16():
 
 
 def test_model_built_from_shared_weights_reads_no_weights_from_disk(tmp_path, tiny_llava_dir):
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.models.loading import load_model
 
     dense, _ = load_model(str(tiny_llava_dir))
     shared = unpack_tensors(pack_tensors(dense.model.state_dict()))
@@ -142,8 +142,8 @@ def test_model_built_from_shared_weights_reads_no_weights_from_disk(tmp_path, ti
 def test_evaluation_does_not_depend_on_what_the_actor_evaluated_before(tiny_llava_dir, mode):
     """Prefix reuse (and the database) must give bit-identical results in any order, on a fresh
     evaluator or a used one: the pool may hand a candidate to any actor."""
-    from prune_engine.config import DataConfig, EngineConfig
-    from prune_engine.scoring import CandidateScorer
+    from efficientllava.prune_engine.config import DataConfig, EngineConfig
+    from efficientllava.prune_engine.scoring import CandidateScorer
 
     spec = EngineConfig(model=str(tiny_llava_dir), threads=1, mode=mode,
                         **({"screen_nsamples": 2, "screen_mm_samples": 2} if mode == "database" else {}))

@@ -8,7 +8,7 @@ from benchmarks.variants import Settings
 
 
 def test_key_follows_the_resolved_settings(monkeypatch):
-    from actors import config
+    from efficientllava.actors import config
 
     base = Settings()
     key, uniform_key = base.key("full", 0.7), base.key("uniform", 0.7)

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from prune_engine.config import DataConfig, EngineConfig
-from prune_engine.scoring import CandidateScorer
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+from efficientllava.prune_engine.scoring import CandidateScorer
 
 
 def _configs(**settings) -> tuple[EngineConfig, DataConfig]:
     """The engine and data sections of a scorer from one flat set of settings."""
     data = {k: settings.pop(k) for k in list(settings) if k in DataConfig.model_fields}
     return EngineConfig(**settings), DataConfig(**data)
-from prune_engine.projector import ProjectorError
-from prune_engine.projector import ProjectorLearner
+from efficientllava.prune_engine.projector import ProjectorError
+from efficientllava.prune_engine.projector import ProjectorLearner
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_evaluate_reports_losses_per_modality_norms_and_sparsity(evaluator):
 
 
 def test_projector_steps_never_train_on_the_held_aside_samples(evaluator, tiny_llava_dir):
-    from prune_engine.data.calibration import vqa_batches
+    from efficientllava.prune_engine.data.calibration import vqa_batches
 
     held = vqa_batches(evaluator.processor, evaluator.samples[:2])[0]
     assert torch.equal(evaluator.monitor_batches[0]["input_ids"], held["input_ids"])
@@ -70,6 +70,7 @@ def test_projector_steps_never_train_on_the_held_aside_samples(evaluator, tiny_l
     one = CandidateScorer(*_configs(model=str(tiny_llava_dir), nsamples=2, seqlen=32, mm_calib="easy-vqa:train",
                                     mm_samples=1), levels=[0.5])
     assert one.monitor_batches == [] and math.isnan(one.answer_loss(np.array([0.5, 0.5, 0.5])))
+    assert one.held_aside == 0 and evaluator.held_aside == 2  # what the pool reports with each projector update
 
 
 
@@ -241,7 +242,7 @@ def test_screening_in_bfloat16_is_close_to_fp32_and_full_scores_stay_exact(tiny_
 def test_a_half_precision_model_screens_in_its_own_dtype(tiny_llava_dir, monkeypatch):
     import functools
 
-    import prune_engine.scoring as scoring
+    import efficientllava.prune_engine.scoring as scoring
 
     monkeypatch.setattr(scoring, "load_model", functools.partial(scoring.load_model, dtype=torch.bfloat16))
     spec = _configs(model=str(tiny_llava_dir), nsamples=2, seqlen=32, mode="database", screen_nsamples=1,
@@ -250,3 +251,66 @@ def test_a_half_precision_model_screens_in_its_own_dtype(tiny_llava_dir, monkeyp
     assert ev.pruner.dtype == torch.bfloat16 and ev.screen_dtype is None
     assert ev.identity()["screen_dtype"] == "bfloat16"  # the model's own
     assert math.isfinite(ev.evaluate(np.array([0.4, 0.5, 0.4]), "screen").l_text)
+
+
+class _LocalScorer:
+    """The search's evaluation protocol on one in-process CandidateScorer (no Ray); a projector "step"
+    scales the projector by 1.5 (a change the text scores of sequential pruning must follow)."""
+
+    def __init__(self, scorer):
+        from efficientllava.search import Evaluation, ProjectorUpdate
+
+        self.Evaluation, self.ProjectorUpdate = Evaluation, ProjectorUpdate
+        self.s = scorer
+        self.param_counts, self.identity = scorer.param_counts(), scorer.identity()
+        self.text_independent_of_projector = scorer.text_independent_of_projector
+        self.projector_version = scorer.projector_version
+        self.states = {self.projector_version: scorer.projector_state_dict()}
+        self.modalities = []
+
+    def evaluate(self, ratios, projector_version, fidelity="full", modalities=("text", "mm")):
+        assert projector_version == self.s.projector_version
+        self.modalities += [tuple(modalities)] * len(ratios)
+        out = [self.s.evaluate(np.asarray(r), fidelity, tuple(modalities)) for r in ratios]
+        return [self.Evaluation(c.l_text, c.log_norm_ratio, c.seconds, c.l_mm) for c in out]
+
+    def projector_step(self, ratios, draws, lr):
+        self.projector_version += 1
+        self.states[self.projector_version] = {k: v * 1.5 for k, v in self.s.projector_state_dict().items()}
+        self.s.set_projector(self.states[self.projector_version], self.projector_version)
+        return self.ProjectorUpdate(self.projector_version)
+
+    def projector_state(self):
+        return b""
+
+    def fresh(self, ratios, version):
+        """A policy scored on all modalities under projector `version` (the scorer's own restored after)."""
+        now = self.s.projector_version
+        self.s.set_projector(self.states[version], version)
+        try:
+            return self.s.evaluate(np.asarray(ratios))
+        finally:
+            self.s.set_projector(self.states[now], now)
+
+
+def test_sequential_mode_rescores_text_after_a_projector_step_exactly(tiny_llava_dir, tmp_path):
+    """Sequential pruning's Hessians see the projector's image-text activations: L_text and G change with
+    the projector, so the driver re-scores every modality after a step (database mode says otherwise) and
+    each recorded score is the one a fresh evaluation under that projector gives."""
+    from efficientllava.search import SearchConfig, SearchDriver, feasible_space
+
+    spec = dict(model=str(tiny_llava_dir), nsamples=2, seqlen=32, mm_calib="easy-vqa:train", mm_samples=2)
+    ev = _LocalScorer(CandidateScorer(*_configs(**spec), levels=[0.4, 0.5, 0.6]))
+    assert not ev.text_independent_of_projector
+    assert CandidateScorer(*_configs(**spec, mode="database"), levels=[0.4, 0.5, 0.6]).text_independent_of_projector
+    cfg = SearchConfig(population=4, elites=2, generations=2, projector_guard=False, projector_steps=1, seed=0)
+    h = SearchDriver(cfg, ev, str(tmp_path / "run")).run().history.to_pydict()
+    assert h["projector_version"] == [0] * 4 + [1] * 4 and set(ev.modalities) == {("text", "mm")}
+    space = feasible_space(cfg, ev.param_counts)
+    for p, v, lt, lm, g in zip(h["policy"], h["projector_version"], h["l_text"], h["l_mm"], h["g"]):
+        fresh = ev.fresh(space.ratios(np.array(p)), v)
+        assert (lt, lm, g) == pytest.approx((fresh.l_text, fresh.l_mm, float(np.sum(fresh.log_norm_ratio))), rel=1e-6)
+    # the elites scored under both projectors: their text scores did move (a memo would have been stale)
+    for p in h["policy"][4:6]:
+        (lt0, g0), (lt1, g1) = [(lt, g) for q, lt, g in zip(h["policy"], h["l_text"], h["g"]) if q == p]
+        assert lt0 != pytest.approx(lt1, rel=1e-6) or g0 != pytest.approx(g1, rel=1e-6)

@@ -5,7 +5,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from actors.cli import app
+from efficientllava.actors.cli import app
 
 
 def _file(path, text="x"):
@@ -88,6 +88,10 @@ CASES = [
      "needs a LLaVA model"),
     ("calib-eval-split", "search --model {llava} --out {tmp}/o --mm-calib easy-vqa:test", None,
      "is an evaluation split"),
+    ("calib-local-file-eval-split", "search --model {llava} --out {tmp}/o --mm-calib scienceqa:{tmp}/sqa.parquet@Test",
+     lambda t: _file(t / "sqa.parquet"), "is an evaluation split (Test)"),
+    ("calib-local-file-default-split", "prune --model {llava} --out {tmp}/o --mm-calib vizwiz:{tmp}/vizwiz.parquet",
+     lambda t: _file(t / "vizwiz.parquet"), "is an evaluation split (vizwiz's default for a file without @split"),
     ("calib-wiki-eval", "prune --model {llama} --out {tmp}/o --calib wiki:eval", None, "held-out Wikipedia"),
     ("mm-balance-without-mm-calib", "prune --model {llama} --out {tmp}/o --mm-balance", None, "needs mm_calib"),
     ("vqa-missing-local-file", "eval vqa --model {llava} --data scienceqa:{tmp}/missing.parquet", None,

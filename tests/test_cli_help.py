@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from actors.cli import app
+from efficientllava.actors.cli import app
 
 COMMANDS = [[], ["prune"], ["eval"], ["eval", "ppl"], ["eval", "vqa"], ["search"], ["resume"], ["tune"], ["report"],
             ["demo"]]
@@ -29,7 +29,7 @@ def _options(command: str) -> dict[str, str]:
 
 
 def test_search_tune_and_demo_share_one_declaration_of_the_run_options():
-    from actors.options import RUN, SETTINGS
+    from efficientllava.actors.options import RUN, SETTINGS
 
     search, tune, demo = _options("search"), _options("tune"), _options("demo")
     flags = {SETTINGS[k].flags[0] for k in RUN}

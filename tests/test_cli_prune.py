@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from actors.cli import app
+from efficientllava.actors.cli import app
 
 runner = CliRunner()
 
@@ -18,7 +18,7 @@ def run(*args):
 def test_prune_save_load_same_logits(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.models.loading import load_model
 
     out = tmp_path / "pruned"
     code, output = run("prune", "--model", tiny_llama_dir, "--out", out, "--sparsity", 0.6, "--nsamples", 8,
@@ -31,8 +31,8 @@ def test_prune_save_load_same_logits(tiny_llama_dir, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     adapter, tok = load_model(str(tiny_llama_dir))
     # re-prune in-process with the same settings: the saved model must give the same logits
-    from prune_engine.data.calibration import text_batches
-    from prune_engine.pipeline import SequentialPruner
+    from efficientllava.prune_engine.data.calibration import text_batches
+    from efficientllava.prune_engine.pipeline import SequentialPruner
 
     SequentialPruner(adapter, text_batches(tok, "wiki:calib", 8, 64, seed=0), progress=False).prune(0.6)
     ids = torch.tensor([[1, 2, 3, 400, 500, 600, 7, 8]])

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from actors.cli import app
+from efficientllava.actors.cli import app
 
 runner = CliRunner()
 
@@ -103,6 +103,6 @@ def test_search_end_to_end_on_a_local_cluster(tiny_llava_dir, tmp_path):
     # the default preset: 4 policies x 2 generations on the fitness set, plus the children it screened
     assert history["fidelity"].count("full") == 8 and 0 < history["fidelity"].count("screen") <= 2 * 16
     # the saved policy feeds `efficientllava prune --policy` directly
-    from prune_engine.prune import read_policy
+    from efficientllava.prune_engine.prune import read_policy
 
     assert read_policy(out / "policy.json") == policy["ratios"]

@@ -42,7 +42,7 @@ def _kill_cluster(temp_dir: str, head: subprocess.Popen) -> None:
     """Stop only this cluster: its `ray start --block` process group, then any process naming its temp dir."""
     try:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=30)
+        head.wait(timeout=5)  # what has not stopped by then is killed below
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     for _ in range(2):
@@ -167,7 +167,7 @@ def test_interrupted_search_says_how_to_resume(tiny_llava_dir, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, RAY_metrics_report_interval_ms="1000")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "search", "--model", str(tiny_llava_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "efficientllava.actors.cli", "search", "--model", str(tiny_llava_dir),
                              "--out", str(out), "--population", "4", "--generations", "50", "--actors", "1",
                              "--preset", "none",
                              "--num-cpus", "1", "--nsamples", "4", "--seqlen", "32", "--no-progress",

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from prune_engine.data.hub import (
+from efficientllava.prune_engine.data.hub import (
     SCIENCEQA_TAGS,
     load_benchmark,
     load_llava_bench,
@@ -22,8 +22,8 @@ from prune_engine.data.hub import (
     load_vizwiz,
     scienceqa_tags,
 )
-from prune_engine.data.text import DataError
-from prune_engine.data.vqa import VQASample
+from efficientllava.prune_engine.data.text import DataError
+from efficientllava.prune_engine.data.vqa import VQASample
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 RED, GREEN, BLUE, YELLOW = (220, 30, 30), (30, 200, 60), (40, 60, 220), (230, 220, 40)
@@ -249,6 +249,60 @@ def test_hub_path_uses_default_ids_and_splits(monkeypatch, cache):
     with pytest.raises(DataError) as info:
         load_vizwiz()
     assert one_line(info.value) == "lmms-lab/VizWiz-VQA@val: cannot load (ConnectionError: no route to host)"
+
+
+# ------------------------------------------------------------------ calibration splits
+
+SQA, VIZ = FIXTURES / "scienceqa.parquet", FIXTURES / "vizwiz.parquet"
+
+
+@pytest.mark.parametrize("mm, named", [
+    (f"scienceqa:{SQA}@test", "(test)"),  # the declared split of a local file
+    (f"scienceqa:{SQA}@TEST", "(TEST)"),
+    (f"scienceqa:{SQA}@validation[:50%]", "(validation[:50%])"),
+    (f"scienceqa:{SQA}@train+dev", "(train+dev)"),
+    (f"scienceqa:{SQA}", "scienceqa's default for a file without @split"),  # loads as its default split, test
+    (f"vizwiz:{VIZ}", "vizwiz's default for a file without @split"),  # ... val
+    ("scienceqa:Validation", "(Validation)"),  # a hub split, any spelling
+    ("vizwiz:val2014", "(val2014)"),
+    ("easy-vqa:test-dev", "(test-dev)"),
+    (f"easy-vqa:train,vizwiz:{VIZ}", "vizwiz's default"),  # every part of a mix
+])
+def test_calibrating_on_an_evaluation_split_is_refused_on_every_path(mm, named):
+    from efficientllava.prune_engine.data.calibration import check_calibration_data
+
+    with pytest.raises(DataError) as info:
+        check_calibration_data("wiki:calib", mm)
+    msg = one_line(info.value)
+    assert "is an evaluation split" in msg and named in msg and msg.endswith("(force with --allow-eval-split)")
+    check_calibration_data("wiki:calib", mm, allow_eval_split=True)  # forced
+
+
+@pytest.mark.parametrize("text", ["hf:wikitext:wikitext-2-raw-v1@Test", "hf:ptb_text_only@validation[:10%]#sentence"])
+def test_calibration_text_on_an_evaluation_split_is_refused_in_any_spelling(text):
+    from efficientllava.prune_engine.data.calibration import check_calibration_data
+
+    with pytest.raises(DataError, match="is an evaluation split"):
+        check_calibration_data(text, None)
+    check_calibration_data(text, None, allow_eval_split=True)
+
+
+@pytest.mark.parametrize("mm", [f"scienceqa:{SQA}@train", f"scienceqa:{SQA}@Train[:10]", f"vizwiz:{VIZ}@train",
+                                "scienceqa", "scienceqa:train", "easy-vqa", "easy-vqa:train,fashion-mnist:train"])
+def test_calibrating_on_a_training_split_is_accepted(mm):
+    from efficientllava.prune_engine.data.calibration import check_calibration_data
+
+    check_calibration_data("hf:wikitext:wikitext-2-raw-v1@train", mm)
+
+
+def test_the_split_checked_is_the_split_loaded():
+    """A local file loads under its declared split, else the benchmark's default (the ids name it)."""
+    from efficientllava.prune_engine.data.calibration import calibration_split, calibration_vqa, load_vqa
+
+    assert calibration_split(f"scienceqa:{SQA}") == "test" and calibration_split(f"vizwiz:{VIZ}") == "val"
+    assert calibration_split(f"scienceqa:{SQA}@train") == "train" and calibration_split("scienceqa") == "train"
+    assert {s.id.split("-")[0] for s in load_vqa(f"scienceqa:{SQA}")} == {"test"}
+    assert {s.id.split("-")[0] for s in calibration_vqa(f"scienceqa:{SQA}@train", 3)} == {"train"}
 
 
 # ------------------------------------------------------------------ fixtures

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from prune_engine.data.text import (
+from efficientllava.prune_engine.data.text import (
     WIKI_EVAL_FRACTION,
     DataError,
     Document,

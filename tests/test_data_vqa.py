@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prune_engine.data import vqa
-from prune_engine.data.vqa import (EASY_VQA_CATEGORIES, FASHION_MNIST_CLASSES, DataError, VQASample, collate_vqa,
+from efficientllava.prune_engine.data import vqa
+from efficientllava.prune_engine.data.vqa import (EASY_VQA_CATEGORIES, FASHION_MNIST_CLASSES, DataError, VQASample, collate_vqa,
                                    easy_vqa_image_labels, load_easy_vqa, load_fashion_mnist)
 
 
@@ -85,7 +85,7 @@ def test_seeded_subset_balanced_takes_an_even_share_of_each_label():
 
 
 def test_balanced_loaders_draw_evenly_over_the_answers():
-    from prune_engine.data.calibration import calibration_vqa
+    from efficientllava.prune_engine.data.calibration import calibration_vqa
 
     easy = load_easy_vqa("train", limit=39, seed=1, balance=True)
     counts = {a: sum(s.answer == a for s in easy) for a in easy[0].choices}
@@ -186,8 +186,8 @@ def test_fashion_mnist_fixtures(tmp_path):
 # --- collate -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def processor():
-    from prune_engine.models.smol_llava import build_processor
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.smol_llava import build_processor
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     return build_processor({"image_size": 32, "patch_size": 16}, embedded_smollm2_dir())
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from actors.demo import DemoJob, demo_run_config, run_demo
-from prune_engine.config import HeldoutConfig
+from efficientllava.actors.demo import DemoJob, demo_run_config, run_demo
+from efficientllava.prune_engine.config import HeldoutConfig
 
 
 @pytest.mark.ray
@@ -31,3 +31,35 @@ def test_demo_job_on_tiny_llava(tiny_llava_dir, tmp_path):
     assert saved["rows"] == rows
     assert "| searched |" in (tmp_path / "demo" / "demo.md").read_text()
     assert (tmp_path / "demo" / "search" / "model" / "config.json").exists()
+
+
+@pytest.mark.ray
+def test_demo_sizes_its_screening_to_its_time_budget_and_says_how(tiny_llava_dir, tmp_path):
+    """The default preset under the demo's budget: baseline first, then the search with what is left, its
+    children per generation chosen from measured costs (here the preset's cap binds: a tiny model is fast)."""
+    import re
+
+    import pyarrow.parquet as pq
+    import ray
+
+    run = demo_run_config({"engine.model": str(tiny_llava_dir), "search.population": 4, "search.generations": 2,
+                           "search.elites": 2, "search.offspring": 12, "data.nsamples": 4, "data.seqlen": 32,
+                           "data.mm_samples": 4, "engine.screen_nsamples": 2, "engine.screen_mm_samples": 2,
+                           "engine.screen_precision": "fp32", "ray.actors": 2, "search.projector_lr": 1e-3})
+    assert run.search.offspring_budget and run.engine.mode == "database"  # the default preset's
+    logs = []
+    cfg = DemoJob(out=tmp_path / "demo", run=run, heldout=HeldoutConfig(segments=2, seqlen=32, vqa=6),
+                  time_budget_s=600)
+    try:
+        run_demo(cfg, log=logs.append)
+    finally:
+        ray.shutdown()
+    order = [m[:5] for m in logs if re.match(r"\[\d/3\]", m)]
+    assert order == ["[1/3]", "[2/3]", "[3/3]"] and "uniform SparseGPT" in next(m for m in logs if m.startswith("[1/3]"))
+    (budget,) = [m for m in logs if m.startswith("search time budget:")]
+    (sized,) = [m for m in logs if m.startswith("screening sized:")]
+    assert "float32 screening" in sized and "12 children per generation" in sized and "most the preset" in sized
+    history = pq.read_table(tmp_path / "demo" / "search" / "history.parquet").to_pylist()
+    assert sum(1 for r in history if r["fidelity"] == "screen") == 12
+    left = float(re.search(r"search time budget: (\d+) s", budget).group(1))
+    assert 0 < left < 600

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prune_engine.models import smol_llava as demo_model
-from prune_engine.data.vqa import collate_vqa, load_easy_vqa, load_fashion_mnist
+from efficientllava.prune_engine.models import smol_llava as demo_model
+from efficientllava.prune_engine.data.vqa import collate_vqa, load_easy_vqa, load_fashion_mnist
 
 TINY_ARCH = {"image_size": 32, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64,
              "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -33,7 +33,7 @@ def make_tiny_lm(path: Path, tokenizer_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> Path:
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), embedded_smollm2_dir())
 
@@ -97,7 +97,7 @@ def test_demo_model_dir_loads_offline_with_auto_classes(tiny_lm, samples, tmp_pa
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
-    from prune_engine.models.adapter import ModelError
+    from efficientllava.prune_engine.models.adapter import ModelError
 
     with pytest.raises(ModelError, match="weights missing"):
         demo_model.demo_model_dir(tmp_path / "nope.safetensors")
@@ -107,8 +107,8 @@ def test_missing_weights_is_a_clear_error(tmp_path):
 def test_committed_asset_assembles_with_the_real_smollm2():
     from transformers import AutoModelForCausalLM
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.loading import load_model
 
     if not demo_model.WEIGHTS_FILE.exists():
         pytest.skip("demo-model weights not trained yet")
@@ -126,7 +126,7 @@ def test_committed_asset_assembles_with_the_real_smollm2():
             torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
         else:
             assert torch.equal(ours[key], value), key
-    from prune_engine.evaluation.vqa import vqa_accuracy
+    from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
 
     result = vqa_accuracy(model, processor, load_easy_vqa("test", limit=48, seed=3), batch_size=16, progress=False)
     assert result["accuracy"] >= 0.6

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from prune_engine.models import smol_llava as demo_model
-from prune_engine.data.vqa import VQASample, collate_vqa, load_easy_vqa, load_fashion_mnist
-from prune_engine.evaluation.vqa import choice_logliks, vqa_accuracy
+from efficientllava.prune_engine.models import smol_llava as demo_model
+from efficientllava.prune_engine.data.vqa import VQASample, collate_vqa, load_easy_vqa, load_fashion_mnist
+from efficientllava.prune_engine.evaluation.vqa import choice_logliks, vqa_accuracy
 
 TINY_ARCH = {"image_size": 32, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64,
              "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -21,7 +21,7 @@ def tiny(tmp_path_factory):
 
     from transformers import AutoProcessor, LlamaConfig, LlamaForCausalLM, LlavaForConditionalGeneration
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     torch.manual_seed(0)
     lm_dir = tmp_path_factory.mktemp("tiny_lm")
@@ -130,8 +130,8 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
                                         ("mmvet", "mmvet.parquet"), ("llava-bench", "llava_bench.jsonl")])
 def test_benchmark_spec_names_a_local_file(name, file):
     """`--data NAME:FILE` reads a local file in the hub schema (same samples as the loader on that file)."""
-    from prune_engine.data.calibration import load_vqa
-    from prune_engine.data.hub import load_benchmark
+    from efficientllava.prune_engine.data.calibration import load_vqa
+    from efficientllava.prune_engine.data.hub import load_benchmark
 
     samples = load_vqa(f"{name}:{FIXTURES / file}", limit=3)
     assert samples and samples == load_benchmark(name, source=FIXTURES / file, limit=3)
@@ -140,7 +140,7 @@ def test_benchmark_spec_names_a_local_file(name, file):
 def test_eval_vqa_command_on_a_local_scienceqa_file(tiny_llava_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from actors.cli import app
+    from efficientllava.actors.cli import app
 
     out = tmp_path / "r.json"
     result = CliRunner().invoke(app, ["eval", "vqa", "--model", str(tiny_llava_dir), "--data",

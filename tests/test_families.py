@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from actors.cli import app
+from efficientllava.actors.cli import app
 from tiny_families import FAMILIES, make_tiny_family, processor_needs_torchvision
 
 runner = CliRunner()
@@ -24,7 +24,7 @@ def family_dir(request, tmp_path_factory):
 
 
 def _samples(n=3):
-    from prune_engine.data.vqa import load_easy_vqa
+    from efficientllava.prune_engine.data.vqa import load_easy_vqa
 
     return load_easy_vqa("train", limit=n, seed=1)
 
@@ -55,7 +55,7 @@ def images_merge(_images) -> int:
 
 
 def _image_text_batch(family, model_dir, processor, samples):
-    from prune_engine.data.vqa import collate_vqa
+    from efficientllava.prune_engine.data.vqa import collate_vqa
 
     if not processor_needs_torchvision(family):
         batch = collate_vqa(processor, samples)
@@ -68,7 +68,7 @@ def _image_text_batch(family, model_dir, processor, samples):
 def test_block_inputs_reproduce_the_models_own_hidden_states(family_dir):
     """Block 0's captured inputs run block by block give the model's own last hidden states
     (image-text batches; per-layer masks for Gemma 3's sliding-window layers)."""
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.models.loading import load_model
 
     family, model_dir = family_dir
     adapter, processor = load_model(str(model_dir))
@@ -90,7 +90,7 @@ def test_block_inputs_reproduce_the_models_own_hidden_states(family_dir):
 
 
 def _decoder_linear_names(model) -> set[str]:
-    from prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
 
     adapter = ModelAdapter(model)
     return {f"{adapter.family.decoder}.layers.{i}.{n}.weight" for i in range(adapter.num_blocks)
@@ -171,7 +171,7 @@ def test_search_with_projector_step_and_load_back(family_dir, tmp_path, local_ra
         pytest.skip(f"{family}: transformers cannot build its processor without torchvision")
     from transformers import AutoModelForImageTextToText
 
-    from prune_engine.models.adapter import ModelAdapter
+    from efficientllava.prune_engine.models.adapter import ModelAdapter
 
     out = tmp_path / "run"
     code, output = run("search", "--model", model_dir, "--out", out, "--population", 3, "--generations", 2,
@@ -268,8 +268,8 @@ def test_choice_scores_with_the_cached_prompt_equal_whole_sequences(family_dir):
     family, model_dir = family_dir
     if processor_needs_torchvision(family):
         pytest.skip(f"{family}: transformers cannot build its processor without torchvision")
-    from prune_engine.evaluation.vqa import choice_logliks, whole_sequence_logliks
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.evaluation.vqa import choice_logliks, whole_sequence_logliks
+    from efficientllava.prune_engine.models.loading import load_model
 
     adapter, processor = load_model(str(model_dir))
     samples = _samples(2)

@@ -10,18 +10,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("search", "prune_engine", "actors")
+IMPORT_PACKAGE = "efficientllava"  # the folders install as efficientllava.search, ... (setup.py)
 # a package may import from the ones before it in this order, never from the ones after
 LAYERS = {"search": 0, "prune_engine": 1, "actors": 2}
+# the method stays pure: no model, no Ray
+FORBIDDEN = {"search": ("torch", "ray", "transformers")}
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    """Module name (efficientllava.search.driver, ...) -> file, for every module of the three packages under root."""
     out = {}
     for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join((IMPORT_PACKAGE,) + (parts[:-1] if parts[-1] == "__init__" else parts))
             out[name] = path
     return out
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1]
 
 
 def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
@@ -49,19 +57,16 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
-    known = modules()
+def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
     return {name: imports_of(name, path, known) for name, path in known.items()}
 
 
-def test_dependencies_point_one_way(graph):
-    wrong = [f"{m} imports {d}" for m, deps in graph.items() for d in deps
-             if LAYERS[d.split(".")[0]] > LAYERS[m.split(".")[0]]]
-    assert not wrong, "; ".join(wrong)
+def wrong_directions(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} imports {d}" for m, deps in graph.items() for d in deps
+            if LAYERS[package_of(d)] > LAYERS[package_of(m)]]
 
 
-def test_no_import_cycle_between_files(graph):
+def import_cycles(graph: dict[str, set[str]]) -> list[str]:
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles = []
 
@@ -77,18 +82,69 @@ def test_no_import_cycle_between_files(graph):
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+    return cycles
+
+
+def forbidden_imports(known: dict[str, Path]) -> list[str]:
+    """Third-party imports a package must not make (anywhere in a module's body), as 'module imports lib'."""
+    found = []
+    for name, path in known.items():
+        banned = FORBIDDEN.get(package_of(name), ())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            found += [f"{name} imports {r}" for r in roots if r in banned]
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph(modules())
+
+
+def test_dependencies_point_one_way(graph):
+    wrong = wrong_directions(graph)
+    assert not wrong, "; ".join(wrong)
+
+
+def test_no_import_cycle_between_files(graph):
+    cycles = import_cycles(graph)
     assert not cycles, "; ".join(cycles)
 
 
-def test_the_checker_sees_cycles_and_wrong_directions(tmp_path):
-    """The two checks above can fail: a made-up package with both faults is caught."""
-    (tmp_path / "search").mkdir()
-    (tmp_path / "search" / "a.py").write_text('"""a."""\ndef f():\n    from search.b import g\n    from actors.x import y\n')
-    (tmp_path / "search" / "b.py").write_text('"""b."""\nfrom search import a\n')
-    known = {"search.a": tmp_path / "search" / "a.py", "search.b": tmp_path / "search" / "b.py",
-             "actors.x": tmp_path / "x.py"}
-    assert imports_of("search.a", known["search.a"], known) == {"search.b", "actors.x"}
-    assert imports_of("search.b", known["search.b"], known) == {"search.a"}
+def test_search_imports_no_model_and_no_ray():
+    found = forbidden_imports(modules())
+    assert not found, "; ".join(found)
+
+
+def test_the_checks_catch_a_made_up_bad_tree(tmp_path):
+    """The checks above can fail: a made-up tree with a cycle, a wrong direction and torch/ray in search/ is caught."""
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f'"""{package}."""\n')
+    (tmp_path / "search" / "a.py").write_text(
+        '"""a."""\nimport torch\ndef f():\n    from efficientllava.search.b import g\n'
+        '    from efficientllava.actors.x import y\n    from ray.util import ActorPool\n')
+    (tmp_path / "search" / "b.py").write_text('"""b."""\nfrom efficientllava.search import a\n')
+    (tmp_path / "actors" / "x.py").write_text('"""x."""\nimport torch\nfrom ..prune_engine import y\n')
+    (tmp_path / "prune_engine" / "y.py").write_text('"""y."""\nimport numpy\n')
+    known = modules(tmp_path)
+    graph = import_graph(known)
+    assert graph["efficientllava.search.a"] == {"efficientllava.search.b", "efficientllava.actors.x"}
+    assert graph["efficientllava.actors.x"] == {"efficientllava.prune_engine.y"}  # a relative import resolves
+    assert wrong_directions(graph) == ["efficientllava.search.a imports efficientllava.actors.x"]
+    assert import_cycles(graph) == ["efficientllava.search.a -> efficientllava.search.b -> efficientllava.search.a"]
+    assert sorted(forbidden_imports(known)) == ["efficientllava.search.a imports ray",
+                                                "efficientllava.search.a imports torch"]  # actors/ may use torch
+    # the real tree has none of these
+    (tmp_path / "search" / "a.py").write_text('"""a."""\n')
+    (tmp_path / "search" / "b.py").write_text('"""b."""\nfrom efficientllava.search import a\n')
+    clean = import_graph(modules(tmp_path))
+    assert not wrong_directions(clean) and not import_cycles(clean) and not forbidden_imports(modules(tmp_path))
 
 
 def test_production_packages_hold_no_test_code():

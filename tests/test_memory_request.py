@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from actors.config import RayOptions, RunConfig
-from actors.memory_request import RUNTIME_BYTES, GiB, actor_memory, checkpoint_parameters, estimate_actor_memory
-from search.config import ConfigError
+from efficientllava.actors.config import RayOptions, RunConfig
+from efficientllava.actors.memory_request import RUNTIME_BYTES, GiB, actor_memory, checkpoint_parameters, estimate_actor_memory
+from efficientllava.search.config import ConfigError
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_engine.data.calibration import text_batches
-from prune_engine.export import (DecodeWrapper, OnnxRunner, PrefillWrapper, compare_logits, export_decode,
+from efficientllava.prune_engine.data.calibration import text_batches
+from efficientllava.prune_engine.export import (DecodeWrapper, OnnxRunner, PrefillWrapper, compare_logits, export_decode,
                                  export_prefill, initializer_sparsity, kv_shape, prefill_with_cache)
-from prune_engine.models.loading import load_model
-from prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.models.loading import load_model
+from efficientllava.prune_engine.pipeline import SequentialPruner
 
 T = 12
 ATOL = 1e-4

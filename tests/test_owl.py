@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prune_engine.data.calibration import text_batches
-from actors.cli import app
-from prune_engine.models.loading import load_model
-from prune_engine.owl import outlier_ratios, owl_policy
+from efficientllava.prune_engine.data.calibration import text_batches
+from efficientllava.actors.cli import app
+from efficientllava.prune_engine.models.loading import load_model
+from efficientllava.prune_engine.owl import outlier_ratios, owl_policy
 
 
 def reference_outlier_ratios(model, batch, m):

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from prune_engine.data.calibration import text_batches, vqa_batches
-from prune_engine.data.vqa import load_easy_vqa
-from prune_engine.models.adapter import ModelError
-from prune_engine.models.loading import load_model
-from prune_engine.pipeline import SequentialPruner
-from prune_engine.sparsegpt import Pattern
+from efficientllava.prune_engine.data.calibration import text_batches, vqa_batches
+from efficientllava.prune_engine.data.vqa import load_easy_vqa
+from efficientllava.prune_engine.models.adapter import ModelError
+from efficientllava.prune_engine.models.loading import load_model
+from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.sparsegpt import Pattern
 
 TEXT = "wiki:calib"
 

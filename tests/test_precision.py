@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prune_engine import precision
+from efficientllava.prune_engine import precision
 
 
 def test_explicit_settings_and_a_bad_one():

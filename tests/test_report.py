@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.report import ReportError, write_report
+from efficientllava.actors.report import ReportError, write_report
 
 
 def make_run(path, generations=3, population=4, blocks=5):

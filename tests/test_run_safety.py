@@ -11,8 +11,8 @@ from test_search_checkpoint import CFG, _run
 from test_search_synthetic import SyntheticEvaluator
 from typer.testing import CliRunner
 
-from search import CheckpointError, SearchConfig, SearchDriver
-from search.checkpoint import COMMITTED, STATE, RunStore
+from efficientllava.search import CheckpointError, SearchConfig, SearchDriver
+from efficientllava.search.checkpoint import COMMITTED, STATE, RunStore
 
 
 def _listing(path):
@@ -21,7 +21,7 @@ def _listing(path):
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_lost_commit_record_is_an_error_and_every_file_stays(tmp_path, damage):
-    from actors.run import saved_run
+    from efficientllava.actors.run import saved_run
 
     _run(tmp_path, generations=2)
     if damage == "delete":
@@ -57,7 +57,7 @@ def test_cleanup_deletes_only_older_generations(tmp_path):
 
 
 def test_relative_model_is_saved_absolute(tiny_llava_dir, tmp_path, monkeypatch):
-    from actors.config import RunConfig
+    from efficientllava.actors.config import RunConfig
 
     shutil.copytree(tiny_llava_dir, tmp_path / "models" / "tiny")
     monkeypatch.chdir(tmp_path)
@@ -69,7 +69,7 @@ def test_relative_model_is_saved_absolute(tiny_llava_dir, tmp_path, monkeypatch)
 def test_identity_covers_vision_tower_and_projector(tiny_llava_dir):
     import torch
 
-    from prune_engine.models.loading import load_model, model_identity
+    from efficientllava.prune_engine.models.loading import load_model, model_identity
 
     adapter, _ = load_model(str(tiny_llava_dir))
     base = model_identity(adapter, "m")
@@ -85,8 +85,8 @@ def test_identity_covers_vision_tower_and_projector(tiny_llava_dir):
 
 
 def test_run_name_is_read_back_from_the_run_directory(tmp_path):
-    from actors.config import RayOptions
-    from actors.run import RUN_NAME, _run_name
+    from efficientllava.actors.config import RayOptions
+    from efficientllava.actors.run import RUN_NAME, _run_name
 
     (tmp_path / RUN_NAME).write_text("first-01000000\n")
     assert _run_name(RayOptions(), str(tmp_path)) == "first-01000000"  # no Ray needed: the stored name
@@ -94,8 +94,8 @@ def test_run_name_is_read_back_from_the_run_directory(tmp_path):
 
 
 def test_tune_refuses_an_experiment_made_with_other_settings(tmp_path):
-    from actors.config import ConfigError
-    from actors.tune import TuneJob, check_same_settings, save_settings
+    from efficientllava.actors.config import ConfigError
+    from efficientllava.actors.tune import TuneJob, check_same_settings, save_settings
 
     run = {"search": {"target": 0.5}, "engine": {"model": "smollm2"}, "ray": {"actors": 1}}
     job = TuneJob(run=run, storage=str(tmp_path), name="sweep")
@@ -112,7 +112,7 @@ def test_tune_refuses_an_experiment_made_with_other_settings(tmp_path):
 
 @pytest.mark.parametrize("model, included", [("tiny", False), ("smol-llava", True)])
 def test_report_appends_repository_benchmarks_only_for_smol_llava(tmp_path, model, included):
-    from actors.cli import app
+    from efficientllava.actors.cli import app
 
     run = make_run(tmp_path / "run")
     doc = json.loads((run / "policy.json").read_text())
@@ -128,7 +128,7 @@ def test_report_generation_axes_have_integer_ticks(tmp_path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from actors import report
+    from efficientllava.actors import report
 
     captured = []
     real_close = plt.close

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_search_synthetic import SyntheticEvaluator
 
-from search import CheckpointError, SearchConfig, SearchDriver, read_history
-from search.checkpoint import HISTORY_SCHEMA, RunStore
+from efficientllava.search import CheckpointError, SearchConfig, SearchDriver, read_history
+from efficientllava.search.checkpoint import HISTORY_SCHEMA, RunStore
 
 CFG = dict(population=8, elites=2, generations=3, seed=5)
 

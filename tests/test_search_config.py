@@ -5,8 +5,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from search import ConfigError, SearchConfig, SearchDriver
-from search.checkpoint import read_config
+from efficientllava.search import ConfigError, SearchConfig, SearchDriver
+from efficientllava.search.checkpoint import read_config
 
 
 def _one_line_error(**kw) -> str:

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from test_search_synthetic import SyntheticEvaluator
 
-from search import (CandidateEvaluated, ConfigError, Evaluation, GenerationFinished, GenerationStarted,
+from efficientllava.search import (CandidateEvaluated, ConfigError, Evaluation, GenerationFinished, GenerationStarted,
                     ProjectorStepped, ProjectorUpdate, SearchConfig, SearchDriver, SearchFinished, effective_candidates,
-                    neighbour_weights, srm_scale)
+                    feasible_space, neighbour_weights, srm_scale)
+from efficientllava.search.fitness import FitnessError
 
 
 def _run(tmp_path, ev=None, **kw):
@@ -131,6 +132,40 @@ def test_the_guard_keeps_a_projector_update_only_as_far_as_it_helps(tmp_path, ju
     assert set(h["projector_loss_after"]) == {step.loss_after}
 
 
+class HeldAside(QuadraticProjector):
+    """The same projector, but the held-aside loss is `before` before any update and `after` after a kept
+    fraction of it (0: dropped, the loss before again); `held` held-aside samples reported (None: not said)."""
+
+    def __init__(self, before, after, held):
+        super().__init__(1.0, 0.0)
+        self.losses, self.held = (before, after), held
+
+    def projector_step(self, ratios, draws, lr):
+        u = super().projector_step(ratios, draws, lr)
+        return ProjectorUpdate(u.version, self.losses[0], self.losses[1], u.change, held_aside=self.held)
+
+    def rescale_projector_update(self, scale):
+        u = super().rescale_projector_update(scale)
+        return ProjectorUpdate(u.version, self.losses[0], self.losses[0] if scale == 0 else self.losses[1], u.change,
+                               scale=scale, held_aside=self.held)
+
+
+@pytest.mark.parametrize("before, after, held, scales, kept", [
+    (1.0, float("nan"), None, [0.5, 0.25, 0.0], 0.0),  # a non-finite loss after the update never counts as lower
+    (1.0, float("inf"), 16, [0.5, 0.25, 0.0], 0.0),
+    (float("nan"), 0.5, 16, [0.0], 0.0),  # measured, broken before the update: no fraction can show it helps
+    (float("nan"), float("nan"), 16, [0.0], 0.0),
+    (float("nan"), float("nan"), 0, [], 1.0),  # nothing held aside (said so): every update is kept
+    (float("nan"), float("nan"), None, [], 1.0),  # nothing measured (not said): every update is kept
+])
+def test_the_guard_never_keeps_an_update_on_a_non_finite_loss(tmp_path, before, after, held, scales, kept):
+    ev = HeldAside(before, after, held)
+    _, ev, events, h = _run(tmp_path, ev=ev, generations=1, projector_steps=3)
+    step = [e for e in events if isinstance(e, ProjectorStepped)][0]
+    assert ev.rescales == scales and step.scale == kept and set(h["projector_scale"]) == {kept}
+    assert ev.x == kept * 1.0 and step.projector_version == 3 + len(scales)
+
+
 def test_the_guard_can_be_turned_off_or_given_no_halvings(tmp_path):
     _, ev, _, h = _run(tmp_path / "off", ev=QuadraticProjector(1.0, -1.0), generations=1, projector_guard=False)
     assert ev.rescales == [] and ev.x == 1.0 and set(h["projector_scale"]) == {1.0}
@@ -158,7 +193,7 @@ def test_ablations_change_the_search(tmp_path):
 
 
 def test_synthetic_evaluator_meets_the_protocol():
-    from search import EvaluationProtocol as Evaluator
+    from efficientllava.search import EvaluationProtocol as Evaluator
 
     assert isinstance(SyntheticEvaluator(), Evaluator)
 
@@ -257,7 +292,7 @@ def test_projector_update_is_recorded_nan_free_without_projector(tmp_path):
 
 
 def test_after_a_projector_step_known_policies_are_rescored_on_image_text_only(tmp_path):
-    ev = SyntheticEvaluator(n_blocks=6, mm=True)
+    ev = SyntheticEvaluator(n_blocks=6, mm=True, text_independent=True)  # L_text and G ignore the projector
     _, ev, _, h = _run(tmp_path, ev=ev, population=8, elites=3)
     mm_only = [i for i, m in enumerate(ev.modalities) if m == ("mm",)]
     # the 3 elites of generations 1-3, and any child that repeats a policy scored in an earlier generation
@@ -270,6 +305,123 @@ def test_after_a_projector_step_known_policies_are_rescored_on_image_text_only(t
             earlier = [(lt0, lm0) for g, p0, lt0, lm0 in zip(h["generation"], h["policy"], h["l_text"], h["l_mm"])
                        if g < t and p0 == p]
             assert earlier and earlier[-1][0] == lt and earlier[-1][1] != lm
+
+
+class BrokenImageText(SyntheticEvaluator):
+    """L_mm is NaN (measured and broken) for the policies `broken(ratios)` picks, with the lowest L_text
+    of all: a fitness that fell back to L_text would rank them first."""
+
+    def __init__(self, broken, **kw):
+        super().__init__(n_blocks=6, mm=True, **kw)
+        self.broken = broken
+
+    def evaluate(self, ratios, projector_version, fidelity="full", modalities=("text", "mm")):
+        out = super().evaluate(ratios, projector_version, fidelity, modalities)
+        for r, e in zip(ratios, out):
+            if self.broken(self, np.asarray(r)):
+                e.l_text, e.l_mm = 0.5, float("nan")
+        return out
+
+
+def _uniform(ev, r):
+    return bool(np.all(r == r[0]))
+
+
+def test_a_nan_image_text_loss_ranks_last_and_is_recorded_infeasible(tmp_path):
+    result, ev, events, h = _run(tmp_path, ev=BrokenImageText(_uniform), population=8, elites=2)
+    uniform = [2] * 6  # candidate 0 of generation 0
+    rows = [i for i, p in enumerate(h["policy"]) if p == uniform]
+    assert rows[0] == 0 and all(h["infeasible"][i] == "l_mm is nan" and h["fitness"][i] == -np.inf
+                                and np.isnan(h["l_proxy"][i]) for i in rows)
+    assert all(x is None for i, x in enumerate(h["infeasible"]) if i not in rows)  # None L_mm never counts
+    assert min(h["fitness"][i] for i in range(8)) == h["fitness"][0]  # ranked last in generation 0
+    gen1 = [p for g, p in zip(h["generation"], h["policy"]) if g == 1]
+    assert uniform not in gen1[:2]  # never an elite
+    fins = [e for e in events if isinstance(e, GenerationFinished)]
+    assert all(e.best_policy.tolist() != uniform for e in fins) and result.policy.tolist() != uniform
+    assert np.isfinite(result.fitness)
+    # s from generation 0's finite rows (one NaN no longer switches the SRM term off)
+    gen0 = [i for i in range(8) if i not in rows]
+    s = srm_scale([h["l_proxy"][i] for i in gen0], [h["g"][i] for i in gen0])
+    assert s != 1.0 and set(h["srm_scale"]) == {s}
+    assert srm_scale(h["l_proxy"][:8], h["g"][:8]) == s
+
+
+def test_a_text_only_model_is_feasible_with_no_image_text_loss(tmp_path):
+    _, _, _, h = _run(tmp_path, ev=SyntheticEvaluator(n_blocks=6, projector=False))
+    assert set(h["l_mm"]) == {None} and set(h["infeasible"]) == {None} and all(np.isfinite(h["fitness"]))
+
+
+def test_too_few_finite_scores_in_generation_0_is_a_clear_error(tmp_path):
+    ev = BrokenImageText(lambda ev, r: not _uniform(ev, r))  # only the uniform policy is healthy
+    with pytest.raises(FitnessError, match=r"^generation 0: cannot fix the SRM scale: only 1 of 8 candidates have a "
+                                           r"finite loss and norm term \(set search.srm_scale") as exc:
+        _run(tmp_path, ev=ev)
+    assert "\n" not in str(exc.value) and not (tmp_path / "run" / "state.json").exists()
+    ev = BrokenImageText(lambda ev, r: not _uniform(ev, r))
+    with pytest.raises(FitnessError, match=r"^the srm_sample policies: cannot fix the SRM scale: only 0 of 6"):
+        _run(tmp_path / "sampled", ev=ev, init="uniform", srm_sample=6)
+
+
+def test_the_result_is_never_infeasible_when_a_feasible_candidate_exists(tmp_path):
+    """After the first projector step every candidate breaks: the result is generation 0's best."""
+    ev = BrokenImageText(lambda ev, r: ev.projector_version > 0)
+    result, _, _, h = _run(tmp_path, ev=ev, projector_guard=False)
+    assert all(x == "l_mm is nan" for g, x in zip(h["generation"], h["infeasible"]) if g > 0)
+    gen0 = [i for i, g in enumerate(h["generation"]) if g == 0]
+    best = max(gen0, key=lambda i: h["fitness"][i])
+    assert (result.policy.tolist(), result.fitness, result.l_proxy) == (h["policy"][best], h["fitness"][best],
+                                                                      h["l_proxy"][best])
+    assert np.isfinite(result.fitness) and result.generations == 4
+    ev = BrokenImageText(lambda ev, r: True)  # nothing feasible at all (s given, so the search runs)
+    with pytest.raises(FitnessError, match=r"^no feasible candidate in 4 generation\(s\): every one had a non-finite "
+                                           r"score \(l_mm is nan; see the history's infeasible column\)$"):
+        _run(tmp_path / "none", ev=ev, srm_scale=1.0)
+
+
+class Snapshots(SyntheticEvaluator):
+    """Keeps the projector of every version it evaluated under, to score a policy afresh later."""
+
+    def evaluate(self, ratios, projector_version, fidelity="full", modalities=("text", "mm")):
+        self.snapshots = getattr(self, "snapshots", {})
+        self.snapshots[projector_version] = self.projector.copy()
+        return super().evaluate(ratios, projector_version, fidelity, modalities)
+
+    def fresh(self, policy_ratios, version):
+        """Score one policy on all modalities under projector `version` (the evaluator's state restored)."""
+        saved = self.projector, self.projector_version, len(self.modalities), len(self.evaluated)
+        self.projector, self.projector_version = self.snapshots[version], version
+        try:
+            return super().evaluate([policy_ratios], version)[0]
+        finally:
+            self.projector, self.projector_version = saved[0], saved[1]
+            del self.modalities[saved[2]:], self.evaluated[saved[3]:], self.fidelities[saved[3]:]
+
+
+@pytest.mark.parametrize("text_independent", [False, True])
+def test_memoised_scores_equal_fresh_scores_after_a_projector_step(tmp_path, text_independent):
+    """An evaluator whose L_text depends on the projector (sequential pruning: the Hessians see the
+    projector's image-text activations) is re-scored on every modality after each projector step; only
+    one that says its text scores cannot depend on it (database mode) has known policies re-scored on
+    their image-text samples. Either way every recorded score is what a fresh evaluation gives."""
+    ev = Snapshots(n_blocks=6, mm=True, text_independent=text_independent)
+    _, ev, _, h = _run(tmp_path, ev=ev, population=8, elites=3, projector_lr=1e-3, projector_guard=False)
+    assert len(set(h["projector_version"])) == 4  # every generation under a new projector
+    calls = {m: ev.modalities.count(m) for m in set(ev.modalities)}
+    fresh_rows = sum(not c for c in h["cached"])
+    if text_independent:  # the known elites of generations 1-3 (at least) from the text memo
+        assert calls[("mm",)] >= 9 and calls[("text", "mm")] + calls[("mm",)] == fresh_rows
+    else:
+        assert calls == {("text", "mm"): fresh_rows}
+    space = feasible_space(SearchConfig(), ev.param_counts)  # the ratios the driver sends
+    for p, v, lt, lm, g in zip(h["policy"], h["projector_version"], h["l_text"], h["l_mm"], h["g"]):
+        e = ev.fresh(space.ratios(np.array(p)), v)
+        assert (lt, lm, g) == (e.l_text, e.l_mm, float(np.sum(e.log_norm_ratio)))
+    if not text_independent:  # the projector does move L_text here: a memo would have been stale
+        moved = {}
+        for p, v, lt in zip(h["policy"], h["projector_version"], h["l_text"]):
+            moved.setdefault(tuple(p), set()).add(lt)
+        assert any(len(x) > 1 for x in moved.values())
 
 
 def test_srm_scale_from_a_random_sample_when_the_start_is_around_uniform(tmp_path):
@@ -287,3 +439,62 @@ def test_srm_scale_from_a_random_sample_when_the_start_is_around_uniform(tmp_pat
     assert s != s_gen0  # measured on the random sample, not on generation 0
     plain = _run(tmp_path / "plain", init="uniform", srm_scale=s)[3]
     assert [p for p, f in zip(h["policy"], h["fidelity"]) if f != "scale"] == plain["policy"]
+
+
+class _FakeTime:
+    """A clock that only the evaluator advances: `cost` seconds per candidate and fidelity."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+def _timed_evaluator(clock, full_s, screen_s, **kw):
+    ev = SyntheticEvaluator(n_blocks=10, **kw)
+    evaluate = ev.evaluate
+
+    def timed(ratios, projector_version, fidelity="full", modalities=("text", "mm")):
+        clock.now += len(ratios) * (screen_s if fidelity == "screen" else full_s)
+        return evaluate(ratios, projector_version, fidelity, modalities)
+
+    ev.evaluate = timed
+    return ev
+
+
+@pytest.mark.parametrize("budget, expected, limited_by", [
+    (100.05, 407, "budget"),  # floor((100.05 - 6.6 - 2 * 6) / (2 * 0.1)) = 407
+    (10.0, 4, "population"),  # too small a budget: population - elites children, the floor
+    (1e6, 500, "offspring"),  # the cap
+])
+def test_offspring_sized_to_the_time_budget_from_measured_costs(tmp_path, monkeypatch, budget, expected, limited_by):
+    """offspring_budget: after generation 0 the driver measures a generation (6 candidates x 1 s, the projector step
+    free) and a screened child (0.1 s), and draws as many children as let the search end within the budget."""
+    import efficientllava.search.driver as driver_module
+
+    clock = _FakeTime()
+    monkeypatch.setattr(driver_module, "time", clock)
+    ev = _timed_evaluator(clock, full_s=1.0, screen_s=0.1)
+    result, _, events, h = _run(tmp_path, ev=ev, population=6, elites=2, generations=3, offspring=500,
+                                offspring_budget=True, time_budget_s=budget)
+    (sized,) = [e for e in events if isinstance(e, driver_module.OffspringSized)]
+    assert (sized.generation, sized.children, sized.limited_by) == (0, expected, limited_by)
+    assert sized.seconds_per_child == pytest.approx(0.1) and sized.seconds_per_generation == pytest.approx(6.0)
+    screened = [sum(1 for g, f in zip(h["generation"], h["fidelity"]) if g == t and f == "screen")
+                for t in range(1, result.generations)]
+    assert screened == [expected] * (result.generations - 1)
+    if limited_by == "population":  # a generation (6 s + 4 children) would end past the budget: none is started
+        assert result.stopped_by == "time_budget" and result.generations == 1 and clock.now <= budget
+    else:
+        assert result.stopped_by == "generations" and result.generations == 3
+        assert limited_by == "offspring" or clock.now <= budget  # the whole search fitted
+    # the decision is checkpointed: a resumed run keeps it
+    resumed = SearchDriver.resume(str(tmp_path / "run"), _timed_evaluator(clock, 1.0, 0.1))
+    assert resumed.offspring_sized == expected
+
+
+def test_offspring_budget_without_a_time_budget_keeps_offspring(tmp_path):
+    _, _, events, h = _run(tmp_path, population=6, elites=2, generations=2, offspring=20, offspring_budget=True)
+    assert not [e for e in events if type(e).__name__ == "OffspringSized"]
+    assert sum(1 for g, f in zip(h["generation"], h["fidelity"]) if g == 1 and f == "screen") == 20

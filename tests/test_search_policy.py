@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search import (ConfigError, PolicySpace, SearchConfig, effective_candidates, fitness, neighbour_weights,
+from efficientllava.search import (ConfigError, PolicySpace, SearchConfig, effective_candidates, fitness, neighbour_weights,
                     norm_term, proxy_loss, srm_scale)
-from search.operators import crossover, initial_population, mutate, next_generation, repair, select_elites
+from efficientllava.search.fitness import FitnessError, infeasible_reason
+from efficientllava.search.operators import crossover, initial_population, mutate, next_generation, repair, select_elites
 
 
 def _all_policies(space: PolicySpace) -> np.ndarray:
@@ -185,9 +186,41 @@ def test_srm_scale_puts_g_on_the_loss_scale():
 
 
 def test_proxy_loss_combines_the_modalities():
-    assert proxy_loss(2.0, None, 0.5) == 2.0
+    assert proxy_loss(2.0, None, 0.5) == 2.0  # None: no image-text data (a text-only model)
     assert proxy_loss(2.0, 1.0, 0.25) == pytest.approx(1.75)
-    assert proxy_loss(2.0, float("nan"), 0.5) == 2.0
+    assert np.isnan(proxy_loss(2.0, float("nan"), 0.5))  # NaN: measured and broken, never L_text alone
+
+
+@pytest.mark.parametrize("l_text, l_mm, lnr, reason", [
+    (2.0, float("nan"), [-0.1, -0.2], "l_mm is nan"),
+    (float("inf"), 1.0, [-0.1, -0.2], "l_text is inf"),
+    (2.0, None, [-0.1, float("-inf")], "g is -inf"),
+    (2.0, 1.0, [np.nan, -0.2], "g is nan"),
+])
+def test_a_non_finite_score_makes_the_candidate_infeasible(l_text, l_mm, lnr, reason):
+    loss = proxy_loss(l_text, l_mm, 0.5)
+    assert infeasible_reason(l_text, l_mm, np.array(lnr)) == reason
+    for eta in (0.0, 0.5):
+        assert fitness(loss, np.array(lnr), eta, 2.0) == -np.inf
+    healthy = fitness(2.5, np.array([-0.1, -0.2]), 0.5, 2.0)
+    assert infeasible_reason(2.5, None, np.array([-0.1, -0.2])) is None and np.isfinite(healthy)
+    # a broken candidate (L_text 2.0, L_mm NaN) ranks below a healthy one with a higher loss
+    assert select_elites(np.array([fitness(loss, np.array(lnr), 0.5, 2.0), healthy]), 1).tolist() == [1]
+
+
+def test_select_elites_never_picks_an_infeasible_candidate_over_a_feasible_one():
+    f = np.array([-np.inf, -50.0, np.nan, -np.inf, -60.0])
+    assert select_elites(f, 2).tolist() == [1, 4]
+    assert set(select_elites(f, 5)[:2].tolist()) == {1, 4}
+
+
+def test_srm_scale_uses_the_finite_scores_only():
+    losses, g = np.array([2.0, np.nan, 2.2, 2.4, 3.0]), np.array([-1.0, -1.5, -1.01, -1.02, -np.inf])
+    assert srm_scale(losses, g) == srm_scale(losses[[0, 2, 3]], g[[0, 2, 3]]) == pytest.approx(20.0)
+    with pytest.raises(FitnessError, match=r"^cannot fix the SRM scale: only 1 of 3 candidates have a finite") as exc:
+        srm_scale([2.0, np.nan, 2.4], [-1.0, -1.0, np.inf])
+    assert "\n" not in str(exc.value)
+    assert issubclass(FitnessError, ValueError)
 
 
 def test_neighbour_weights_by_hand():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_search_synthetic import resume_config, resume_evaluator
 
-from search import SearchDriver
-from search.checkpoint import RunStore
+from efficientllava.search import SearchDriver
+from efficientllava.search.checkpoint import RunStore
 
 HELPER = Path(__file__).with_name("test_search_synthetic.py")
 

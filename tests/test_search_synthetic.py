@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from search import Evaluation, GenerationFinished, ProjectorUpdate, SearchConfig, SearchDriver
-from search.fitness import fitness
+from efficientllava.search import Evaluation, GenerationFinished, ProjectorUpdate, SearchConfig, SearchDriver
+from efficientllava.search.fitness import fitness
 
 
 class SyntheticEvaluator:
@@ -26,7 +26,7 @@ class SyntheticEvaluator:
     The projector is a vector that each step moves with the weighted ratios."""
 
     def __init__(self, n_blocks=10, seed=1, granularity="block", projector=True, sleep=0.0, base_loss=2.0,
-                 mm=False, screen_noise=0.0):
+                 mm=False, screen_noise=0.0, text_independent=False):
         rng = np.random.default_rng(seed)
         self.per_block = 7 if granularity == "matrix" else 1
         size = n_blocks * self.per_block
@@ -42,6 +42,8 @@ class SyntheticEvaluator:
         self.base_loss = base_loss
         self.mm = mm  # also report an image-text loss (it prefers low sparsity in the first blocks)
         self.screen_noise = screen_noise  # sd of the (deterministic) error of a screening evaluation
+        # True: L_text has no projector term (like database mode), so the driver may reuse it across versions
+        self.text_independent_of_projector = text_independent
         self.evaluated: list[np.ndarray] = []  # every ratio vector sent to evaluate()
         self.fidelities: list[str] = []
         self.modalities: list[tuple] = []
@@ -67,7 +69,8 @@ class SyntheticEvaluator:
             if self.sleep:
                 time.sleep(self.sleep)
             loss, lnr = self.entry_values(np.asarray(r))
-            l_text = float(self.base_loss + loss.sum() + 0.01 * np.tanh(self.projector) @ r / r.size)
+            l_text = float(self.base_loss + loss.sum()) if self.text_independent_of_projector else \
+                float(self.base_loss + loss.sum() + 0.01 * np.tanh(self.projector) @ r / r.size)
             if fidelity == "screen" and self.screen_noise:  # a fixed error per policy, like a fixed token slice
                 noise = np.random.default_rng(abs(hash(np.round(np.asarray(r), 6).tobytes())) % 2**32)
                 l_text += float(noise.normal(0.0, self.screen_noise))
@@ -138,7 +141,7 @@ def exact_optimum(ev: SyntheticEvaluator, cfg: SearchConfig) -> float:
 def test_exact_optimum_matches_brute_force():
     import itertools
 
-    from search import PolicySpace
+    from efficientllava.search import PolicySpace
 
     ev = SyntheticEvaluator(n_blocks=6, seed=4, projector=False)
     cfg = SearchConfig(srm_scale=1 / 6)
@@ -202,7 +205,7 @@ def _main(argv: list[str]) -> None:
 
     ev.before_evaluate = before_evaluate
     if args.die_in_checkpoint is not None:
-        from search import checkpoint
+        from efficientllava.search import checkpoint
 
         original = checkpoint.RunStore._move
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prune_engine.sparsegpt import Hessian, Pattern, PruneConfigError, sparsegpt
+from efficientllava.prune_engine.sparsegpt import Hessian, Pattern, PruneConfigError, sparsegpt
 
 
 def correlated_inputs(n=2048, d=96, seed=0):

@@ -5,8 +5,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from actors.tune import TuneJob, format_rows
-from actors.cli import app
+from efficientllava.actors.tune import TuneJob, format_rows
+from efficientllava.actors.cli import app
 
 
 def test_tune_job_validation():

@@ -33,7 +33,7 @@ def smollm2_tokenizer(special: list[str] = (), named: dict[str, str] | None = No
     (`named`: tokens the processor reads as tokenizer attributes, e.g. image_token)."""
     from transformers import AutoTokenizer
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     named = dict(named or {})
     tok = AutoTokenizer.from_pretrained(embedded_smollm2_dir(), extra_special_tokens=named)

@@ -15,7 +15,7 @@ TINY_VISION = dict(image_size=32, patch_size=16, hidden_size=32, intermediate_si
 def make_tiny_llama(out: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_smollm2_dir())
     torch.manual_seed(seed)
@@ -34,7 +34,7 @@ def make_tiny_llama(out: Path, seed: int = 0) -> Path:
 def make_tiny_llava(out: Path, llama_dir: Path, seed: int = 0) -> Path:
     from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
-    from prune_engine.models.smol_llava import build_processor, demo_config
+    from efficientllava.prune_engine.models.smol_llava import build_processor, demo_config
 
     torch.manual_seed(seed)
     config = demo_config(arch=TINY_VISION, lm_dir=llama_dir)

@@ -3,7 +3,7 @@
 Re-exports only; one import block per module.
 """
 
-from prune_engine.data.text import (  # noqa: F401
+from efficientllava.prune_engine.data.text import (  # noqa: F401
     DataError,
     Document,
     TextSpec,
@@ -18,7 +18,7 @@ from prune_engine.data.text import (  # noqa: F401
     wiki_split,
 )
 
-from prune_engine.data.hub import (  # noqa: F401
+from efficientllava.prune_engine.data.hub import (  # noqa: F401
     BENCHMARKS,
     SCIENCEQA_TAGS,
     load_benchmark,
@@ -29,4 +29,4 @@ from prune_engine.data.hub import (  # noqa: F401
     scienceqa_tags,
 )
 
-from prune_engine.data.vqa import VQASample  # noqa: F401
+from efficientllava.prune_engine.data.vqa import VQASample  # noqa: F401

@@ -2,17 +2,54 @@
 from __future__ import annotations
 
 
-from prune_engine.data.text import DataError, load_text, text_segments
-from prune_engine.data.vqa import VQASample
+from efficientllava.prune_engine.data.text import DataError, load_text, text_segments
+from efficientllava.prune_engine.data.vqa import VQASample
 
 
 def tokenizer_of(processor):
     return getattr(processor, "tokenizer", processor)
 
 
-EVALUATION_SPLITS = ("test", "val", "validation", "valid", "dev", "eval", "evaluation")
+EVALUATION_SPLITS = ("test", "val", "validation", "valid", "dev", "eval", "evaluation", "testdev", "minival",
+                     "trainval", "heldout", "holdout")
 #: benchmarks that are evaluation sets as a whole (no training split exists)
 EVALUATION_ONLY = ("mmvet", "llava-bench")
+_DATA_FILES = (".parquet", ".json", ".jsonl")
+
+
+def is_evaluation_split(split: str) -> bool:
+    """Whether a split name holds evaluation data, whatever its spelling: case, slices and mixes
+    ("Test", "validation[:50%]", "train+val"), words and years ("test-dev", "val2014")."""
+    import re
+
+    return any(word in EVALUATION_SPLITS for word in re.findall(r"[a-z]+", split.lower()))
+
+
+def _vqa_spec(spec: str) -> tuple[str, str | None, str]:
+    """(name, local data file or None, split as written, "" if none) of an image-text spec, read the
+    way `load_vqa` reads it: a benchmark name with a .parquet/.json/.jsonl file is FILE[@split]."""
+    from pathlib import Path
+
+    from efficientllava.prune_engine.data.hub import BENCHMARKS
+
+    name, _, split = spec.partition(":")
+    if name in BENCHMARKS:
+        file, _, file_split = split.rpartition("@") if "@" in split else (split, "", "")
+        if Path(file).suffix.lower() in _DATA_FILES:
+            return name, file, file_split
+    return name, None, split
+
+
+def calibration_split(part: str) -> str:
+    """The split that `calibration_vqa` loads for one part of a spec: the one written; for a local file
+    without @split, the benchmark loader's default (which names the file's split, e.g. vizwiz's "val");
+    else "train" (what the calibration draw asks for when none is written)."""
+    from efficientllava.prune_engine.data.hub import BENCHMARKS
+
+    name, file, split = _vqa_spec(part)
+    if file is not None:
+        return split or BENCHMARKS[name][2]
+    return split or "train"
 
 
 def check_calibration_data(text: str | None, mm: str | None, allow_eval_split: bool = False) -> None:
@@ -20,21 +57,24 @@ def check_calibration_data(text: str | None, mm: str | None, allow_eval_split: b
     benchmark that only exists for evaluation, is refused unless the user forces it."""
     if allow_eval_split:
         return
-    from prune_engine.data.text import parse_text_spec
+    from efficientllava.prune_engine.data.text import parse_text_spec
 
     hint = "; calibrating on evaluation data leaks it into the pruned model (force with --allow-eval-split)"
     if text:
         spec = parse_text_spec(text)
         if spec.kind == "wiki" and spec.part != "calib":
             raise DataError(f"calibration text '{text}' contains the held-out Wikipedia articles: use wiki:calib{hint}")
-        if spec.kind == "hf" and spec.split.lower() in EVALUATION_SPLITS:
+        if spec.kind == "hf" and is_evaluation_split(spec.split):
             raise DataError(f"calibration text '{text}' is an evaluation split ({spec.split}){hint}")
     for part in mm_specs(mm):
-        name, _, split = part.partition(":")
+        name, file, written = _vqa_spec(part)
         if name in EVALUATION_ONLY:
             raise DataError(f"image-text calibration '{part}': {name} is an evaluation benchmark{hint}")
-        if (split or "train").lower() in EVALUATION_SPLITS:
-            raise DataError(f"image-text calibration '{part}' is an evaluation split{hint}")
+        split = calibration_split(part)
+        if is_evaluation_split(split):
+            why = (f"{name}'s default for a file without @split: name its split, e.g. {name}:FILE@train"
+                   if file is not None and not written else split)
+            raise DataError(f"image-text calibration '{part}' is an evaluation split ({why}){hint}")
 
 
 def mm_specs(spec: str | None) -> list[str]:
@@ -50,8 +90,9 @@ def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False)
     shares = [limit // len(parts) + (1 if i < limit % len(parts) else 0) for i in range(len(parts))]
     drawn = []
     for part, n in zip(parts, shares):
-        name, _, split = part.partition(":")
-        drawn.append(load_vqa(f"{name}:{split or 'train'}", limit=n, seed=seed, balance=balance))
+        name, file, _ = _vqa_spec(part)
+        source = part if file is not None else f"{name}:{calibration_split(part)}"  # the split the check judged
+        drawn.append(load_vqa(source, limit=n, seed=seed, balance=balance))
     mixed = [s for group in zip(*drawn) for s in group] if len(drawn) > 1 else drawn[0]
     if len(drawn) > 1:  # the longer groups' tails
         shortest = min(len(g) for g in drawn)
@@ -66,17 +107,15 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
     `limit` draws a seeded subset; `balance` draws it evenly over the answers."""
     from pathlib import Path
 
-    from prune_engine.data.hub import BENCHMARKS, load_benchmark
-    from prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
+    from efficientllava.prune_engine.data.hub import BENCHMARKS, load_benchmark
+    from efficientllava.prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
 
-    name, _, split = spec.partition(":")
-    if name in BENCHMARKS:
-        file, _, file_split = split.rpartition("@") if "@" in split else (split, "", "")
-        if Path(file).suffix.lower() in (".parquet", ".json", ".jsonl"):
-            if not Path(file).is_file():
-                raise DataError(f"{name}: data file not found: {file}")
-            samples = load_benchmark(name, source=file, split=file_split or None, limit=None if balance else limit)
-            return _balanced(samples, limit, seed) if balance else samples
+    name, file, split = _vqa_spec(spec)
+    if file is not None:
+        if not Path(file).is_file():
+            raise DataError(f"{name}: data file not found: {file}")
+        samples = load_benchmark(name, source=file, split=split or None, limit=None if balance else limit)
+        return _balanced(samples, limit, seed) if balance else samples
     if name == "easy-vqa":
         return load_easy_vqa(split or "train", limit=limit, seed=seed, balance=balance)
     if name == "fashion-mnist":
@@ -97,7 +136,7 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
 
 def _balanced(samples: list[VQASample], limit: int | None, seed: int) -> list[VQASample]:
     """A seeded draw of `limit` samples, evenly over their answers."""
-    from prune_engine.data.vqa import seeded_subset
+    from efficientllava.prune_engine.data.vqa import seeded_subset
 
     return [samples[i] for i in seeded_subset(len(samples), limit, seed, [s.answer for s in samples])]
 
@@ -113,7 +152,7 @@ def text_batches(processor, spec: str, n: int, seqlen: int, seed: int = 0,
 
 def vqa_batches(processor, samples: list[VQASample], batch_size: int | None = None) -> list[dict]:
     """Image-text batches (prompt + answer); only the answer tokens are loss targets."""
-    from prune_engine.data.vqa import collate_vqa
+    from efficientllava.prune_engine.data.vqa import collate_vqa
 
     if not samples:
         return []

@@ -47,8 +47,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
-from prune_engine.data.text import DataError
-from prune_engine.data.vqa import VQASample
+from efficientllava.prune_engine.data.text import DataError
+from efficientllava.prune_engine.data.vqa import VQASample
 
 __all__ = [
     "BENCHMARKS",

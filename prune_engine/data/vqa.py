@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 try:  # one DataError for the whole data package when the text loaders define it
-    from prune_engine.data.text import DataError  # type: ignore[attr-defined]
+    from efficientllava.prune_engine.data.text import DataError  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on which modules exist in the tree
 
     class DataError(ValueError):

@@ -1,7 +1,7 @@
 """Held-out metrics of one model, as the demo, the Tune sweep and the benchmarks compare models: perplexity, VQA accuracy, sparsity."""
 from __future__ import annotations
 
-from prune_engine.config import HeldoutConfig
+from efficientllava.prune_engine.config import HeldoutConfig
 
 
 def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None) -> dict:
@@ -10,11 +10,11 @@ def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: d
     Held-out perplexity on `heldout.text`, accuracy (constrained choice) on `heldout.vqa` seeded
     questions of each VQA set of `vqa` ({column: spec}, skipped — NaN — for text-only models) and
     the achieved mean sparsity of the decoder's pruned matrices."""
-    from prune_engine.data.calibration import load_vqa, tokenizer_of
-    from prune_engine.data.text import eval_segments, load_text
-    from prune_engine.evaluation.perplexity import perplexity
-    from prune_engine.evaluation.vqa import vqa_accuracy
-    from prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.data.calibration import load_vqa, tokenizer_of
+    from efficientllava.prune_engine.data.text import eval_segments, load_text
+    from efficientllava.prune_engine.evaluation.perplexity import perplexity
+    from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
+    from efficientllava.prune_engine.models.loading import load_model
 
     vqa = {"easy_vqa": "easy-vqa:test", "fashion_mnist": "fashion-mnist:test"} if vqa is None else vqa
     adapter, processor = load_model(model)

@@ -6,7 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from prune_engine.models.adapter import ModelAdapter
+from efficientllava.prune_engine.models.adapter import ModelAdapter
 
 
 @torch.no_grad()

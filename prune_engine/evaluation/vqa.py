@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import torch
 
-from prune_engine.data.vqa import VQASample, answer_ids, collate_vqa
-from prune_engine.models.families import family_of
+from efficientllava.prune_engine.data.vqa import VQASample, answer_ids, collate_vqa
+from efficientllava.prune_engine.models.families import family_of
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 

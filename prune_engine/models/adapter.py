@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prune_engine.models.families import CAUSAL_LM, LLAMA_STAGES, Family, family_of, supported
+from efficientllava.prune_engine.models.families import CAUSAL_LM, LLAMA_STAGES, Family, family_of, supported
 
 EMBEDDED_SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from prune_engine.models.adapter import ModelError
+from efficientllava.prune_engine.models.adapter import ModelError
 
 EMBEDDED_SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

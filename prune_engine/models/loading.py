@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from prune_engine.models.adapter import ModelAdapter, ModelError
-from prune_engine.models.embedded import EMBEDDED_SMOLLM2, embedded_smollm2_dir
-from prune_engine.models.families import family_of, supported
+from efficientllava.prune_engine.models.adapter import ModelAdapter, ModelError
+from efficientllava.prune_engine.models.embedded import EMBEDDED_SMOLLM2, embedded_smollm2_dir
+from efficientllava.prune_engine.models.families import family_of, supported
 
 EMBEDDED_MODELS = (EMBEDDED_SMOLLM2, "smol-llava")
 # facts of the embedded models needed by the checks (their directories are assembled on first use)
@@ -142,10 +142,10 @@ def resolve_model_path(spec: str) -> str:
     if spec == EMBEDDED_SMOLLM2:
         return str(embedded_smollm2_dir())
     if spec == "smol-llava":
-        from prune_engine.models.smol_llava import demo_model_dir  # built by the demo-model module
+        from efficientllava.prune_engine.models.smol_llava import demo_model_dir  # built by the demo-model module
 
         return str(demo_model_dir())
-    from prune_engine.models.loading import model_kind
+    from efficientllava.prune_engine.models.loading import model_kind
 
     if model_kind(spec) == "dir":
         return str(Path(spec).expanduser())

@@ -87,7 +87,7 @@ def demo_config(arch: dict | None = None, lm_dir: str | Path | None = None):
     """The ``LlavaConfig`` of smol-llava (vision tower per ``arch``, text config of SmolLM2)."""
     from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     a = _arch(arch)
     text_config = AutoConfig.from_pretrained(lm_dir or embedded_smollm2_dir())
@@ -110,7 +110,7 @@ def build_processor(arch: dict | None = None, lm_dir: str | Path | None = None):
     from transformers import AutoTokenizer, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     a = _arch(arch)
     size = {"height": a["image_size"], "width": a["image_size"]}
@@ -180,7 +180,7 @@ def build_demo_model(vision_projector_weights: str | Path | dict | None = None, 
     """
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
-    from prune_engine.models.embedded import embedded_smollm2_dir
+    from efficientllava.prune_engine.models.embedded import embedded_smollm2_dir
 
     state = None
     if isinstance(vision_projector_weights, (str, Path)):
@@ -250,8 +250,8 @@ def demo_model_dir(weights: str | Path | None = None, lm_dir: str | Path | None 
     tiny ones). The directory name carries a fingerprint of the weight file, so retrained
     weights get a fresh directory; assembly writes a temporary directory and renames it.
     """
-    from prune_engine.models.adapter import ModelError
-    from prune_engine.models.embedded import cache_dir
+    from efficientllava.prune_engine.models.adapter import ModelError
+    from efficientllava.prune_engine.models.embedded import cache_dir
 
     weights = Path(weights) if weights is not None else WEIGHTS_FILE
     if not weights.is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from prune_engine.models.families.base import CAUSAL_LM, LLAMA_STAGES, Family
+from efficientllava.prune_engine.models.families.base import CAUSAL_LM, LLAMA_STAGES, Family
 
 _NOT_FAMILIES = ("base",)
 

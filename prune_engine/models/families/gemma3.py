@@ -1,5 +1,5 @@
 """Gemma 3 (Gemma3ForConditionalGeneration): SigLIP tower, pooling projector; sliding-window and full layers get different masks."""
-from prune_engine.models.families.base import Family
+from efficientllava.prune_engine.models.families.base import Family
 
 FAMILY = Family("gemma3", "Gemma 3", decoder="model.language_model", vision="model.vision_tower",
                 projector="model.multi_modal_projector")
