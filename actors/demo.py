@@ -5,6 +5,7 @@ up by flags only.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -95,20 +96,21 @@ def run_demo(job: DemoJob, log=print) -> dict:
     log(f"[3/3] EfficientLLaVA search on {e.model} (preset {job.preset}): population {s.population}, "
         f"{s.generations} generations, up to {s.offspring} screened children per generation, target {s.target}, "
         f"{e.mode} mode, fitness {e.loss}")
-    if deadline is not None:  # what the searched model's final prune and evaluation will cost: as the uniform's did,
-        # but the final prune runs in one evaluator with its share of the threads (1 of 2 here: ~1.6x slower)
-        import torch
-
-        slower = 1.6 if torch.get_num_threads() > (e.threads or int(run.ray.cpus_per_actor)) else 1.0
-        deadline -= slower * prune_s + eval_s + DEMO_MARGIN_S
+    if deadline is not None:  # what the searched model's final prune (one evaluator, every CPU of its node: see
+        # EvaluatorActor.export) and evaluation will cost: what the uniform model's did, and a margin
+        deadline -= prune_s + eval_s + DEMO_MARGIN_S
     t2 = time.perf_counter()
-    summary = run_search(run, str(out / "search"), log=log, deadline=deadline)
+    sized = []  # how the screening was sized to the budget (search.offspring_budget), for demo.json
+    summary = run_search(run, str(out / "search"), log=log, deadline=deadline,
+                         on_event=lambda ev: sized.append(ev) if type(ev).__name__ == "OffspringSized" else None)
     search_s = time.perf_counter() - t2
     evaluate("searched", summary["model_dir"])
     stats = summary.get("stats", {})
     result = {"config": json.loads(job.model_dump_json(exclude={"run"})), "run": run.sections(),
               "search_seconds": search_s, "total_seconds": time.perf_counter() - t0, "rows": rows,
-              "policy": summary["policy"], "candidates": stats.get("candidates"), "screened": stats.get("screened")}
+              "policy": summary["policy"], "candidates": stats.get("candidates"), "screened": stats.get("screened"),
+              "generations": summary["policy"].get("generations"), "stopped_by": summary["policy"].get("stopped_by"),
+              "screening_sized": [dataclasses.asdict(e) for e in sized]}
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     table = format_table(rows)
     (out / "demo.md").write_text(table + "\n")

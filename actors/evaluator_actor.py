@@ -156,7 +156,14 @@ class EvaluatorActor:
         self._sync(version, projector)
         ev = self.ev
         ev.pruner.restore_dense()
-        report = ev.pruner.prune(ev.policy(np.asarray(ratios, dtype=np.float64)))
+        # the search is over: the other evaluators on this node are idle while the driver waits for this export,
+        # so the one sequential pass may use every CPU this process can run on (restored afterwards)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+        try:
+            report = ev.pruner.prune(ev.policy(np.asarray(ratios, dtype=np.float64)))
+        finally:
+            torch.set_num_threads(threads)
         try:
             summary = {"mean_sparsity": report.mean_sparsity, "calibration_loss": report.loss,
                        "seconds": report.seconds, "log_norm_ratio": report.log_norm_ratio}

@@ -144,8 +144,12 @@ class ConsoleProgress:
         elif isinstance(e, OffspringSized):
             why = {"budget": "what fits the time budget",
                    "offspring": "the most the preset draws (the budget would allow more)",
-                   "population": "the fewest that refill the population: the budget is too small for more, "
-                                 "the search will stop at it"}[e.limited_by]
+                   "population": "the fewest that refill the population: the budget is too small for more"
+                   }[e.limited_by]
+            planned = self.generations - e.generation - 1
+            if e.generations_left < planned:
+                why += (f"; the budget holds {e.generations_left} of the {planned} generations left, the search "
+                        "stops at it")
             self.log(f"screening sized: {self.screening}, {e.seconds_per_child:.2f} s a child on {self.evaluators} "
                      f"evaluator(s), a generation {e.seconds_per_generation:.0f} s without screening, "
                      f"{e.budget_left_s:.0f} s of the time budget left: {e.children} children per generation "

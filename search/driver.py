@@ -70,7 +70,8 @@ class SearchDriver:
         self.population: list[np.ndarray] = []
         self.children: list[np.ndarray] = []  # drawn for the next generation, not screened yet (offspring > 0)
         self.offspring_sized: int | None = None  # children per generation chosen for the time budget (offspring_budget)
-        self.generation_cost_s: float | None = None  # a generation's predicted wall time with them (measured)
+        # the generations that fit the time budget with them: (generation count, the budget it was decided for)
+        self.generation_limit: tuple[int, float] | None = None
         self.projector_version = int(getattr(evaluator, "projector_version", 0))
         self.elapsed_s = 0.0
         self.srm_scale: float | None = config.srm_scale
@@ -108,7 +109,8 @@ class SearchDriver:
         driver.population = [np.array(p, dtype=np.int64) for p in state["population"]]
         driver.children = [np.array(p, dtype=np.int64) for p in state.get("children", [])]
         driver.offspring_sized = state.get("offspring_sized")
-        driver.generation_cost_s = state.get("generation_cost_s")
+        limit = state.get("generation_limit")
+        driver.generation_limit = tuple(limit) if limit is not None else None
         driver.rng.bit_generator.state = state["rng"]
         driver.projector_version = state["projector_version"]
         driver.elapsed_s = state["elapsed_s"]
@@ -154,7 +156,8 @@ class SearchDriver:
         budget = self.config.time_budget_s
         if budget is not None and self.generation > 0 and elapsed >= budget:
             return "time_budget"
-        if budget is not None and self.generation_cost_s is not None and elapsed + self.generation_cost_s > budget:
+        if self.generation_limit is not None and budget == self.generation_limit[1] \
+                and self.generation >= self.generation_limit[0]:
             return "time_budget"  # measured (offspring_budget): the next generation would end past the budget
         return None
 
@@ -240,11 +243,15 @@ class SearchDriver:
         screenings = max(cfg.generations - self.generation - 1, 0)  # children drawn after the last are never screened
         left = cfg.time_budget_s - clock()
         floor, cap = cfg.population - cfg.elites, cfg.offspring
-        fit = math.floor((left - screenings * generation_s) / (screenings * per_child)) if screenings else cap
+        # the generations that fit even with the fewest children; the screening of those that do not is spent on
+        # those that do (the search then stops at the budget, between generations)
+        fitting = min(screenings, math.floor(left / (generation_s + floor * per_child))) if left > 0 else 0
+        fit = math.floor((left - fitting * generation_s) / (fitting * per_child)) if fitting else floor
         n = min(max(fit, floor), cap)
         limited_by = "offspring" if fit >= cap else ("population" if fit <= floor else "budget")
-        self.offspring_sized, self.generation_cost_s = n, generation_s + n * per_child
-        self._emit(OffspringSized(self.generation, n, per_child, generation_s, left, limited_by))
+        self.offspring_sized = n
+        self.generation_limit = (self.generation + 1 + fitting, float(cfg.time_budget_s))
+        self._emit(OffspringSized(self.generation, n, per_child, generation_s, left, limited_by, fitting))
         return n
 
     def _guard(self, update: ProjectorUpdate) -> ProjectorUpdate:
@@ -364,7 +371,7 @@ class SearchDriver:
             population=[p.tolist() for p in self.population],
             children=[p.tolist() for p in self.children],
             offspring_sized=self.offspring_sized,
-            generation_cost_s=self.generation_cost_s,
+            generation_limit=list(self.generation_limit) if self.generation_limit is not None else None,
             rng=self.rng.bit_generator.state,
             projector_version=self.projector_version,
             elapsed_s=self.elapsed_s,

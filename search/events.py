@@ -58,6 +58,7 @@ class OffspringSized:
     seconds_per_generation: float  # measured wall time of a generation without screening
     budget_left_s: float  # of time_budget_s, when the decision was made
     limited_by: str  # "budget", "offspring" (the cap) or "population" (the floor: the budget is too small)
+    generations_left: int = 0  # generations after this one that fit the budget (fewer than planned: it stops then)
 
 
 @dataclass(frozen=True)

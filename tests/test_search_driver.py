@@ -465,6 +465,7 @@ def _timed_evaluator(clock, full_s, screen_s, **kw):
 
 @pytest.mark.parametrize("budget, expected, limited_by", [
     (100.05, 407, "budget"),  # floor((100.05 - 6.6 - 2 * 6) / (2 * 0.1)) = 407
+    (15.05, 24, "budget"),  # one more generation fits, not two: its screening gets the rest, floor(2.45 / 0.1)
     (10.0, 4, "population"),  # too small a budget: population - elites children, the floor
     (1e6, 500, "offspring"),  # the cap
 ])
@@ -486,8 +487,11 @@ def test_offspring_sized_to_the_time_budget_from_measured_costs(tmp_path, monkey
     assert screened == [expected] * (result.generations - 1)
     if limited_by == "population":  # a generation (6 s + 4 children) would end past the budget: none is started
         assert result.stopped_by == "time_budget" and result.generations == 1 and clock.now <= budget
+    elif expected == 24:  # generation 1 (6 s + 24 children) ends within the budget, generation 2 would not
+        assert result.stopped_by == "time_budget" and result.generations == 2 and clock.now <= budget
+        assert sized.generations_left == 1
     else:
-        assert result.stopped_by == "generations" and result.generations == 3
+        assert result.stopped_by == "generations" and result.generations == 3 and sized.generations_left == 2
         assert limited_by == "offspring" or clock.now <= budget  # the whole search fitted
     # the decision is checkpointed: a resumed run keeps it
     resumed = SearchDriver.resume(str(tmp_path / "run"), _timed_evaluator(clock, 1.0, 0.1))
