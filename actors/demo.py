@@ -63,6 +63,7 @@ def run_demo(job: DemoJob, log=print) -> dict:
     from efficientllava.actors.run import check_new_run_dir, run_search
     from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
     from efficientllava.prune_engine.prune import PruneJob, run_prune
+    from efficientllava.search.events import OffspringSized
 
     out = job.out.resolve()
     if out.exists() and job.overwrite:
@@ -102,7 +103,7 @@ def run_demo(job: DemoJob, log=print) -> dict:
     t2 = time.perf_counter()
     sized = []  # how the screening was sized to the budget (search.offspring_budget), for demo.json
     summary = run_search(run, str(out / "search"), log=log, deadline=deadline,
-                         on_event=lambda ev: sized.append(ev) if type(ev).__name__ == "OffspringSized" else None)
+                         on_event=lambda ev: sized.append(ev) if isinstance(ev, OffspringSized) else None)
     search_s = time.perf_counter() - t2
     evaluate("searched", summary["model_dir"])
     stats = summary.get("stats", {})

@@ -270,7 +270,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
                         config = config.merge({"time_budget_s": round(left, 1)})
                     log(f"search time budget: {config.time_budget_s:.0f} s from now")
                 driver = SearchDriver(config, evaluator, out, fan.on_event)
-            screening = f"{evaluator.facts[0].get('screen_dtype', 'model dtype')} screening"
+            screening = f"{evaluator.facts[0]['screen_dtype']} screening"
             console = ConsoleProgress(driver.config.generations, driver.config.population, evaluator.n_blocks,
                                       driver.generation, enabled=progress, log=log, screening=screening,
                                       evaluators=evaluator.n_actors)

@@ -279,9 +279,8 @@ class SearchDriver:
     def _guard_measures(update: ProjectorUpdate) -> bool:
         """Whether the held-aside loss was measured at all (an evaluator without held-aside samples
         says ``held_aside=0``; one that does not say is taken to measure nothing when both are NaN)."""
-        held = getattr(update, "held_aside", None)
-        if held is not None:
-            return held > 0
+        if update.held_aside is not None:
+            return update.held_aside > 0
         return not (math.isnan(update.loss_before) and math.isnan(update.loss_after))
 
     @staticmethod
