@@ -227,8 +227,9 @@ def tune(
     storage: Path = typer.Option(Path("runs/tune"), help="Tune storage path (the experiment is STORAGE/NAME)."),
     name: str = typer.Option("eta-sweep", help="Experiment name; the same command again restores it (other "
                              "settings under the same name are refused)."),
-    metric: str = typer.Option("ppl", help="What picks the best eta: ppl (held-out, min), easy_vqa or "
-                               "fashion_mnist (accuracy, max)."),
+    metric: str = typer.Option("ppl", help="What picks the best eta, on the validation split: ppl or ppl_pydoc "
+                               "(perplexity, min), easy_vqa, easy_vqa_rephrased, fashion_mnist or "
+                               "fashion_mnist_rephrased (accuracy, max). Never scored on test data."),
     max_concurrent: int = typer.Option(1, help="Trials at once (each starts its own evaluator actors)."),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
@@ -246,12 +247,12 @@ def tune(
         except ValueError:
             raise ValueError(f"--eta: expected comma-separated numbers, got '{eta}'") from None
         run = run_config(settings, config, set_, preset)
-        if metric in ("easy_vqa", "fashion_mnist") and (model_facts(run.engine.model) or {}).get("llava") is False:
+        if not metric.startswith("ppl") and (model_facts(run.engine.model) or {}).get("llava") is False:
             raise ValueError(f"--metric {metric} needs a LLaVA model; {run.engine.model} is text-only (use --metric ppl)")
         if json_out:
             check_output_file(json_out, "--json")
         job = TuneJob(run=run.sections(without=("search.eta",)), etas=etas, storage=str(storage), name=name,
-                      metric=metric, max_concurrent=max_concurrent, heldout=heldout_config(settings, run.search.seed))
+                      metric=metric, max_concurrent=max_concurrent, heldout=heldout_config(settings, run.search.seed, split="val"))
         rows = run_tune(job, log=_log)
         typer.echo(format_rows(rows, job.metric))
         if json_out:

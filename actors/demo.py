@@ -79,8 +79,9 @@ def run_demo(job: DemoJob, log=print) -> dict:
     with heartbeat(log, "uniform SparseGPT"):
         run_prune(PruneJob(model=e.model, out=out / "uniform", sparsity=s.target, data=d, progress=False), log=log)
     prune_s = time.perf_counter() - t0
-    log(f"[2/3] held-out evaluation: {h.segments}x{h.seqlen} tokens of {h.text}, "
-        f"{h.vqa} easy-vqa and {h.vqa} Fashion-MNIST test questions per model")
+    log(f"[2/3] held-out evaluation ({h.split} split): {h.segments}x{h.seqlen} tokens of "
+        f"{' and '.join(h.text_sets().values())}, {h.vqa} questions of each of {', '.join(h.vqa_sets().values())} "
+        "per model")
     rows, eval_s = {}, 0.0
 
     def evaluate(name: str, spec: str) -> None:
@@ -121,10 +122,17 @@ def run_demo(job: DemoJob, log=print) -> dict:
     return result
 
 
+#: the held-out columns (heldout_metrics' keys) as the demo table heads them; shifted ones marked
+COLUMNS = {"ppl": "ppl (Wikipedia)", "ppl_pydoc": "ppl (Python docs, shifted)", "easy_vqa": "easy-vqa acc",
+           "easy_vqa_rephrased": "easy-vqa rephrased (shifted)", "fashion_mnist": "Fashion-MNIST acc",
+           "fashion_mnist_rephrased": "Fashion-MNIST rephrased (shifted)"}
+
+
 def format_table(rows: dict[str, dict]) -> str:
-    lines = ["| model | sparsity | held-out ppl | easy-vqa acc | Fashion-MNIST acc |", "|---|---|---|---|---|"]
-    acc = lambda v: "n/a (text-only)" if v != v else f"{v:.3f}"  # noqa: E731  (nan: not measured)
+    keys = [k for k in COLUMNS if any(k in r for r in rows.values())]
+    lines = ["| model | sparsity | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    cell = lambda k, v: ("n/a (text-only)" if v != v else f"{v:.2f}" if k.startswith("ppl") else f"{v:.3f}")  # noqa: E731
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['sparsity']:.3f} | {r['ppl']:.2f} | {acc(r['easy_vqa'])} | "
-                     f"{acc(r['fashion_mnist'])} |")
+        lines.append(f"| {name} | {r['sparsity']:.3f} | " + " | ".join(cell(k, r[k]) for k in keys) + " |")
     return "\n".join(lines)

@@ -99,7 +99,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             metavar="GIB"),
     Setting("ray.max_restarts", int, "Restarts per actor after a crash (-1: unlimited)."),
     Setting("ray.num_cpus", int, "CPUs of the local cluster (without --address)."),
-    Setting("heldout.segments", int, "Held-out text segments of wiki:eval.", flag="--eval-segments"),
+    Setting("heldout.segments", int, "Held-out text segments per text set (Wikipedia; Python docs, shifted).", flag="--eval-segments"),
     Setting("heldout.seqlen", int, "Tokens per held-out segment.", flag="--eval-seqlen"),
     Setting("heldout.vqa", int, "Held-out questions per VQA set (LLaVA models).", flag="--eval-vqa"),
 )}

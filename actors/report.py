@@ -207,10 +207,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                  f"![neighbour weights]({plots['neighbour_weights']})")]
     demo = run_dir / "demo.json"
     if demo.exists():
+        from efficientllava.actors.demo import COLUMNS
+
         rows = json.loads(demo.read_text())["rows"]
+        keys = [k for k in COLUMNS if any(k in r for r in rows.values())]  # in-distribution and shifted
         sections.insert(1, ("Held-out comparison", _md_table(
-            ["model", "sparsity", "held-out ppl", "easy-vqa acc", "Fashion-MNIST acc"],
-            [[n, r["sparsity"], r["ppl"], r["easy_vqa"], r["fashion_mnist"]] for n, r in rows.items()])))
+            ["model", "sparsity", *(COLUMNS[k] for k in keys)],
+            [[n, r["sparsity"], *(r.get(k, float("nan")) for k in keys)] for n, r in rows.items()])))
     if benchmarks is not None and Path(benchmarks).is_dir():
         sections += _benchmark_sections(Path(benchmarks), out_dir)
     md = [f"# EfficientLLaVA search report: {run_dir.name}", ""]

@@ -1,8 +1,10 @@
-"""Tuning η (the SRM weight) with Ray Tune: one trial = one whole search run, scored on held-out data.
+"""Tuning η (the SRM weight) with Ray Tune: one trial = one whole search run, scored on the validation split.
 
 Fitness values of runs with different η are not comparable (F contains η·G), so every trial
-prunes its final model and is scored by held-out perplexity and VQA accuracy; Tune's tables and
-`best` pick η on those. Layout under STORAGE/NAME (Tune's experiment directory):
+prunes its final model and is scored by perplexity and VQA accuracy on the *validation* split
+(wiki:val articles, the easy-VQA / Fashion-MNIST images held aside from the training files, and the
+shifted validation sets: Python-docs text, validation wordings) — never on test data, which only
+reports; Tune's tables and `best` pick η on those. Layout under STORAGE/NAME (Tune's experiment directory):
 
     searches/eta=<value>/   the trial's search run directory (checkpoints, model/, policy.json)
     <Tune's own files>      trial results, experiment state (what Tuner.restore reads)
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from efficientllava.prune_engine.config import HeldoutConfig
 
-METRICS = ("ppl", "easy_vqa", "fashion_mnist")
+METRICS = ("ppl", "ppl_pydoc", "easy_vqa", "easy_vqa_rephrased", "fashion_mnist", "fashion_mnist_rephrased")
 
 
 class TuneJob(BaseModel):
@@ -36,9 +38,17 @@ class TuneJob(BaseModel):
     etas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
     storage: str = "runs/tune"
     name: str = "eta-sweep"
-    metric: str = "ppl"  # ppl is minimised, accuracies maximised
+    metric: str = "ppl"  # perplexities are minimised, accuracies maximised
     max_concurrent: int = Field(1, ge=1)
-    heldout: HeldoutConfig = HeldoutConfig()  # how each trial's model is scored
+    heldout: HeldoutConfig = HeldoutConfig(split="val")  # how each trial's model is scored: validation only
+
+    @field_validator("heldout")
+    @classmethod
+    def _validation_only(cls, v):
+        if v.split != "val":
+            raise ValueError("tune chooses eta, so it scores on the validation split (heldout.split=val); "
+                             "test data only reports")
+        return v
 
     @field_validator("etas")
     @classmethod
@@ -64,7 +74,7 @@ class TuneJob(BaseModel):
 
     @property
     def mode(self) -> str:
-        return "min" if self.metric == "ppl" else "max"
+        return "min" if self.metric.startswith("ppl") else "max"
 
 
 def trial_run_dir(job: TuneJob, eta: float) -> Path:
@@ -136,8 +146,7 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
     for r in results:
         m = r.metrics or {}
         rows.append({"eta": r.config["eta"], "error": None if r.error is None else str(r.error).splitlines()[0],
-                     **{k: m.get(k) for k in ("ppl", "easy_vqa", "fashion_mnist", "mean_sparsity", "fitness",
-                                              "l_proxy", "g", "run_dir")}})
+                     **{k: m.get(k) for k in (*METRICS, "mean_sparsity", "fitness", "l_proxy", "g", "run_dir")}})
     rows.sort(key=lambda r: r["eta"])
     return rows
 
@@ -195,14 +204,16 @@ def check_same_settings(job: TuneJob) -> None:
 
 
 def format_rows(rows: list[dict], metric: str) -> str:
+    """The trials as a table: validation metrics (in-distribution, then shifted) and the search's own numbers."""
     fmt = lambda v, p=4: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
-    ok = [r for r in rows if r["error"] is None and r[metric] is not None]
-    best = (min if metric == "ppl" else max)(ok, key=lambda r: r[metric]) if ok else None
-    lines = ["| eta | held-out ppl | easy-vqa acc | Fashion-MNIST acc | mean sparsity | F | L_proxy | G | |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    ok = [r for r in rows if r["error"] is None and r.get(metric) is not None]
+    best = (min if metric.startswith("ppl") else max)(ok, key=lambda r: r[metric]) if ok else None
+    shown = [m for m in METRICS if any(r.get(m) is not None for r in rows)] or list(METRICS[:1])
+    lines = ["| eta | " + " | ".join(f"val {m}" for m in shown) + " | mean sparsity | F | L_proxy | G | |",
+             "|---|" + "---|" * (len(shown) + 5)]
     for r in rows:
         mark = "error: " + r["error"] if r["error"] else ("best " + metric if r is best else "")
-        lines.append(f"| {r['eta']:g} | {fmt(r['ppl'], 2)} | {fmt(r['easy_vqa'], 3)} | {fmt(r['fashion_mnist'], 3)} "
-                     f"| {fmt(r['mean_sparsity'])} | {fmt(r['fitness'])} | {fmt(r['l_proxy'])} | {fmt(r['g'])} "
+        lines.append(f"| {r['eta']:g} | " + " | ".join(fmt(r.get(m), 2 if m.startswith("ppl") else 3) for m in shown)
+                     + f" | {fmt(r['mean_sparsity'])} | {fmt(r['fitness'])} | {fmt(r['l_proxy'])} | {fmt(r['g'])} "
                      f"| {mark} |")
     return "\n".join(lines)

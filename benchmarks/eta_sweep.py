@@ -7,8 +7,9 @@ A thin wrapper around the user-facing command (same code path, actors/tune.py):
     efficientllava tune --model smol-llava --eta 0,0.1,0.25,0.5,1.0 --preset default \\
         --mm-calib easy-vqa:train,fashion-mnist:train --storage runs/tune --name eta-sweep
 
-One trial = one search run, scored on held-out data (Wikipedia perplexity, easy-vqa and
-Fashion-MNIST accuracy). Interrupted? Run the same command again: Tune restores the experiment
+One trial = one search run, scored on the validation split (wiki:val perplexity, easy-vqa and
+Fashion-MNIST validation accuracy, and the shifted validation sets: Python-docs perplexity, the
+validation wordings); test data is never read. Interrupted? Run the same command again: Tune restores the experiment
 (finished trials kept, an unfinished search resumed from its checkpoint). Writes
 benchmarks/results/eta_sweep.md and .json.
 """
@@ -51,23 +52,27 @@ def main(argv=None) -> int:
 
     job = TuneJob(run=run.sections(without=("search.eta",)), etas=tuple(float(e) for e in args.eta.split(",")),
                   storage=args.storage, name=args.name, max_concurrent=args.max_concurrent,
-                  heldout=HeldoutConfig(segments=args.eval_segments, vqa=args.eval_vqa, seed=args.seed))
+                  heldout=HeldoutConfig(split="val", segments=args.eval_segments, vqa=args.eval_vqa,
+                                        seed=args.seed))
     t0 = time.perf_counter()
     rows = run_tune(job)
     table = format_rows(rows, job.metric)
     print("\n" + table)
     ok = [r for r in rows if r["error"] is None]
-    best = {m: (min if m == "ppl" else max)(ok, key=lambda r: r[m])["eta"] for m in ("ppl", "easy_vqa", "fashion_mnist")}
-    tied = [m for m in ("ppl", "easy_vqa", "fashion_mnist") if len({r[m] for r in ok}) == 1]
+    from efficientllava.actors.tune import METRICS
+
+    metrics = [m for m in METRICS if all(r.get(m) is not None for r in ok)]
+    best = {m: (min if m.startswith("ppl") else max)(ok, key=lambda r: r[m])["eta"] for m in metrics}
+    tied = [m for m in metrics if len({r[m] for r in ok}) == 1]
     policies = {tuple(json.loads(Path(r["run_dir"], "policy.json").read_text())["levels"]) for r in ok}
-    notes = (f"Best eta by held-out perplexity: {best['ppl']:g}; by easy-vqa accuracy: {best['easy_vqa']:g}; "
-             f"by Fashion-MNIST accuracy: {best['fashion_mnist']:g}"
+    notes = ("Validation split only (test data never read). Best eta by "
+             + "; by ".join(f"validation {m}: {best[m]:g}" for m in metrics)
              + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
              f"{run.search.offspring} screened children per generation, {run.engine.mode} mode, proxy "
-             f"{run.data.nsamples}x{run.data.seqlen} wiki:calib + {run.data.mm_samples} image-text), held-out "
-             f"{args.eval_segments}x256 wiki:eval tokens and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
+             f"{run.data.nsamples}x{run.data.seqlen} wiki:calib + {run.data.mm_samples} image-text), validation "
+             f"{args.eval_segments}x256 tokens per text set and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)
     write_results("eta_sweep", f"eta sweep on {args.model} (Ray Tune)", table,

@@ -135,10 +135,38 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         shutil.rmtree(out / "model" if (out / "model").exists() else out, ignore_errors=True)  # weights: GBs
     work.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(row, indent=2))
-    log(f"  {variant} at {target} (seed {settings.seed}): sparsity {row['sparsity']:.4f}, ppl {row['ppl']:.2f}, "
-        f"easy-vqa {row['easy_vqa']:.3f}, Fashion-MNIST {row['fashion_mnist']:.3f} "
-        f"({row['prune_seconds']:.0f} s + {row['eval_seconds']:.0f} s eval)")
+    log(f"  {variant} at {target} (seed {settings.seed}): sparsity {row['sparsity']:.4f}, "
+        + ", ".join(f"{m} {row[m]:.{2 if lower_is_better(m) else 3}f}" for m in METRICS if m in row)
+        + f" ({row['prune_seconds']:.0f} s + {row['eval_seconds']:.0f} s eval)")
     return row
+
+
+#: held-out columns (heldout_metrics' keys): in-distribution, then shifted (another text domain, other wordings)
+METRICS = ("ppl", "easy_vqa", "fashion_mnist", "ppl_pydoc", "easy_vqa_rephrased", "fashion_mnist_rephrased")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith("ppl")
+
+
+def paired(base: list[dict], other: list[dict]) -> dict:
+    """Per metric, `other` against `base` seed by seed (the same calibration draw for both): the per-seed
+    differences (perplexity as % change, accuracy in points), their mean and sd, and on how many seeds
+    `other` is ahead (lower perplexity, higher accuracy)."""
+    import numpy as np
+
+    by_seed = {r["seed"]: r for r in base}
+    pairs = [(by_seed[r["seed"]], r) for r in other if r["seed"] in by_seed]
+    out = {"seeds": [b["seed"] for b, _ in pairs]}
+    for m in METRICS:
+        if not pairs or any(m not in b or m not in o for b, o in pairs):
+            continue
+        d = np.array([100 * (o[m] - b[m]) / b[m] if lower_is_better(m) else 100 * (o[m] - b[m]) for b, o in pairs])
+        wins = int(sum((x < 0) if lower_is_better(m) else (x > 0) for x in d))
+        out[m] = {"per_seed": [float(x) for x in d], "mean": float(d.mean()),
+                  "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0, "wins": wins, "n": len(d),
+                  "unit": "% change" if lower_is_better(m) else "points"}
+    return out
 
 
 def over_seeds(rows: list[dict]) -> dict:
@@ -146,7 +174,7 @@ def over_seeds(rows: list[dict]) -> dict:
     import numpy as np
 
     out = dict(rows[0])
-    for m in ("ppl", "easy_vqa", "fashion_mnist", "sparsity"):
+    for m in ("sparsity", *(m for m in METRICS if all(m in r for r in rows))):
         values = np.array([r[m] for r in rows], dtype=np.float64)
         out[m], out[f"{m}_sd"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
     out["seeds"] = [r["seed"] for r in rows]

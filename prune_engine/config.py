@@ -82,12 +82,33 @@ class EngineConfig(BaseModel):
 
 
 class HeldoutConfig(BaseModel):
-    """Held-out evaluation of a pruned model: perplexity on text, accuracy on the VQA test sets."""
+    """Held-out evaluation of a pruned model: perplexity on text, accuracy on VQA sets, in-distribution and
+    shifted (another text domain, questions in wordings the proxy never uses).
+
+    `split` says which data: "val" (held aside from the training files; every choice — eta, a default,
+    a preset — is scored here) or "test" (reports only, never chooses)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: str = "wiki:eval"
+    split: Literal["val", "test"] = "test"
+    text: str | None = None  # in-distribution text; None: the Wikipedia articles of the split (wiki:val / wiki:eval)
     segments: int = Field(16, ge=1)
     seqlen: int = Field(256, ge=2)
     vqa: int = Field(200, ge=1, description="questions per VQA set (LLaVA models)")
     seed: int = 0
+    shifted: bool = True  # also: other-domain text (pydoc) and the VQA images asked in other words
+
+    @property
+    def text_spec(self) -> str:
+        return self.text or ("wiki:eval" if self.split == "test" else "wiki:val")
+
+    def text_sets(self) -> dict[str, str]:
+        """{column: text spec}: `ppl` in-distribution, `ppl_pydoc` another domain (the Python docs)."""
+        return {"ppl": self.text_spec, **({"ppl_pydoc": f"pydoc:{self.split}"} if self.shifted else {})}
+
+    def vqa_sets(self) -> dict[str, str]:
+        """{column: image-text spec}: the split's questions as generated, and (shifted) rephrased."""
+        sets = {"easy_vqa": f"easy-vqa:{self.split}", "fashion_mnist": f"fashion-mnist:{self.split}"}
+        if self.shifted:
+            sets.update({f"{k}_rephrased": v.replace(":", "-rephrased:") for k, v in list(sets.items())})
+        return sets

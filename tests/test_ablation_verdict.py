@@ -1,6 +1,8 @@
 """benchmarks/ablation.py's verdict on the paper's ordering (Full ahead of every ablated variant)."""
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.ablation import ordering
 
 
@@ -20,3 +22,19 @@ def test_ordering_holds_only_when_full_is_ahead_on_every_metric():
     assert "does not hold on every metric" in text
     assert "Evo w/o UB (c_m equal): ppl Full behind, easy_vqa Full behind, fashion_mnist Full ahead (within sd)" in text
     assert ordering(0.5, {"full": _run()}, full) == "At 0.5: no ablated variant to order."
+
+
+def test_paired_differences_per_seed_mean_sd_and_wins():
+    from benchmarks.variants import paired
+
+    uniform = [{"seed": s, "ppl": 100.0, "easy_vqa": 0.5, "fashion_mnist": 0.4} for s in range(5)]
+    full = [{"seed": s, "ppl": p, "easy_vqa": a, "fashion_mnist": 0.4}
+            for s, p, a in zip(range(5), (80.0, 90.0, 110.0, 70.0, 100.0), (0.6, 0.4, 0.55, 0.5, 0.52))]
+    out = paired(uniform, list(reversed(full)))  # matched by seed, not by position
+    assert out["seeds"] == [4, 3, 2, 1, 0]
+    ppl, acc = out["ppl"], out["easy_vqa"]
+    assert sorted(ppl["per_seed"]) == pytest.approx(sorted([-20.0, -10.0, 10.0, -30.0, 0.0]))
+    assert ppl["mean"] == pytest.approx(-10.0) and ppl["wins"] == 3 and ppl["n"] == 5  # a tie is no win
+    assert ppl["sd"] == pytest.approx(15.811, abs=1e-3)
+    assert acc["wins"] == 3 and acc["mean"] == pytest.approx(1.4) and acc["unit"] == "points"
+    assert out["fashion_mnist"]["wins"] == 0 and "ppl_pydoc" not in out  # a metric the rows lack is left out

@@ -16,6 +16,7 @@ import torch
 
 from efficientllava.prune_engine.data.text import (
     WIKI_EVAL_FRACTION,
+    WIKI_VAL_FRACTION,
     DataError,
     Document,
     TextSpec,
@@ -252,20 +253,31 @@ def test_wiki_all_articles_have_unique_ids():
     assert load_text("wiki") == docs
 
 
-def test_wiki_calib_eval_disjoint_by_article_and_reproducible():
-    calib = load_text("wiki:calib")
-    held_out = load_text("wiki:eval")
-    c_ids, e_ids = {d.id for d in calib}, {d.id for d in held_out}
-    assert not c_ids & e_ids
-    assert c_ids | e_ids == {d.id for d in load_wiki()}
-    assert len(e_ids) == round(10033 * WIKI_EVAL_FRACTION)
-    assert not {d.text for d in calib} & {d.text for d in held_out}
+def test_wiki_calib_val_eval_disjoint_by_article_and_reproducible():
+    calib, val, held_out = load_text("wiki:calib"), load_text("wiki:val"), load_text("wiki:eval")
+    c_ids, v_ids, e_ids = {d.id for d in calib}, {d.id for d in val}, {d.id for d in held_out}
+    assert not c_ids & e_ids and not c_ids & v_ids and not v_ids & e_ids
+    assert c_ids | v_ids | e_ids == {d.id for d in load_wiki()}
+    assert len(e_ids) == round(10033 * WIKI_EVAL_FRACTION) and len(v_ids) == round(10033 * WIKI_VAL_FRACTION)
+    assert not {d.text for d in calib} & ({d.text for d in held_out} | {d.text for d in val})
     assert wiki_split() == wiki_split()  # fixed seed: same split every call
-    other_c, other_e = wiki_split(split_seed=1)
+    # the evaluation articles do not move with the validation share (test numbers stay comparable)
+    assert wiki_split(val_fraction=0.0)[2] == sorted(e_ids) and wiki_split(val_fraction=0.0)[1] == []
+    other_c, other_v, other_e = wiki_split(split_seed=1)
     assert set(other_e) != e_ids and not set(other_c) & set(other_e)
     # the split is a random one, not alphabetical blocks
-    titles = sorted(c_ids | e_ids)
-    assert any(t in e_ids for t in titles[:100]) and any(t in c_ids for t in titles[:100])
+    titles = sorted(c_ids | e_ids | v_ids)
+    assert all(any(t in ids for t in titles[:200]) for ids in (c_ids, v_ids, e_ids))
+
+
+def test_pydoc_is_another_domain_split_by_topic():
+    val, test = load_text("pydoc:val"), load_text("pydoc:test")
+    assert val and test and not {d.id for d in val} & {d.id for d in test}
+    assert {d.id for d in val} | {d.id for d in test} == {d.id for d in load_text("pydoc")}
+    assert abs(len(val) - len(test)) <= 1
+    assert sum(len(d.text) for d in test) > 64 * 256 * 2  # room for 64x256 tokens
+    with pytest.raises(DataError, match="unknown pydoc part 'calib'"):
+        parse_text_spec("pydoc:calib")
 
 
 # -------------------------------------------------------------- segments

@@ -43,10 +43,14 @@ def test_report_writes_markdown_html_and_plots(tmp_path):
 def test_report_includes_demo_table(tmp_path):
     make_run(tmp_path / "demo" / "search")
     (tmp_path / "demo" / "demo.json").write_text(json.dumps({"rows": {
-        "dense": {"sparsity": 0.0, "ppl": 16.7, "easy_vqa": 0.9, "fashion_mnist": 0.8},
-        "searched": {"sparsity": 0.5, "ppl": 30.1, "easy_vqa": 0.85, "fashion_mnist": 0.7}}}))
+        "dense": {"sparsity": 0.0, "ppl": 16.7, "ppl_pydoc": 40.0, "easy_vqa": 0.9, "easy_vqa_rephrased": 0.6,
+                  "fashion_mnist": 0.8, "fashion_mnist_rephrased": 0.5},
+        "searched": {"sparsity": 0.5, "ppl": 30.1, "ppl_pydoc": 70.0, "easy_vqa": 0.85, "easy_vqa_rephrased": 0.4,
+                     "fashion_mnist": 0.7, "fashion_mnist_rephrased": 0.3}}}))
     md = (write_report(tmp_path / "demo") / "report.md").read_text()
-    assert "| searched | 0.5000 | 30.1000 | 0.8500 | 0.7000 |" in md
+    # in-distribution and shifted columns side by side
+    assert "| model | sparsity | ppl (Wikipedia) | ppl (Python docs, shifted) | easy-vqa acc |" in md
+    assert "| searched | 0.5000 | 30.1000 | 70.0000 | 0.8500 | 0.4000 | 0.7000 | 0.3000 |" in md
 
 
 def test_report_appends_benchmark_tables_and_plots(tmp_path):

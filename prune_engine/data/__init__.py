@@ -9,11 +9,13 @@ from efficientllava.prune_engine.data.text import (  # noqa: F401
     TextSpec,
     eval_segments,
     load_hf_text,
+    load_pydoc,
     load_text,
     load_wiki,
     parse_text_spec,
     read_json_documents,
     read_txt_documents,
+    pydoc_split,
     text_segments,
     wiki_split,
 )

@@ -64,6 +64,8 @@ def check_calibration_data(text: str | None, mm: str | None, allow_eval_split: b
         spec = parse_text_spec(text)
         if spec.kind == "wiki" and spec.part != "calib":
             raise DataError(f"calibration text '{text}' contains the held-out Wikipedia articles: use wiki:calib{hint}")
+        if spec.kind == "pydoc":
+            raise DataError(f"calibration text '{text}': pydoc is the shifted (other-domain) evaluation text{hint}")
         if spec.kind == "hf" and is_evaluation_split(spec.split):
             raise DataError(f"calibration text '{text}' is an evaluation split ({spec.split}){hint}")
     for part in mm_specs(mm):
@@ -101,13 +103,16 @@ def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False)
 
 
 def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool = False) -> list[VQASample]:
-    """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split], a benchmark name[:split]
+    """Image-text samples from a spec: easy-vqa[:split], fashion-mnist[:split] (split train, val or test),
+    easy-vqa-rephrased[:split], fashion-mnist-rephrased[:split] (the split's images asked in the split's
+    own wordings, `prune_engine.data.rephrase`), a benchmark name[:split]
     (from the hub) or a benchmark name with a local file in the hub schema: scienceqa:FILE[@split]
     (FILE a .parquet, .json or .jsonl; split names the file's split, default the benchmark's).
     `limit` draws a seeded subset; `balance` draws it evenly over the answers."""
     from pathlib import Path
 
     from efficientllava.prune_engine.data.hub import BENCHMARKS, load_benchmark
+    from efficientllava.prune_engine.data.rephrase import REPHRASED, rephrase
     from efficientllava.prune_engine.data.vqa import load_easy_vqa, load_fashion_mnist
 
     name, file, split = _vqa_spec(spec)
@@ -116,6 +121,9 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
             raise DataError(f"{name}: data file not found: {file}")
         samples = load_benchmark(name, source=file, split=split or None, limit=None if balance else limit)
         return _balanced(samples, limit, seed) if balance else samples
+    if name in REPHRASED:  # the images of a split, asked with that split's own templates
+        return [rephrase(s, split or "train") for s in load_vqa(f"{REPHRASED[name]}:{split or 'train'}", limit, seed,
+                                                                 balance)]
     if name == "easy-vqa":
         return load_easy_vqa(split or "train", limit=limit, seed=seed, balance=balance)
     if name == "fashion-mnist":
@@ -130,8 +138,8 @@ def load_vqa(spec: str, limit: int | None = None, seed: int = 0, balance: bool =
             keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
             samples = [samples[i] for i in keep]
         return samples
-    raise DataError(f"unknown image-text data '{spec}': use easy-vqa[:split], fashion-mnist[:split] "
-                    f"or one of {', '.join(sorted(BENCHMARKS))}")
+    raise DataError(f"unknown image-text data '{spec}': use easy-vqa[:split], fashion-mnist[:split], "
+                    f"{', '.join(f'{n}[:split]' for n in REPHRASED)} or one of {', '.join(sorted(BENCHMARKS))}")
 
 
 def _balanced(samples: list[VQASample], limit: int | None, seed: int) -> list[VQASample]:

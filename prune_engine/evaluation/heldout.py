@@ -7,19 +7,22 @@ from efficientllava.prune_engine.config import HeldoutConfig
 def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None) -> dict:
     """The numbers the demo, the Tune sweep and the benchmarks compare models on.
 
-    Held-out perplexity on `heldout.text`, accuracy (constrained choice) on `heldout.vqa` seeded
-    questions of each VQA set of `vqa` ({column: spec}, skipped — NaN — for text-only models) and
-    the achieved mean sparsity of the decoder's pruned matrices."""
+    Perplexity on each text set of `heldout.text_sets()` (`segments` x `seqlen` tokens), accuracy
+    (constrained choice) on `heldout.vqa` seeded questions of each VQA set of `vqa` ({column: spec};
+    default `heldout.vqa_sets()`; skipped — NaN — for text-only models) and the achieved mean
+    sparsity of the decoder's pruned matrices."""
     from efficientllava.prune_engine.data.calibration import load_vqa, tokenizer_of
     from efficientllava.prune_engine.data.text import eval_segments, load_text
     from efficientllava.prune_engine.evaluation.perplexity import perplexity
     from efficientllava.prune_engine.evaluation.vqa import vqa_accuracy
     from efficientllava.prune_engine.models.loading import load_model
 
-    vqa = {"easy_vqa": "easy-vqa:test", "fashion_mnist": "fashion-mnist:test"} if vqa is None else vqa
+    vqa = heldout.vqa_sets() if vqa is None else vqa
     adapter, processor = load_model(model)
-    ids = eval_segments(tokenizer_of(processor), load_text(heldout.text), heldout.segments, heldout.seqlen)
-    row = {"ppl": perplexity(adapter, ids, progress=False)["perplexity"]}
+    row = {}
+    for name, spec in heldout.text_sets().items():
+        ids = eval_segments(tokenizer_of(processor), load_text(spec), heldout.segments, heldout.seqlen)
+        row[name] = perplexity(adapter, ids, progress=False)["perplexity"]
     for name, spec in vqa.items():
         if not adapter.is_llava:
             row[name] = float("nan")
