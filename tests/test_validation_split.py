@@ -108,3 +108,29 @@ def test_tune_scores_on_validation_only():
     with pytest.raises(ValueError, match="validation split"):
         TuneJob(run={}, heldout=HeldoutConfig(split="test"))
     assert TuneJob(run={}).heldout.split == "val"
+
+
+def test_reports_leave_out_the_test_data_earlier_choices_were_made_on():
+    from efficientllava.prune_engine.evaluation.heldout import USED_VQA, heldout_questions, heldout_text
+
+    h = HeldoutConfig(vqa=300)
+    for spec in h.vqa_sets().values():
+        used = {s.id for s in load_vqa(spec.replace("-rephrased", ""), limit=USED_VQA, seed=0)}
+        fresh = heldout_questions(spec, h)
+        assert len(fresh) == 300 and not {s.id for s in fresh} & used
+        assert [s.id for s in heldout_questions(spec, h)] == [s.id for s in fresh]  # seeded
+    assert HeldoutConfig(split="val", vqa=10).vqa_sets()["easy_vqa"] == "easy-vqa:val"
+    assert len(heldout_questions("easy-vqa:val", HeldoutConfig(split="val", vqa=10))) == 10
+
+    class Chars:  # a tokenizer with one token per character: windows are easy to locate
+        def __call__(self, texts, add_special_tokens=False):
+            if isinstance(texts, str):
+                return {"input_ids": [ord(c) for c in texts]}
+            return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+    tok = Chars()
+    whole = heldout_text(tok, "wiki:eval", HeldoutConfig(exclude_used=False, segments=70, seqlen=256))
+    fresh = heldout_text(tok, "wiki:eval", HeldoutConfig(segments=6, seqlen=256))
+    assert (fresh == whole[64:]).all()  # the first 64x256 tokens are left out
+    assert (heldout_text(tok, "pydoc:test", HeldoutConfig(segments=2, seqlen=256))
+            == heldout_text(tok, "pydoc:test", HeldoutConfig(segments=2, seqlen=256, exclude_used=False))).all()
