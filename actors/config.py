@@ -41,8 +41,15 @@ KINDS = {"search": SearchConfig, "engine": EngineConfig, "data": DataConfig}
 #:   screened child and a generation cost on the machine at hand (at most 250).
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
+    # Algorithm 1 as the paper writes it (docs/method.md "The paper preset"): 16 policies x 10 generations, top 5
+    # kept, eta 0.5 on G as written (no scale s), the task loss (cross-entropy) on the 64 image-text proxy samples,
+    # every candidate pruned layer-sequentially, the projector trained on the c_m-weighted loss of the candidates on
+    # all 64 samples, no guard, no screening, a random first population
     "paper": {"search.population": 16, "search.generations": 10, "search.elites": 5, "search.eta": 0.5,
-              "search.offspring": 0, "engine.mode": "database", "engine.fitness_nsamples": 8},
+              "search.offspring": 0, "search.init": "random", "search.srm_scale": 1.0, "search.mm_weight": 1.0,
+              "search.neighbours": 5, "search.projector_mode": "weighted", "search.projector_guard": False,
+              "engine.mode": "sequential", "engine.loss": "ce", "engine.fitness_nsamples": 0,
+              "engine.monitor_samples": 0, "data.mm_samples": 64},
     "default": {"search.population": 8, "search.generations": 3, "search.elites": 3, "search.eta": 0.5,
                 "search.init": "uniform", "search.tolerance": 0.0,
                 "search.offspring": 250, "search.offspring_budget": True, "engine.mode": "database",

@@ -71,7 +71,7 @@ class EngineConfig(BaseModel):
     screen_precision: Literal["auto", "fp32", "bf16"] = "auto"  # screening forward: bf16 where the hardware is
     # fast at it (auto: a GPU with bf16, a CPU with AMX/AVX512-BF16), else fp32; full scores stay in the model's dtype
     projector_batch: int = 4  # image-text samples per projector mini-batch step
-    monitor_samples: int = Field(16, ge=1)  # image-text samples held aside from projector training (at most half):
+    monitor_samples: int = Field(16, ge=0)  # image-text samples held aside from projector training (at most half; 0: none):
     # sum c_m L_m is measured on them before/after an update, and the guard keeps an update only if it drops
     # memory (never changes which policy wins; see docs/cluster.md "Memory")
     offload: bool = False  # decoder blocks in CPU memory, each on the device only while it runs

@@ -117,3 +117,18 @@ def test_yaml_bare_off_means_projector_off(tmp_path):
     assert SearchConfig.from_file(tmp_path / "c.yaml").projector_mode == "off"
     with pytest.raises(ConfigError, match="projector_mode"):
         SearchConfig(projector_mode=True)
+
+
+def test_the_paper_preset_is_algorithm_1_as_written():
+    """docs/method.md "The paper preset": every departure of the engine switched off."""
+    from efficientllava.actors.config import RunConfig
+
+    run = RunConfig.load(preset="paper", overrides={"engine.model": "smol-llava",
+                                                    "data.mm_calib": "easy-vqa:train,fashion-mnist:train"})
+    s, e, d = run.search, run.engine, run.data
+    assert (s.population, s.generations, s.elites, s.eta, s.neighbours) == (16, 10, 5, 0.5, 5)
+    assert s.offspring == 0 and not s.offspring_budget  # no screening
+    assert s.init == "random" and s.srm_scale == 1.0  # random first population; eta on G as written
+    assert s.mm_weight == 1.0 and e.loss == "ce" and d.mm_samples == 64 and e.fitness_nsamples == 0  # task loss, 64
+    assert e.mode == "sequential"  # every candidate pruned layer-sequentially
+    assert s.projector_mode == "weighted" and not s.projector_guard and e.monitor_samples == 0  # no guard
