@@ -41,8 +41,8 @@ def settings_from_args(args) -> Settings:
     return Settings(model=args.model, preset=args.preset, search=yaml.safe_load(args.search or "{}") or {},
                     engine=yaml.safe_load(args.engine or "{}") or {},
                     data={**d.data, **(yaml.safe_load(args.data or "{}") or {})},
-                    heldout=HeldoutConfig(segments=args.eval_segments, seqlen=args.eval_seqlen, vqa=args.eval_vqa,
-                                          seed=d.heldout.seed), seed=args.seed, actors=args.actors)
+                    heldout=HeldoutConfig(split=args.eval_split, segments=args.eval_segments, seqlen=args.eval_seqlen,
+                                          vqa=args.eval_vqa, seed=d.heldout.seed), seed=args.seed, actors=args.actors)
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -52,6 +52,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--search", default=None, help="search overrides as YAML, e.g. '{generations: 4}'")
     ap.add_argument("--engine", default=None, help="engine overrides as YAML, e.g. '{loss: ce}'")
     ap.add_argument("--data", default=None, help="calibration-data overrides as YAML, e.g. '{mm_samples: 32}'")
+    ap.add_argument("--eval-split", choices=("val", "test"), default=d.heldout.split,
+                    help="held-out data: val to make a choice (eta, a default, a preset), test to report one")
     ap.add_argument("--eval-segments", type=int, default=d.heldout.segments, help="held-out text segments")
     ap.add_argument("--eval-seqlen", type=int, default=d.heldout.seqlen, help="tokens per held-out segment")
     ap.add_argument("--eval-vqa", type=int, default=d.heldout.vqa, help="held-out questions per VQA set")

@@ -12,6 +12,7 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     full          search with eta = 0.5, projector evolution with neighbour weights (EfficientLLaVA)
     no_evo        search with eta = 0.5, no projector update
     evo_wo_ub     search with eta = 0.5, projector update with all c_m equal
+    full_ce_projector  Full, but the projector trained on answer cross-entropy (the fitness ranks by KL)
 """
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ SEARCHES = {
     "full": {"search.eta": 0.5},
     "no_evo": {"search.eta": 0.5, "search.projector_mode": "off"},
     "evo_wo_ub": {"search.eta": 0.5, "search.projector_mode": "uniform"},
+    # Full with the projector trained on answer cross-entropy while the fitness ranks by KL (the default before the
+    # projector trained on the fitness's own loss): what one objective changes
+    "full_ce_projector": {"search.eta": 0.5, "engine.projector_objective": "ce"},
 }
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
-          "evo_wo_ub": "Evo w/o UB (c_m equal)"}
+          "evo_wo_ub": "Evo w/o UB (c_m equal)", "full_ce_projector": "Full, projector on cross-entropy"}
 
 
 #: settings added after results were cached: at their default they change no result, so they enter a

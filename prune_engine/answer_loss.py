@@ -7,6 +7,10 @@ tokens reach lm_head. For the projector gradient a mini-batch may be cut into mi
 (each backward frees its activations before the next) and each block may be recomputed in the
 backward pass instead of keeping its activations (activation checkpointing): the gradient is the
 same, the peak memory is that of one micro-batch and one block.
+
+The loss is the fitness's image-text term (docs/method.md §4 step 5, one objective): answer-token
+cross-entropy to the labels, or — with a `teacher`, the dense model's answer-token log-probabilities
+(`answer_logprobs`, computed once) — the KL divergence from the dense model's answer distribution.
 """
 from __future__ import annotations
 
@@ -20,9 +24,8 @@ def _answer_count(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
-def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool = False) -> tuple[torch.Tensor, int]:
-    """Summed answer-token cross-entropy of one batch (a tensor, with a graph when grad is enabled) and
-    its number of answer tokens."""
+def _answer_hidden(adapter: ModelAdapter, batch: dict, checkpointing: bool = False):
+    """Final hidden states at the positions that predict an answer token, and those tokens."""
     grad = torch.is_grad_enabled()
     x = adapter.block_inputs(batch, grad=grad)
     h = x.hidden
@@ -31,20 +34,41 @@ def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool =
             h = checkpoint(adapter.run_block, b, h, x.kwargs, use_reentrant=False)
         else:
             h = adapter.run_block(b, h, x.kwargs)
-    h, targets = adapter.loss_targets(h, x.labels)
+    return adapter.loss_targets(h, x.labels)
+
+
+@torch.no_grad()
+def answer_logprobs(adapter: ModelAdapter, batch: dict) -> torch.Tensor:
+    """The model's next-token log-probabilities at the answer targets of one batch ([answer tokens, vocab],
+    CPU, fp16): the dense teacher of the KL loss, computed once before any pruning or projector step."""
+    h, _ = _answer_hidden(adapter, batch)
+    return torch.log_softmax(adapter.model.lm_head(h).float(), -1).to("cpu", torch.float16)
+
+
+def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool = False,
+                       teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed answer-token loss of one batch (a tensor, with a graph when grad is enabled) and its number of
+    answer tokens: cross-entropy to the labels, or with `teacher` Σ KL(teacher ‖ model) over the tokens."""
+    h, targets = _answer_hidden(adapter, batch, checkpointing)
     logits = adapter.model.lm_head(h).float()
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), len(targets)
+    if teacher is None:
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), len(targets)
+    if teacher.shape != logits.shape:
+        raise ValueError(f"teacher log-probabilities {tuple(teacher.shape)} for {tuple(logits.shape)} logits")
+    t = teacher.to(logits.device, torch.float32)
+    return (t.exp() * (t - torch.log_softmax(logits, -1))).sum(), len(targets)
 
 
-def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False) -> float:
-    """Mean answer-token loss over the micro-batches of one mini-batch; its gradient is accumulated into
-    the `.grad` of every parameter that requires one (each micro-batch's backward runs before the next
-    forward)."""
+def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False,
+                              teachers: list[torch.Tensor] | None = None) -> float:
+    """Mean answer-token loss over the micro-batches of one mini-batch (with `teachers`, one per micro-batch:
+    the KL to the dense model); its gradient is accumulated into the `.grad` of every parameter that requires
+    one (each micro-batch's backward runs before the next forward)."""
     count = max(sum(_answer_count(b) for b in microbatches), 1)
     total = 0.0
-    for batch in microbatches:
+    for i, batch in enumerate(microbatches):
         with torch.enable_grad():
-            loss, _ = summed_answer_loss(adapter, batch, checkpointing)
+            loss, _ = summed_answer_loss(adapter, batch, checkpointing, None if teachers is None else teachers[i])
             (loss / count).backward()
         total += float(loss.detach())
     return total / count

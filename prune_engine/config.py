@@ -65,6 +65,9 @@ class EngineConfig(BaseModel):
     device: str = "cpu"
     threads: int | None = None  # torch threads in this evaluator (None: torch's default)
     loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
+    # what the projector trains on (and the guard judges it by): "fitness", the fitness's own image-text term (one
+    # objective: KL to the dense model's answers when loss is kl), or "ce", answer cross-entropy whatever the fitness
+    projector_objective: Literal["fitness", "ce"] = "fitness"
     fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from efficientllava.prune_engine.answer_loss import backward_mean_answer_loss, summed_answer_loss
+from efficientllava.prune_engine.answer_loss import answer_logprobs, backward_mean_answer_loss, summed_answer_loss
 from efficientllava.prune_engine.config import DataConfig, EngineConfig
 from efficientllava.prune_engine.data.calibration import (
     calibration_vqa,
@@ -106,6 +106,13 @@ class CandidateScorer:
                                              engine.projector_microbatch)
                                  for i in range(0, len(train), engine.projector_batch)]
                                 if engine.projector_microbatch else [[b] for b in self.projector_batches])
+        # one objective (docs/method.md §4 step 5): the projector trains, and the guard judges it, on the loss
+        # the fitness ranks by; for KL, the dense model's answer distributions (dense weights, the projector of
+        # the start), computed once, are the fixed teacher
+        self.monitor_teachers = self.step_teachers = None
+        if engine.loss == "kl" and engine.projector_objective == "fitness":
+            self.monitor_teachers = [answer_logprobs(self.adapter, b) for b in self.monitor_batches]
+            self.step_teachers = [[answer_logprobs(self.adapter, b) for b in step] for step in self.projector_steps]
         self.pattern = Pattern.parse(engine.pattern)
         self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
                                        reuse_prefix=engine.prefix_reuse, kinds=self.kinds, loss=engine.loss,
@@ -164,6 +171,8 @@ class CandidateScorer:
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
                 "fitness_nsamples": s.fitness_nsamples,
+                # what the projector trains on differs from cross-entropy only with the KL fitness
+                **({"projector_objective": s.projector_objective} if s.loss == "kl" else {}),
                 "monitor_samples": s.monitor_samples, "mode": s.mode,
                 "screen_dtype": str(self.screen_dtype or self.pruner.dtype).removeprefix("torch.")}
 
@@ -213,8 +222,9 @@ class CandidateScorer:
             p.requires_grad_(True)
             p.grad = None
         try:
-            value = backward_mean_answer_loss(self.adapter, self.projector_steps[step % len(self.projector_steps)],
-                                              self.engine.activation_checkpointing)
+            k = step % len(self.projector_steps)
+            value = backward_mean_answer_loss(self.adapter, self.projector_steps[k], self.engine.activation_checkpointing,
+                                              None if self.step_teachers is None else self.step_teachers[k])
         finally:
             for p in params:
                 p.requires_grad_(False)
@@ -229,12 +239,14 @@ class CandidateScorer:
 
     @torch.no_grad()
     def answer_loss(self, ratios: np.ndarray, batches: list[dict] | None = None) -> float:
-        """Mean answer-token cross-entropy of the candidate over `batches` (default: the held-aside
-        samples, the first `monitor_samples` image-text proxy samples, which projector steps never train on)."""
+        """Mean answer-token loss of the candidate on the held-aside samples (the first `monitor_samples`
+        image-text proxy samples, which projector steps never train on), in the fitness's kind (cross-entropy,
+        or KL to the dense model); on explicitly given `batches`, cross-entropy."""
         self._install(ratios)
         total, count = 0.0, 0
-        for batch in self.monitor_batches if batches is None else batches:
-            loss, n = summed_answer_loss(self.adapter, batch)
+        teachers = self.monitor_teachers if batches is None and self.monitor_teachers is not None else None
+        for i, batch in enumerate(self.monitor_batches if batches is None else batches):
+            loss, n = summed_answer_loss(self.adapter, batch, teacher=None if teachers is None else teachers[i])
             total, count = total + float(loss), count + n
         return total / count if count else math.nan  # nothing held aside: the guard keeps every update
 

@@ -314,3 +314,48 @@ def test_sequential_mode_rescores_text_after_a_projector_step_exactly(tiny_llava
     for p in h["policy"][4:6]:
         (lt0, g0), (lt1, g1) = [(lt, g) for q, lt, g in zip(h["policy"], h["l_text"], h["g"]) if q == p]
         assert lt0 != pytest.approx(lt1, rel=1e-6) or g0 != pytest.approx(g1, rel=1e-6)
+
+
+def _model_answer_logprobs(evaluator, batch) -> torch.Tensor:
+    """The model's own log-probabilities at the answer targets of a batch (full logits, fp32)."""
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = evaluator.adapter.model(**batch).logits[:, :-1].float()
+    return torch.log_softmax(logits[labels[:, 1:] != -100], -1)
+
+
+def test_the_projector_trains_on_the_fitness_loss_kl_to_the_dense_model(tiny_llava_dir):
+    """One objective: with the KL fitness the projector's loss, the guard's held-aside loss and the fitness's
+    image-text term are the same quantity, KL from the dense model's answer distribution (the dense weights and
+    the projector of the start, fixed), checked against full-logit forwards."""
+    kl = CandidateScorer(*_configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train",
+                                   mm_samples=8, loss="kl", projector_batch=4, monitor_samples=2),
+                         levels=[0.4, 0.5, 0.6])
+    batches = kl.monitor_batches + kl.projector_batches
+    kl.pruner.restore_dense()
+    dense = [_model_answer_logprobs(kl, b) for b in batches]
+    teachers = kl.monitor_teachers + [t[0] for t in kl.step_teachers]
+    for t, d in zip(teachers, dense):
+        assert t.dtype == torch.float16 and torch.allclose(t.float(), d, atol=2e-2)
+    ratios = np.array([0.6, 0.4, 0.6])
+    score = kl.evaluate(ratios)
+    kl._install(ratios)
+    per_batch = [(torch.exp(d) * (d - _model_answer_logprobs(kl, b))).sum().item() for b, d in zip(batches, dense)]
+    counts = [len(d) for d in dense]
+    assert all(v > 0 for v in per_batch)
+    assert score.l_mm == pytest.approx(sum(per_batch) / sum(counts), rel=2e-2)  # the fitness's image-text term
+    assert kl.answer_loss(ratios) == pytest.approx(per_batch[0] / counts[0], rel=2e-2)  # what the guard judges
+    loss, grads = kl.projector_gradient(ratios, 0)  # what the projector trains on
+    assert loss == pytest.approx(per_batch[1] / counts[1], rel=2e-2)
+    assert all(np.isfinite(g).all() for g in grads) and any(np.abs(g).max() > 0 for g in grads)
+    ce = kl.answer_loss(ratios, kl.monitor_batches)  # explicit batches: cross-entropy, a different number
+    assert ce != pytest.approx(kl.answer_loss(ratios), rel=1e-3)
+    # engine.projector_objective=ce: the projector trains on answer cross-entropy whatever the fitness (recorded in
+    # the identity, so a checkpoint of one never resumes as the other)
+    other = CandidateScorer(*_configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train",
+                                      mm_samples=8, loss="kl", projector_batch=4, monitor_samples=2,
+                                      projector_objective="ce"), levels=[0.4, 0.5, 0.6])
+    assert other.step_teachers is None and other.monitor_teachers is None
+    assert other.answer_loss(ratios) == pytest.approx(ce, rel=1e-5)
+    assert kl.identity()["projector_objective"] == "fitness" and other.identity()["projector_objective"] == "ce"
