@@ -63,6 +63,7 @@ class ActorPool:
         self.levels = run.levels
         self.projector_version = 0
         self.stats = {"candidates": 0, "screened": 0, "deduplicated": 0, "actor_failures": 0, "reruns": 0,
+                      "nodes_lost": [], "restart_seconds": 0.0,
                       "blocks_run": 0, "gradients": 0, "learner_restores": 0}
         self._projector_ref: ray.ObjectRef | None = None  # None: the dense model's projector (version 0)
         self._pending_sync: list[ray.ObjectRef] = []
@@ -73,6 +74,7 @@ class ActorPool:
         self.holder = None
         self.actors: list = []
         self._probing: dict = {}  # probe ref -> actor index, for actors being restarted
+        self._m_failures = None
         self.pg = None
         try:
             self._start()
@@ -125,8 +127,12 @@ class ActorPool:
             num_returns=2, num_cpus=0, name=f"{self.run_name}.load_dense",
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         ).remote(engine, dtype)
+        # the holder and the learner need no resources of their own: they live in bundle 0 of the evaluators'
+        # placement group, so they move with it when its node is lost (never on a head node that runs no actors)
+        in_bundle_0 = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
         self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
-                                           num_cpus=0).remote([self.weights_ref, self.projector0_ref])
+                                           num_cpus=0, scheduling_strategy=in_bundle_0,
+                                           ).remote([self.weights_ref, self.projector0_ref])
         # database mode with several actors: each builds a share of the level database, all read all of it
         self.shared_database = self.run.engine.mode == "database" and n > 1
         self.actors = [self._make_actor(i, engine) for i in range(n)]
@@ -160,6 +166,12 @@ class ActorPool:
             if f["identity"] != first["identity"] or f["param_counts"] != first["param_counts"]:
                 raise RuntimeError("evaluator actors disagree on the model (identity or parameter counts)")
         self.facts = facts
+        self.nodes = [f["node_id"] for f in facts]  # where each evaluator runs now (a restart may move it)
+        self._failed_at: dict[int, float] = {}
+        from ray.util.metrics import Counter
+
+        self._m_failures = Counter("efficientllava_actor_failures", "Evaluator actors lost (cause: node lost, or "
+                                   "process died)", ("run", "cause"))
         self.param_counts = np.asarray(first["param_counts"], dtype=np.int64)
         self.identity = first["identity"]
         self.has_projector = bool(first["has_projector"])
@@ -172,7 +184,7 @@ class ActorPool:
         if self.use_projector:
             self.learner = LearnerActor.options(
                 name=f"{self.run_name}.learner", namespace=self.opts.namespace, num_cpus=0,
-                max_restarts=self.opts.max_restarts, max_task_retries=0,
+                max_restarts=self.opts.max_restarts, max_task_retries=0, scheduling_strategy=in_bundle_0,
             ).remote((f"{self.run_name}.weights", self.opts.namespace, 1), self.run.search.projector_lr)
             ray.get(self.learner.version.remote())
         nodes = len({f["node_id"] for f in facts})
@@ -206,17 +218,33 @@ class ActorPool:
 
     def _lost(self, a: int) -> None:
         """Actor `a` failed a call: out of service until a probe says it is back (Ray restarts it,
-        up to max_restarts) or dead for good."""
+        up to max_restarts) or dead for good. The log says whether its node is gone (node loss, a
+        preempted node) or only its process died."""
         self.stats["actor_failures"] += 1
         if a not in self._probing.values():
             self._probing[self.actors[a].ping.options(max_task_retries=-1).remote()] = a
-            self.log(f"evaluator actor {a} failed; its candidate runs elsewhere while Ray restarts it")
+            node = self.nodes[a]
+            gone = node not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            if gone:
+                self.stats["nodes_lost"].append(node)
+            self._failed_at[a] = time.perf_counter()
+            if self._m_failures is not None:
+                self._m_failures.inc(1.0, {"run": self.run_name, "cause": "node lost" if gone else "process died"})
+            self.log(f"evaluator actor {a} failed ({f'its node {node[:12]} is gone' if gone else 'its process died'}"
+                     "); its candidate runs elsewhere while Ray restarts it")
 
     def _probed(self, ref, schedule: Schedule | None) -> None:
         a = self._probing.pop(ref)
         try:
-            ray.get(ref)
-            self.log(f"evaluator actor {a} is back")
+            where = ray.get(ref)
+            lost_s = time.perf_counter() - self._failed_at.pop(a, time.perf_counter())
+            self.stats["restart_seconds"] += lost_s
+            moved = where["node_id"] != self.nodes[a]
+            self.nodes[a] = where["node_id"]
+            where_now = f" on node {where['node_id'][:12]}" if moved else ""
+            rebuilt = "its model and whole level database" if self.run.engine.mode == "database" else "its model"
+            self.log(f"evaluator actor {a} is back{where_now} after {lost_s:.0f} s (it rebuilt {rebuilt}; "
+                     "the candidate it held was re-run)")
         except ACTOR_FAILURES:  # ActorDiedError after the probe's retries: no restart left
             if a in self.live:
                 self.live.remove(a)

@@ -67,8 +67,9 @@ class EvaluatorActor:
         if self.error is not None:
             raise self.error
 
-    def ping(self) -> int:
-        return self.index
+    def ping(self) -> dict:
+        """Where this actor runs now, and since when (the pool's probe of a restarted actor)."""
+        return {"index": self.index, "node_id": self.node_id, "started": self.started}
 
     def facts(self) -> dict:
         self._check()

@@ -3,13 +3,17 @@
 Passing an ObjectRef to a restartable actor's constructor makes Ray log an error-level warning
 (ray#53727). The driver puts the refs in a named ``ObjectHolder`` and hands the actors a handle,
 which ``held_ref`` turns back into the ref: a restarted actor fetches it again the same way.
+
+The holder itself restarts without limit (its node may be lost or preempted like any other): Ray
+re-runs its constructor with the same refs, which the driver owns, so they stay valid (an object
+whose every copy was on the lost node is rebuilt by Ray from its task's lineage).
 """
 from __future__ import annotations
 
 import ray
 
 
-@ray.remote(max_restarts=0)
+@ray.remote(max_restarts=-1, max_task_retries=-1)
 class ObjectHolder:
     """Holds ObjectRefs for actors that restart (see the module docstring)."""
 
