@@ -138,20 +138,12 @@ def parse_text_spec(spec: str) -> TextSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty text spec {spec!r}")
     s = spec.strip()
-    if s == "wiki" or s.startswith("wiki:"):
-        part = s[len("wiki:"):] if s.startswith("wiki:") else "all"
-        if part not in _WIKI_PARTS:
-            raise DataError(
-                f"text spec {spec!r}: unknown wiki part {part!r} (expected one of {', '.join(_WIKI_PARTS)})"
-            )
-        return TextSpec(kind="wiki", part=part)
-    if s == "pydoc" or s.startswith("pydoc:"):
-        part = s[len("pydoc:"):] if s.startswith("pydoc:") else "all"
-        if part not in PYDOC_PARTS:
-            raise DataError(
-                f"text spec {spec!r}: unknown pydoc part {part!r} (expected one of {', '.join(PYDOC_PARTS)})"
-            )
-        return TextSpec(kind="pydoc", part=part)
+    for kind, parts in (("wiki", _WIKI_PARTS), ("pydoc", PYDOC_PARTS)):  # the embedded sources and their parts
+        if s == kind or s.startswith(kind + ":"):
+            part = s[len(kind) + 1:] if s.startswith(kind + ":") else "all"
+            if part not in parts:
+                raise DataError(f"text spec {spec!r}: unknown {kind} part {part!r} (expected one of {', '.join(parts)})")
+            return TextSpec(kind=kind, part=part)
     if s.startswith("hf:"):
         rest = s[len("hf:"):]
         column: str | None = None
