@@ -63,7 +63,7 @@ class ActorPool:
         self.levels = run.levels
         self.projector_version = 0
         self.stats = {"candidates": 0, "screened": 0, "deduplicated": 0, "actor_failures": 0, "reruns": 0,
-                      "nodes_lost": [], "restart_seconds": 0.0,
+                      "restart_seconds": 0.0,
                       "blocks_run": 0, "gradients": 0, "learner_restores": 0}
         self._projector_ref: ray.ObjectRef | None = None  # None: the dense model's projector (version 0)
         self._pending_sync: list[ray.ObjectRef] = []
@@ -74,7 +74,6 @@ class ActorPool:
         self.holder = None
         self.actors: list = []
         self._probing: dict = {}  # probe ref -> actor index, for actors being restarted
-        self._m_failures = None
         self.pg = None
         try:
             self._start()
@@ -168,6 +167,7 @@ class ActorPool:
         self.facts = facts
         self.nodes = [f["node_id"] for f in facts]  # where each evaluator runs now (a restart may move it)
         self._failed_at: dict[int, float] = {}
+        self._failed_nodes: list[str] = []  # the node of every actor that failed, in order
         from ray.util.metrics import Counter
 
         self._m_failures = Counter("efficientllava_actor_failures", "Evaluator actors lost (cause: node lost, or "
@@ -218,20 +218,14 @@ class ActorPool:
 
     def _lost(self, a: int) -> None:
         """Actor `a` failed a call: out of service until a probe says it is back (Ray restarts it,
-        up to max_restarts) or dead for good. The log says whether its node is gone (node loss, a
-        preempted node) or only its process died."""
+        up to max_restarts) or dead for good."""
         self.stats["actor_failures"] += 1
         if a not in self._probing.values():
             self._probing[self.actors[a].ping.options(max_task_retries=-1).remote()] = a
-            node = self.nodes[a]
-            gone = node not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            if gone:
-                self.stats["nodes_lost"].append(node)
             self._failed_at[a] = time.perf_counter()
-            if self._m_failures is not None:
-                self._m_failures.inc(1.0, {"run": self.run_name, "cause": "node lost" if gone else "process died"})
-            self.log(f"evaluator actor {a} failed ({f'its node {node[:12]} is gone' if gone else 'its process died'}"
-                     "); its candidate runs elsewhere while Ray restarts it")
+            self._failed_nodes.append(self.nodes[a])
+            self.log(f"evaluator actor {a} (node {self.nodes[a][:12]}) failed; its candidate runs elsewhere while "
+                     "Ray restarts it")
 
     def _probed(self, ref, schedule: Schedule | None) -> None:
         a = self._probing.pop(ref)
@@ -239,12 +233,15 @@ class ActorPool:
             where = ray.get(ref)
             lost_s = time.perf_counter() - self._failed_at.pop(a, time.perf_counter())
             self.stats["restart_seconds"] += lost_s
-            moved = where["node_id"] != self.nodes[a]
+            # by now Ray knows whether the old node is gone (node loss, a preempted node) or only the process died
+            old, alive = self.nodes[a], {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            gone = old not in alive
+            self._m_failures.inc(1.0, {"run": self.run_name, "cause": "node lost" if gone else "process died"})
             self.nodes[a] = where["node_id"]
-            where_now = f" on node {where['node_id'][:12]}" if moved else ""
             rebuilt = "its model and whole level database" if self.run.engine.mode == "database" else "its model"
-            self.log(f"evaluator actor {a} is back{where_now} after {lost_s:.0f} s (it rebuilt {rebuilt}; "
-                     "the candidate it held was re-run)")
+            self.log(f"evaluator actor {a} is back on node {where['node_id'][:12]} after {lost_s:.0f} s ("
+                     + (f"node {old[:12]} was lost" if gone else "its process had died")
+                     + f"; it rebuilt {rebuilt}, the candidate it held was re-run)")
         except ACTOR_FAILURES:  # ActorDiedError after the probe's retries: no restart left
             if a in self.live:
                 self.live.remove(a)
@@ -449,6 +446,14 @@ class ActorPool:
         raise RuntimeError(f"could not export the final model: {last}")
 
     # ---- teardown ----------------------------------------------------------------------------
+    def run_stats(self) -> dict:
+        """The pool's counters, with `nodes_lost`: the nodes of failed actors that are gone (asked of Ray
+        now, so an actor still restarting when the search ends is counted too)."""
+        failed = getattr(self, "_failed_nodes", [])
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")} if failed else set()
+        lost = [n for n in dict.fromkeys(failed) if n not in alive]
+        return {**self.stats, "nodes_lost": lost}
+
     def shutdown(self) -> None:
         holder = [self.holder] if getattr(self, "holder", None) is not None else []
         for a in self.actors + ([self.learner] if self.learner is not None else []) + holder:

@@ -280,7 +280,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
             with console:
                 result = driver.run()
             summary = finalize(driver, result, evaluator, run, out, log)
-            summary.update(run_name=run_name, actors=evaluator.n_actors, stats=dict(evaluator.stats),
+            summary.update(run_name=run_name, actors=evaluator.n_actors, stats=evaluator.run_stats(),
                            dashboard_url=session["dashboard_url"])
             return summary
         finally:
