@@ -7,13 +7,23 @@ tokens reach lm_head. For the projector gradient a mini-batch may be cut into mi
 (each backward frees its activations before the next) and each block may be recomputed in the
 backward pass instead of keeping its activations (activation checkpointing): the gradient is the
 same, the peak memory is that of one micro-batch and one block.
+
+In float16 the backward is loss-scaled (`scaled_gradients`): the loss is multiplied by a power of
+two before the backward, so gradients below float16's smallest subnormal (6e-8) stay representable,
+and the gradient is unscaled in float32; a scale that overflows is halved and the backward redone.
+bfloat16 has float32's exponent range and needs no scaling.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from efficientllava.prune_engine.models.adapter import ModelAdapter
+
+#: the first loss scale of a float16 backward (halved while the scaled gradient overflows)
+FP16_LOSS_SCALE = 2.0 ** 16
 
 
 def _answer_count(batch: dict) -> int:
@@ -36,15 +46,41 @@ def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool =
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), len(targets)
 
 
-def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False) -> float:
-    """Mean answer-token loss over the micro-batches of one mini-batch; its gradient is accumulated into
-    the `.grad` of every parameter that requires one (each micro-batch's backward runs before the next
-    forward)."""
+def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False,
+                              scale: float = 1.0) -> float:
+    """Mean answer-token loss over the micro-batches of one mini-batch; its gradient, times `scale`, is
+    accumulated into the `.grad` of every parameter that requires one (each micro-batch's backward runs
+    before the next forward)."""
     count = max(sum(_answer_count(b) for b in microbatches), 1)
     total = 0.0
     for batch in microbatches:
         with torch.enable_grad():
             loss, _ = summed_answer_loss(adapter, batch, checkpointing)
-            (loss / count).backward()
+            (loss * (scale / count)).backward()
         total += float(loss.detach())
     return total / count
+
+
+def scaled_gradients(backward, params: list[torch.Tensor], scale: float | None = None,
+                     min_scale: float = 1.0) -> tuple[float, list[torch.Tensor]]:
+    """(loss, float32 gradients of `params`) of ``backward(scale) -> loss``, a backward pass that
+    accumulates scale x the gradient into the params' ``.grad``.
+
+    `scale` None: FP16_LOSS_SCALE when a parameter is float16, else 1 (no scaling). While the scaled
+    gradient is not finite and the scale is above `min_scale`, the scale is halved and the backward
+    redone; a non-finite loss or a gradient still not finite at `min_scale` is returned as it is (the
+    caller's finiteness check reports it)."""
+    if scale is None:
+        scale = FP16_LOSS_SCALE if any(p.dtype == torch.float16 for p in params) else 1.0
+    while True:
+        for p in params:
+            p.grad = None
+        value = backward(scale)
+        grads = [(p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)) / scale
+                 for p in params]
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite or not math.isfinite(value) or scale <= min_scale:
+            for p in params:
+                p.grad = None
+            return value, grads
+        scale /= 2

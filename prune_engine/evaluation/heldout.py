@@ -4,8 +4,11 @@ from __future__ import annotations
 from efficientllava.prune_engine.config import HeldoutConfig
 
 
-def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None) -> dict:
-    """The numbers the demo, the Tune sweep and the benchmarks compare models on.
+def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None,
+                    device: str = "auto", dtype: str = "auto") -> dict:
+    """The numbers the demo, the Tune sweep and the benchmarks compare models on, with the model on
+    `device` (auto: the GPU when one is visible, else the CPU) in `dtype` (precision.DTYPES; auto:
+    float16 on a GPU, float32 on a CPU), as a run's engine.device and engine.dtype say.
 
     Held-out perplexity on `heldout.text`, accuracy (constrained choice) on `heldout.vqa` seeded
     questions of each VQA set of `vqa` ({column: spec}, skipped — NaN — for text-only models) and
@@ -17,7 +20,9 @@ def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: d
     from efficientllava.prune_engine.models.loading import load_model
 
     vqa = {"easy_vqa": "easy-vqa:test", "fashion_mnist": "fashion-mnist:test"} if vqa is None else vqa
-    adapter, processor = load_model(model)
+    from efficientllava.prune_engine.precision import resolve_device
+
+    adapter, processor = load_model(model, dtype, resolve_device(device))
     ids = eval_segments(tokenizer_of(processor), load_text(heldout.text), heldout.segments, heldout.seqlen)
     row = {"ppl": perplexity(adapter, ids, progress=False)["perplexity"]}
     for name, spec in vqa.items():
