@@ -129,6 +129,13 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
     if search.offspring and engine.mode != "database":
         raise ConfigError("invalid run config: search.offspring (screening children on a slice of the proxy data) "
                           "needs engine.mode database; sequential mode prunes every candidate on all the data")
+    if engine.device != "auto":
+        try:
+            kind = torch_device_type(engine.device)
+        except (RuntimeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ConfigError(f"invalid engine config: device '{engine.device}' (use auto, cpu, cuda or cuda:N)")
     if engine.threads is not None and engine.threads < 1:
         raise ConfigError("invalid engine config: threads must be a positive integer")
     try:
@@ -186,6 +193,12 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
         raise ConfigError(f"invalid data config: mm_calib needs a LLaVA model; {model} is a text-only model")
     if data.mm_calib and (facts or {}).get("image_processor"):
         raise ConfigError(f"invalid data config: mm_calib needs the model's image processor: {facts['image_processor']}")
+
+
+def torch_device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 #: settings of the data section that older run directories kept in the engine section

@@ -87,6 +87,8 @@ class EvaluatorActor:
                 "text_independent_of_projector": ev.text_independent_of_projector,
                 "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
                 "pid": os.getpid(), "device": ev.engine.device, "threads": torch.get_num_threads(),
+                "dtype": str(ev.pruner.dtype).removeprefix("torch."), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "screen_dtype": str(ev.screen_dtype or ev.pruner.dtype).removeprefix("torch."),
                 "restarted": self.restarted}
 

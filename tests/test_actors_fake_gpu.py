@@ -1,0 +1,77 @@
+"""The GPU schedule on a CPU machine: Ray nodes that declare GPUs (ray.cluster_utils.Cluster, num_gpus=2), the computation kept on the CPU by engine.device=cpu; bundles with fractional GPUs, the device Ray assigns, a restart in a GPU bundle."""
+import pytest
+
+from efficientllava.actors.evaluator_actor import actor_device
+
+
+@pytest.mark.parametrize("setting, gpu_ids, device", [
+    ("auto", ["1"], "cuda"),  # Ray sets CUDA_VISIBLE_DEVICES=1: 'cuda' is that GPU
+    ("auto", [], "cpu"),
+    ("cpu", ["0"], "cpu"),  # an explicit cpu keeps the computation off the GPU of the bundle
+    ("cuda:0", ["3"], "cuda:0"),
+])
+def test_the_actor_device_follows_the_setting_then_the_assigned_gpu(setting, gpu_ids, device):
+    assert actor_device(setting, gpu_ids) == device
+
+
+def test_an_unknown_device_is_one_line(tiny_llava_dir):
+    from efficientllava.actors.config import ConfigError
+    from ray_helpers import tiny_run
+
+    with pytest.raises(ConfigError, match="device 'tpu'"):
+        tiny_run(tiny_llava_dir, engine={"device": "tpu"})
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_cluster(tmp_path_factory):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import faults
+
+    fault = tmp_path_factory.mktemp("fault") / "kill-an-evaluator"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=2)  # declared, not real: nothing here may touch CUDA
+    ray.init(address=cluster.address, runtime_env=faults.runtime_env(fault), log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield fault
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.ray
+def test_search_with_half_a_gpu_per_actor_on_a_fake_gpu_node(fake_gpu_cluster, tiny_llava_dir, tmp_path):
+    """Two evaluators in bundles {CPU: 1, GPU: 0.5}: Ray assigns each a GPU and sets CUDA_VISIBLE_DEVICES to it,
+    engine.device=cpu keeps the work on the CPU (fp32, as the automatic dtype says for a CPU); one evaluator is
+    killed mid-candidate and Ray restarts it in its GPU bundle; the search finishes at its target."""
+    import json
+
+    import ray
+    from ray.util import placement_group_table
+
+    from efficientllava.actors.run import run_search
+    from ray_helpers import tiny_run
+
+    fake_gpu_cluster.write_text("0")  # the first candidate scored kills its evaluator
+    seen = {}
+
+    def on_ready(pool):
+        seen.update(facts=pool.facts, gpus=pool.gpus, bundles=placement_group_table(pool.pg)["bundles"],
+                    free_gpus=ray.available_resources().get("GPU", 0.0))
+
+    run = tiny_run(tiny_llava_dir, search={"population": 4, "generations": 2}, engine={"device": "cpu"},
+                   ray={"actors": 2, "cpus_per_actor": 1, "gpus_per_actor": 0.5})
+    logs = []
+    summary = run_search(run, str(tmp_path / "run"), progress=False, log=logs.append, on_ready=on_ready)
+    assert seen["gpus"] == 0.5
+    assert [b.get("GPU") for b in seen["bundles"].values()] == [0.5, 0.5]
+    assert seen["free_gpus"] == pytest.approx(1.0)  # 2 declared, 2 x 0.5 held by the bundles
+    for f in seen["facts"]:
+        assert f["device"] == "cpu" and f["dtype"] == "float32"
+        assert f["gpu_ids"] and f["cuda_visible_devices"] == ",".join(f["gpu_ids"])
+    assert not fake_gpu_cluster.exists(), "the fault was injected"
+    assert summary["stats"]["actor_failures"] == 1 and summary["stats"]["reruns"] == 1, logs
+    doc = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert abs(doc["mean_sparsity"] - 0.5) <= 0.01 + 1e-9
