@@ -85,6 +85,9 @@ class RayOptions(BaseModel):
     memory_per_actor_gb: Optional[float] = Field(None, ge=0,
                                                  description="host memory per actor in GiB, in its bundle (None: "
                                                  "estimated from the checkpoint, actors/memory_request.py; 0: none)")
+    gpu_memory_gb: Optional[float] = Field(None, gt=0, description="memory of each GPU in GiB: evaluators that "
+                                           "cannot fit it are refused before any starts (actors/cluster_plan.py; "
+                                           "default: the driver's GPU 0 when it has one, else unchecked)")
     max_restarts: int = Field(3, ge=-1, description="restarts per actor (-1: unlimited)")
     candidate_retries: int = Field(3, ge=0, description="re-runs of one candidate after its actor died")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

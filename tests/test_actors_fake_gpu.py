@@ -75,3 +75,35 @@ def test_search_with_half_a_gpu_per_actor_on_a_fake_gpu_node(fake_gpu_cluster, t
     assert summary["stats"]["actor_failures"] == 1 and summary["stats"]["reruns"] == 1, logs
     doc = json.loads((tmp_path / "run" / "policy.json").read_text())
     assert abs(doc["mean_sparsity"] - 0.5) <= 0.01 + 1e-9
+
+
+@pytest.mark.ray
+def test_a_plan_that_cannot_fit_the_gpus_is_refused_before_any_actor_starts(fake_gpu_cluster, tiny_llava_dir,
+                                                                              tmp_path):
+    """Two evaluators per fake GPU whose declared memory (ray.gpu_memory_gb) holds one of them: one line saying
+    what to change, and no actor or placement group was started."""
+    import ray
+    from ray.util import placement_group_table
+
+    from efficientllava.actors.cluster_plan import block_working_set, device_peak
+    from efficientllava.actors.config import ConfigError
+    from efficientllava.actors.memory_request import GiB, model_parameters
+    from efficientllava.actors.run import run_search
+    from efficientllava.prune_engine.models.loading import model_facts
+    from ray_helpers import tiny_run
+
+    facts = model_facts(str(tiny_llava_dir))
+    text = {"hidden_size": facts["hidden"], "intermediate_size": facts["intermediate"],
+            "num_attention_heads": facts["heads"], "num_key_value_heads": facts["kv_heads"],
+            "vocab_size": facts["vocab"]}
+    per_actor = device_peak(model_parameters(str(tiny_llava_dir)) * 2, block_working_set(text, 1), "sequential")
+    groups = len(placement_group_table())
+    run = tiny_run(tiny_llava_dir, engine={"mode": "sequential"},  # auto device: the (fake) GPU, float16
+                   ray={"actors": 2, "cpus_per_actor": 1, "gpus_per_actor": 0.5,
+                        "gpu_memory_gb": 1.5 * per_actor / GiB})
+    with pytest.raises(ConfigError) as exc:
+        run_search(run, str(tmp_path / "run"), progress=False, log=lambda m: None)
+    message = str(exc.value)
+    assert "\n" not in message and "2 evaluator(s) per GPU" in message and "--gpus-per-actor 1" in message
+    named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    assert not [n for n in named if "evaluator" in n] and len(placement_group_table()) == groups

@@ -72,7 +72,8 @@ def model_facts(spec: str) -> dict | None:
     return {"llava": family is not None, "family": family.model_type if family else None,
             "max_positions": text.get("max_position_embeddings"),
             "vocab": text.get("vocab_size"), "hidden": text.get("hidden_size"),
-            "heads": text.get("num_attention_heads"), "layers": text.get("num_hidden_layers"),
+            "heads": text.get("num_attention_heads"), "kv_heads": text.get("num_key_value_heads"),
+            "layers": text.get("num_hidden_layers"),
             "intermediate": text.get("intermediate_size"),
             "image_processor": _missing_image_processor(spec, path) if family else None}
 
