@@ -163,3 +163,23 @@ def test_search_cli_in_float16_with_projector_steps(tiny_llava_dir, tmp_path):
     assert abs(language_model_sparsity(model) - 0.5) <= 0.01 + 1e-3
     assert any((p.float() != q.half().float()).any() for p, q in zip(model.model.multi_modal_projector.parameters(),
                                                                      dense.model.multi_modal_projector.parameters()))
+
+
+@pytest.mark.ray
+def test_demo_cli_in_bfloat16(tiny_llava_dir, tmp_path):
+    """`efficientllava demo --dtype bfloat16` on a tiny LLaVA: uniform, search and held-out evaluation all in
+    bfloat16 (the run's engine.dtype), the searched model saved in it."""
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "demo"
+    code, output = run("demo", "--model", tiny_llava_dir, "--dtype", "bfloat16", "--out", out, "--population", 3,
+                       "--generations", 1, "--nsamples", 4, "--seqlen", 32, "--mm-samples", 4, "--actors", 1,
+                       "--num-cpus", 2, "--eval-segments", 2, "--eval-seqlen", 32, "--eval-vqa", 4,
+                       "--time-budget", 0, "--set", "search.elites=1", "--set", "search.offspring=2")
+    assert code == 0, output
+    doc = json.loads((out / "demo.json").read_text())
+    assert doc["run"]["engine"]["dtype"] == "bfloat16"
+    for name in ("uniform", "searched"):
+        assert np.isfinite(doc["rows"][name]["ppl"]) and doc["rows"][name]["sparsity"] == pytest.approx(0.5, abs=0.011)
+    for model_dir in (out / "uniform", out / "search" / "model"):
+        assert LlavaForConditionalGeneration.from_pretrained(model_dir, dtype="auto").dtype == torch.bfloat16
