@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from efficientllava.actors.memory_request import GiB, estimate_actor_memory
+from efficientllava.prune_engine.working_set import block_working_set
 
 #: device peak = ALPHA x M + BETA x W per engine mode (W at one level: `block_working_set(text, 1)`): fitted by
 #: benchmarks/cluster_plan.py on the 135m and 360m rows of benchmarks/results/memory.json (level database on
@@ -63,17 +64,6 @@ SHAPES = {
     "llava-1.5-13b": Shape(5120, 13824, 40, 40, 40, 32064, 334_974_976),
     "qwen2.5-vl-7b": Shape(3584, 18944, 28, 28, 4, 152064, 676_550_144),
 }
-
-
-def block_working_set(text: dict, levels: int) -> int:
-    """W: one block's working set from the shapes: the larger of what SparseGPT holds for the block's largest
-    stage (the fp32 row stack at `levels` levels, twice, a boolean mask, three fp32 copies of the stage's
-    Hessian) and what the loss holds for one chunk of 512 targets (three fp32 arrays over the vocabulary)."""
-    hidden, inter = text["hidden_size"], text["intermediate_size"]
-    kv = 2 * text["num_key_value_heads"] * (hidden // text["num_attention_heads"])
-    stages = [(hidden + kv, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)]  # qkv, o, gate/up, down
-    sparsegpt = max(rows * levels * cols * (4 + 4 + 1) + 3 * 4 * cols * cols for rows, cols in stages)
-    return max(sparsegpt, 3 * 512 * text["vocab_size"] * 4)
 
 
 def device_peak(model_bytes: float, working_set: float, mode: str) -> float:

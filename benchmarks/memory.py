@@ -158,7 +158,7 @@ def batches(config, text_samples: int, seqlen: int, mm_samples: int, seed: int, 
 
 def block_working_set(size: str, levels: int) -> int:
     """W: one block's working set, from the shapes (see the module docstring; the formula is the cluster plan's)."""
-    from efficientllava.actors.cluster_plan import block_working_set as working_set
+    from efficientllava.prune_engine.working_set import block_working_set as working_set
 
     return working_set(SHAPES[size]["text"], levels)
 

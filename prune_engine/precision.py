@@ -30,14 +30,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_dtype(dtype: str) -> str:
+    """`dtype` when it is one of DTYPES, else a one-line ValueError."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    return dtype
+
+
 def model_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """The dtype of a model that computes on `device` (where it computes, not where it is loaded: an
     offloaded model is loaded on the CPU and still runs in the GPU's dtype)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
-    if dtype == "auto":
+    if check_dtype(dtype) == "auto":
         return torch.float32 if torch.device(resolve_device(str(device))).type == "cpu" else torch.float16
     return getattr(torch, dtype)
 

@@ -49,11 +49,9 @@ class PruneJob(BaseModel):
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v):
-        from efficientllava.prune_engine.precision import DTYPES
+        from efficientllava.prune_engine.precision import check_dtype
 
-        if v not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{v}'")
-        return v
+        return check_dtype(v)
 
     @field_validator("owl")
     @classmethod
