@@ -309,6 +309,8 @@ class RunConfig(BaseModel):
             raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
         search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
         engine, data = dict(extra["engine"]), dict(extra.get("data") or {})
+        if "dtype" not in engine and engine.get("device") == "cpu":
+            engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
         for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
             if key in engine:
                 data.setdefault(key, engine.pop(key))

@@ -107,3 +107,15 @@ def test_a_plan_that_cannot_fit_the_gpus_is_refused_before_any_actor_starts(fake
     assert "\n" not in message and "2 evaluator(s) per GPU" in message and "--gpus-per-actor 1" in message
     named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     assert not [n for n in named if "evaluator" in n] and len(placement_group_table()) == groups
+
+
+def test_a_run_saved_before_engine_device_was_honoured_keeps_choosing_by_gpu(tiny_llava_dir):
+    """Older run directories saved engine.device 'cpu' (then ignored: actors chose by their GPU) and no dtype."""
+    from efficientllava.actors.config import RunConfig
+    from ray_helpers import tiny_run
+
+    saved = tiny_run(tiny_llava_dir).search.to_dict()
+    saved["extra"]["engine"] = {k: v for k, v in saved["extra"]["engine"].items() if k != "dtype"} | {"device": "cpu"}
+    assert RunConfig.from_saved(saved).engine.device == "auto"
+    saved["extra"]["engine"]["dtype"] = "auto"  # saved now: an explicit cpu is kept
+    assert RunConfig.from_saved(saved).engine.device == "cpu"
