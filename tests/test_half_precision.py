@@ -183,3 +183,17 @@ def test_demo_cli_in_bfloat16(tiny_llava_dir, tmp_path):
         assert np.isfinite(doc["rows"][name]["ppl"]) and doc["rows"][name]["sparsity"] == pytest.approx(0.5, abs=0.011)
     for model_dir in (out / "uniform", out / "search" / "model"):
         assert LlavaForConditionalGeneration.from_pretrained(model_dir, dtype="auto").dtype == torch.bfloat16
+
+
+def test_the_automatic_dtype_follows_where_the_model_computes(tiny_llava_dir):
+    """auto: float16 on a GPU, float32 on a CPU, decided by the compute device, so an offloaded model (loaded on
+    the CPU, run on the GPU) is float16 as the memory estimate assumes."""
+    from efficientllava.prune_engine.models.loading import load_model
+    from efficientllava.prune_engine.precision import model_dtype
+
+    assert model_dtype("auto", "cpu") == torch.float32 and model_dtype("auto", "cuda:1") == torch.float16
+    assert model_dtype("bfloat16", "cuda") == torch.bfloat16 and model_dtype(torch.float16, "cpu") == torch.float16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        model_dtype("float8", "cpu")
+    adapter, _ = load_model(str(tiny_llava_dir), "auto", "cpu", compute_device="cuda")
+    assert adapter.model.dtype == torch.float16 and adapter.device.type == "cpu"
