@@ -27,11 +27,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from efficientllava.actors.config import ConfigError, RunConfig
 from efficientllava.actors.dense_loader import load_dense
-from efficientllava.actors.evaluator_actor import EvaluatorActor
+from efficientllava.actors.evaluator_actor import EvaluatorActor, actor_device
 from efficientllava.actors.learner_actor import LearnerActor
 from efficientllava.actors.memory_request import GiB, actor_memory
 from efficientllava.actors.object_holder import ObjectHolder
 from efficientllava.actors.schedule import Schedule
+from efficientllava.prune_engine.precision import model_dtype
 from efficientllava.search.protocol import Evaluation, ProjectorUpdate
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,50 @@ class ActorPool:
                               f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs (set --actors, --cpus-per-actor "
                               "or --gpus-per-actor)")
         engine = self.run.engine
+        on_gpu = self._device(gpus) != "cpu"
         memory, self.memory_how = actor_memory(self.opts.memory_per_actor_gb, engine.model, engine.mode,
-                                               len(self.levels), gpu=gpus > 0, offload=engine.offload,
-                                               on_disk=engine.offload_dir is not None)
+                                               len(self.levels), gpu=on_gpu, offload=engine.offload,
+                                               on_disk=engine.offload_dir is not None,
+                                               width=model_dtype(engine.dtype, self._device(gpus)).itemsize)
+        self._check_plan(gpus, on_gpu)
         memory_total = float(total.get("memory", 0))
         if n * memory > memory_total:
             raise ConfigError(f"the cluster has {memory_total / GiB:.1f} GiB of memory for tasks and actors; {n} "
                               f"evaluator actors need {n * memory / GiB:.1f} GiB ({memory / GiB:.2f} GiB each, {self.memory_how}) "
                               "(set --actors, or --set ray.memory_per_actor_gb=GIB per actor, 0 to request none)")
         return n, cpus, gpus, memory
+
+    def _check_plan(self, gpus: float, on_gpu: bool) -> None:
+        """Refuse, in one line saying what to change, evaluators whose GPU share or dense weights cannot fit
+        (the plan of actors/cluster_plan.py), before any actor starts."""
+        from efficientllava.actors.cluster_plan import actors_per_gpu, check_fits
+        from efficientllava.actors.memory_request import model_parameters
+        from efficientllava.prune_engine.models.adapter import ModelError
+        from efficientllava.prune_engine.models.loading import model_facts
+
+        engine = self.run.engine
+        try:
+            facts = model_facts(engine.model)
+        except ModelError:
+            facts = None
+        gpu_gb = self.opts.gpu_memory_gb
+        if gpu_gb is None and on_gpu:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu_gb = torch.cuda.get_device_properties(0).total_memory / GiB
+        stores = [float(n["Resources"].get("object_store_memory", 0)) for n in ray.nodes() if n.get("Alive")]
+        try:
+            check_fits(model_parameters(engine.model), facts, engine.mode, len(self.levels),
+                       model_dtype(engine.dtype, self._device(gpus)).itemsize, engine.offload,
+                       engine.offload_dir is not None, actors_per_gpu(gpus) if on_gpu else 0,
+                       gpu_gb if on_gpu else None, max(stores) if stores else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _device(self, gpus: float) -> str:
+        """Where the evaluators compute (as each actor decides it: evaluator_actor.actor_device)."""
+        return actor_device(self.run.engine.device, [0] if gpus > 0 else [])
 
     def _start(self) -> None:
         n, cpus, gpus, memory = self._resources()
@@ -119,7 +155,7 @@ class ActorPool:
             raise RuntimeError(f"the placement group for {n} evaluator actors ({bundle} each) was not ready after "
                                f"{self.opts.ready_timeout_s:g} s")
         engine = self.run.engine.model_dump(mode="json")
-        dtype = "float16" if gpus else "float32"
+        dtype = str(model_dtype(self.run.engine.dtype, self._device(gpus))).removeprefix("torch.")
         t0 = time.perf_counter()
         # num_cpus=0: the bundle's CPUs belong to the actors, which wait for these weights
         self.weights_ref, self.projector0_ref = load_dense.options(

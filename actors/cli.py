@@ -16,7 +16,7 @@ eval_app = typer.Typer(help="Evaluate a (pruned) model.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 from efficientllava.actors.demo import DEMO_DEFAULTS, DEMO_HELDOUT_VQA, DEMO_TIME_BUDGET_S
-from efficientllava.actors.options import (DATA, OFFLOAD, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
+from efficientllava.actors.options import (DATA, DTYPE, OFFLOAD, HELDOUT, RAY, RUN, TEXT_HELP, VQA_HELP, ConfigOption, DeviceOption, JsonOption,
                             ModelOption, PresetOption, SetOption, heldout_config, run_config, with_settings)
 
 
@@ -76,7 +76,7 @@ def resumable(how_to_continue: str):
 
 
 @app.command()
-@with_settings(DATA + OFFLOAD, presets=False)
+@with_settings(DATA + DTYPE + OFFLOAD, presets=False)
 def prune(
     settings: dict,
     model: str = ModelOption,
@@ -115,6 +115,7 @@ def prune(
         check_seqlen(model, data.seqlen)
         job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, owl=owl,
                        owl_m=owl_m, data=data, device=device, overwrite=overwrite,
+                       dtype=settings["engine.dtype"] or "auto",
                        offload=bool(settings["engine.offload"]), offload_dir=settings["engine.offload_dir"])
         run_prune(job, log=lambda m: typer.echo(m, err=True))
 

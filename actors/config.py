@@ -92,6 +92,9 @@ class RayOptions(BaseModel):
     memory_per_actor_gb: Optional[float] = Field(None, ge=0,
                                                  description="host memory per actor in GiB, in its bundle (None: "
                                                  "estimated from the checkpoint, actors/memory_request.py; 0: none)")
+    gpu_memory_gb: Optional[float] = Field(None, gt=0, description="memory of each GPU in GiB: evaluators that "
+                                           "cannot fit it are refused before any starts (actors/cluster_plan.py; "
+                                           "default: the driver's GPU 0 when it has one, else unchecked)")
     max_restarts: int = Field(3, ge=-1, description="restarts per actor (-1: unlimited)")
     candidate_retries: int = Field(3, ge=0, description="re-runs of one candidate after its actor died")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -136,6 +139,13 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
     if search.offspring and engine.mode != "database":
         raise ConfigError("invalid run config: search.offspring (screening children on a slice of the proxy data) "
                           "needs engine.mode database; sequential mode prunes every candidate on all the data")
+    if engine.device != "auto":
+        try:
+            kind = torch_device_type(engine.device)
+        except (RuntimeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise ConfigError(f"invalid engine config: device '{engine.device}' (use auto, cpu, cuda or cuda:N)")
     if engine.threads is not None and engine.threads < 1:
         raise ConfigError("invalid engine config: threads must be a positive integer")
     try:
@@ -193,6 +203,12 @@ def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, 
         raise ConfigError(f"invalid data config: mm_calib needs a LLaVA model; {model} is a text-only model")
     if data.mm_calib and (facts or {}).get("image_processor"):
         raise ConfigError(f"invalid data config: mm_calib needs the model's image processor: {facts['image_processor']}")
+
+
+def torch_device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 #: settings of the data section that older run directories kept in the engine section
@@ -300,6 +316,8 @@ class RunConfig(BaseModel):
             raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
         search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
         engine, data = dict(extra["engine"]), dict(extra.get("data") or {})
+        if "dtype" not in engine and engine.get("device") == "cpu":
+            engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
         for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
             if key in engine:
                 data.setdefault(key, engine.pop(key))

@@ -62,6 +62,7 @@ def run_demo(job: DemoJob, log=print) -> dict:
     from efficientllava.actors.observe import heartbeat
     from efficientllava.actors.run import check_new_run_dir, run_search
     from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
+    from efficientllava.prune_engine.precision import resolve_device
     from efficientllava.prune_engine.prune import PruneJob, run_prune
     from efficientllava.search.events import OffspringSized
 
@@ -77,7 +78,8 @@ def run_demo(job: DemoJob, log=print) -> dict:
     log(f"[1/3] uniform SparseGPT at {s.target} on {e.model}, proxy data {d.nsamples}x{d.seqlen} text tokens + "
         f"{d.mm_samples if d.mm_calib else 0} image-text samples ({d.mm_calib or 'none'}){budget}")
     with heartbeat(log, "uniform SparseGPT"):
-        run_prune(PruneJob(model=e.model, out=out / "uniform", sparsity=s.target, data=d, progress=False), log=log)
+        run_prune(PruneJob(model=e.model, out=out / "uniform", sparsity=s.target, data=d, progress=False,
+                           device=resolve_device(e.device), dtype=e.dtype), log=log)
     prune_s = time.perf_counter() - t0
     log(f"[2/3] held-out evaluation ({h.split} split): {h.segments}x{h.seqlen} tokens of "
         f"{' and '.join(h.text_sets().values())}, {h.vqa} questions of each of {', '.join(h.vqa_sets().values())} "
@@ -88,7 +90,7 @@ def run_demo(job: DemoJob, log=print) -> dict:
         nonlocal eval_s
         t1 = time.perf_counter()
         with heartbeat(log, f"evaluating {name}"):
-            rows[name] = heldout_metrics(spec, h)
+            rows[name] = heldout_metrics(spec, h, device=e.device, dtype=e.dtype)
         eval_s = max(eval_s, time.perf_counter() - t1)
         log(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[name].items())
             + f" ({time.perf_counter() - t1:.0f} s)")

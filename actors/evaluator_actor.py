@@ -26,6 +26,15 @@ from efficientllava.actors.object_holder import held_ref
 from efficientllava.prune_engine.tensors import unpack_tensors
 
 
+def actor_device(setting: str, gpu_ids: list) -> str:
+    """The device an evaluator computes on: engine.device when it is set (cpu keeps the computation on the
+    CPU even in a bundle with GPUs), else ('auto') the GPU Ray assigned to the actor, else the CPU.
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so 'cuda' is the first of them."""
+    if setting != "auto":
+        return setting
+    return "cuda" if gpu_ids else "cpu"
+
+
 @ray.remote
 class EvaluatorActor:
     def __init__(self, engine: dict, data: dict, levels: list[float], weights: list, index: int, run: str,
@@ -48,8 +57,8 @@ class EvaluatorActor:
             from efficientllava.prune_engine.scoring import CandidateScorer
 
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            gpu = bool(ray.get_gpu_ids())
-            spec = EngineConfig(**engine).model_copy(update={"device": "cuda" if gpu else "cpu"})
+            spec = EngineConfig(**engine)
+            spec = spec.model_copy(update={"device": actor_device(spec.device, ray.get_gpu_ids())})
             self.ev = CandidateScorer(spec, DataConfig(**data), levels,
                                       state_dict=unpack_tensors(ray.get(held_ref(weights))),
                                       build_database=not shared_database or self.restarted)
@@ -79,6 +88,8 @@ class EvaluatorActor:
                 "text_independent_of_projector": ev.text_independent_of_projector,
                 "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
                 "pid": os.getpid(), "device": ev.engine.device, "threads": torch.get_num_threads(),
+                "dtype": str(ev.pruner.dtype).removeprefix("torch."), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "screen_dtype": str(ev.screen_dtype or ev.pruner.dtype).removeprefix("torch."),
                 "restarted": self.restarted}
 

@@ -14,10 +14,11 @@ RUNTIME_BYTES = int(1.5 * GiB)
 
 
 def estimate_actor_memory(parameters: int | None, mode: str, levels: int, gpu: bool, offload: bool = False,
-                          on_disk: bool = False) -> int | None:
+                          on_disk: bool = False, width: int | None = None) -> int | None:
     """Bytes of host memory one evaluator actor needs (None when the parameter count is unknown).
 
-    The actors work in fp32 on CPU and fp16 on a GPU (actors/actor_pool.py loads the weights so):
+    The actors hold the model in engine.dtype, `width` bytes per parameter (default: the automatic
+    dtype, fp32 on CPU and fp16 on a GPU; actors/actor_pool.py loads the weights so):
     with W = parameters x that width,
 
     * CPU actor: the model: W;
@@ -33,7 +34,7 @@ def estimate_actor_memory(parameters: int | None, mode: str, levels: int, gpu: b
     """
     if parameters is None:
         return None
-    weights = parameters * (2 if gpu else 4)
+    weights = parameters * (width or (2 if gpu else 4))
     copies = 1 + (1 if gpu and offload else 0) + (0 if on_disk else 1 + (levels if mode == "database" else 0))
     return RUNTIME_BYTES + copies * weights
 
@@ -90,11 +91,11 @@ def model_parameters(model: str) -> int | None:
 
 
 def actor_memory(setting_gb: float | None, model: str, mode: str, levels: int, gpu: bool, offload: bool = False,
-                 on_disk: bool = False) -> tuple[int, str]:
+                 on_disk: bool = False, width: int | None = None) -> tuple[int, str]:
     """(bytes to request per evaluator actor, how: 'set' | 'estimated' | 'none'); 0 bytes: request none.
 
     `setting_gb`: ray.memory_per_actor_gb (GiB; 0: none; None: the estimate)."""
     if setting_gb is not None:
         return int(setting_gb * GiB), ("set" if setting_gb > 0 else "none")
-    estimate = estimate_actor_memory(model_parameters(model), mode, levels, gpu, offload, on_disk)
+    estimate = estimate_actor_memory(model_parameters(model), mode, levels, gpu, offload, on_disk, width)
     return (estimate, "estimated") if estimate else (0, "none")

@@ -75,6 +75,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "level once, stitch candidates)."),
     Setting("engine.loss", str, "Token loss of the fitness: kl (to the dense model) | ce (to the labels)."),
     Setting("engine.threads", int, "Torch threads per evaluator (default: int(cpus_per_actor))."),
+    Setting("engine.dtype", str, "Model dtype: auto (float16 on a GPU, float32 on a CPU) | float32 | bfloat16 | "
+            "float16; Hessians, OBS updates and the projector's weights and gradient stay in float32."),
     Setting("engine.offload", bool, "Keep the decoder blocks in CPU memory and move each to --device only while "
             "it runs (a model larger than the GPU).", flag="--offload"),
     Setting("engine.offload_dir", str, "Local directory for the dense weight copies and the level database as "
@@ -111,6 +113,7 @@ PANELS = {"engine": "Model and engine", "search": "Search", "data": "Calibration
 RUN = tuple(k for k in SETTINGS if k.split(".")[0] in ("engine", "search", "data", "ray"))
 DATA = tuple(k for k in SETTINGS if k.startswith("data."))
 OFFLOAD = ("engine.offload", "engine.offload_dir")
+DTYPE = ("engine.dtype",)
 RAY = tuple(k for k in SETTINGS if k.startswith("ray."))
 HELDOUT = tuple(k for k in SETTINGS if k.startswith("heldout."))
 

@@ -105,7 +105,7 @@ def search_trial(config: dict) -> None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         run_search(run, str(run_dir), progress=False, log=quiet)
     doc = json.loads((run_dir / "policy.json").read_text())
-    row = heldout_metrics(str(run_dir / "model"), job.heldout)
+    row = heldout_metrics(str(run_dir / "model"), job.heldout, device=run.engine.device, dtype=run.engine.dtype)
     tune.report({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()},
                  "fitness": doc["fitness"], "l_proxy": doc["l_proxy"], "g": doc["g"],
                  "mean_sparsity": doc.get("achieved_mean_sparsity", doc["mean_sparsity"]),

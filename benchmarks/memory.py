@@ -157,13 +157,10 @@ def batches(config, text_samples: int, seqlen: int, mm_samples: int, seed: int, 
 
 
 def block_working_set(size: str, levels: int) -> int:
-    """W: one block's working set, from the shapes (see the module docstring)."""
-    t = SHAPES[size]["text"]
-    hidden, inter = t["hidden_size"], t["intermediate_size"]
-    kv = 2 * t["num_key_value_heads"] * (hidden // t["num_attention_heads"])
-    stages = [(hidden + kv, hidden), (hidden, hidden), (2 * inter, hidden), (hidden, inter)]  # qkv, o, gate/up, down
-    sparsegpt = max(rows * levels * cols * (4 + 4 + 1) + 3 * 4 * cols * cols for rows, cols in stages)
-    return max(sparsegpt, 3 * 512 * t["vocab_size"] * 4)
+    """W: one block's working set, from the shapes (see the module docstring; the formula is the cluster plan's)."""
+    from efficientllava.prune_engine.working_set import block_working_set as working_set
+
+    return working_set(SHAPES[size]["text"], levels)
 
 
 # ---- one row (a child process) -------------------------------------------------------------

@@ -11,13 +11,23 @@ same, the peak memory is that of one micro-batch and one block.
 The loss is the fitness's image-text term (docs/method.md §4 step 5, one objective): answer-token
 cross-entropy to the labels, or — with a `teacher`, the dense model's answer-token log-probabilities
 (`answer_logprobs`, computed once) — the KL divergence from the dense model's answer distribution.
+
+In float16 the backward is loss-scaled (`scaled_gradients`): the loss is multiplied by a power of
+two before the backward, so gradients below float16's smallest subnormal (6e-8) stay representable,
+and the gradient is unscaled in float32; a scale that overflows is halved and the backward redone.
+bfloat16 has float32's exponent range and needs no scaling.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from efficientllava.prune_engine.models.adapter import ModelAdapter
+
+#: the first loss scale of a float16 backward (halved while the scaled gradient overflows)
+FP16_LOSS_SCALE = 2.0 ** 16
 
 
 def _answer_count(batch: dict) -> int:
@@ -60,15 +70,40 @@ def summed_answer_loss(adapter: ModelAdapter, batch: dict, checkpointing: bool =
 
 
 def backward_mean_answer_loss(adapter: ModelAdapter, microbatches: list[dict], checkpointing: bool = False,
-                              teachers: list[torch.Tensor] | None = None) -> float:
+                              teachers: list[torch.Tensor] | None = None, scale: float = 1.0) -> float:
     """Mean answer-token loss over the micro-batches of one mini-batch (with `teachers`, one per micro-batch:
-    the KL to the dense model); its gradient is accumulated into the `.grad` of every parameter that requires
-    one (each micro-batch's backward runs before the next forward)."""
+    the KL to the dense model); its gradient, times `scale`, is accumulated into the `.grad` of every
+    parameter that requires one (each micro-batch's backward runs before the next forward)."""
     count = max(sum(_answer_count(b) for b in microbatches), 1)
     total = 0.0
     for i, batch in enumerate(microbatches):
         with torch.enable_grad():
             loss, _ = summed_answer_loss(adapter, batch, checkpointing, None if teachers is None else teachers[i])
-            (loss / count).backward()
+            (loss * (scale / count)).backward()
         total += float(loss.detach())
     return total / count
+
+
+def scaled_gradients(backward, params: list[torch.Tensor], scale: float | None = None,
+                     min_scale: float = 1.0) -> tuple[float, list[torch.Tensor]]:
+    """(loss, float32 gradients of `params`) of ``backward(scale) -> loss``, a backward pass that
+    accumulates scale x the gradient into the params' ``.grad``.
+
+    `scale` None: FP16_LOSS_SCALE when a parameter is float16, else 1 (no scaling). While the scaled
+    gradient is not finite and the scale is above `min_scale`, the scale is halved and the backward
+    redone; a non-finite loss or a gradient still not finite at `min_scale` is returned as it is (the
+    caller's finiteness check reports it)."""
+    if scale is None:
+        scale = FP16_LOSS_SCALE if any(p.dtype == torch.float16 for p in params) else 1.0
+    while True:
+        for p in params:
+            p.grad = None
+        value = backward(scale)
+        grads = [(p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)) / scale
+                 for p in params]
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite or not math.isfinite(value) or scale <= min_scale:
+            for p in params:
+                p.grad = None
+            return value, grads
+        scale /= 2

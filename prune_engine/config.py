@@ -62,7 +62,9 @@ class EngineConfig(BaseModel):
     mode: str = "sequential"  # or "database"
     granularity: str = "block"  # or "matrix"
     prefix_reuse: bool = True
-    device: str = "cpu"
+    device: str = "auto"  # where evaluators compute: auto (the GPU Ray gives an actor, else the CPU), cpu, cuda
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # the model's dtype (auto: fp16 on a GPU,
+    # fp32 on a CPU); Hessians, OBS updates, the projector's master weights and gradient stay in fp32
     threads: int | None = None  # torch threads in this evaluator (None: torch's default)
     loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
     # what the projector trains on (and the guard judges it by): "fitness", the fitness's own image-text term (one

@@ -1,4 +1,9 @@
-"""The precision of the screening forward: bfloat16 where the hardware multiplies it fast, else float32.
+"""Precision: the model's dtype (engine.dtype: float32, bfloat16, float16 or auto by device) and the screening forward's (bfloat16 where the hardware multiplies it fast, else float32).
+
+The model's weights and forward run in its dtype; what must not lose precision stays in float32
+whatever it is: the Hessians and the OBS updates (prune_engine/sparsegpt.py), the projector's
+master weights and optimizer (prune_engine/projector.py), and the projector gradient, which a
+half-precision backward scales against underflow (prune_engine/answer_loss.py).
 
 Screening (multi-fidelity selection, docs/method.md §4a) only ranks children, so it may run the
 stitched candidate in bfloat16: on a GPU with bf16 support or a CPU with AMX / AVX512-BF16 the
@@ -14,6 +19,32 @@ from functools import lru_cache
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: the model dtypes of engine.dtype / --dtype; auto: float16 on a GPU, float32 on a CPU
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str) -> str:
+    """engine.device as a torch device string: 'auto' is the GPU when one is visible here, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def check_dtype(dtype: str) -> str:
+    """`dtype` when it is one of DTYPES, else a one-line ValueError."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    return dtype
+
+
+def model_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The dtype of a model that computes on `device` (where it computes, not where it is loaded: an
+    offloaded model is loaded on the CPU and still runs in the GPU's dtype)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if check_dtype(dtype) == "auto":
+        return torch.float32 if torch.device(resolve_device(str(device))).type == "cpu" else torch.float16
+    return getattr(torch, dtype)
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,7 @@ class PruneJob(BaseModel):
     blocksize: int = 128
     percdamp: float = 0.01
     device: str = "cpu"
+    dtype: str = "auto"  # the model's dtype (precision.DTYPES; auto: fp16 on a GPU, fp32 on a CPU)
     offload: bool = False  # decoder blocks in CPU memory, each on the device only while it is pruned
     offload_dir: Path | None = None  # dense weight copies as memory-mapped files here (default: CPU memory)
     overwrite: bool = False
@@ -44,6 +45,13 @@ class PruneJob(BaseModel):
     def _pattern(cls, v):
         Pattern.parse(v)
         return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v):
+        from efficientllava.prune_engine.precision import check_dtype
+
+        return check_dtype(v)
 
     @field_validator("owl")
     @classmethod
@@ -161,7 +169,8 @@ def run_prune(job: PruneJob, log=print) -> dict:
             raise ModelError(f"--mm-calib needs a LLaVA model (image-text) with its image processor: {reason}")
         samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance)
         batches += vqa_batches(processor, samples, data.batch_size)
-    adapter, processor = load_model(job.model, device="cpu" if job.offload else job.device, processor=processor)
+    adapter, processor = load_model(job.model, job.dtype, "cpu" if job.offload else job.device, processor=processor,
+                                    compute_device=job.device)
     if job.offload:
         adapter.offload_blocks(job.device)
     check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from efficientllava.prune_engine.answer_loss import answer_logprobs, backward_mean_answer_loss, summed_answer_loss
+from efficientllava.prune_engine.answer_loss import (answer_logprobs, backward_mean_answer_loss, scaled_gradients,
+                                                     summed_answer_loss)
 from efficientllava.prune_engine.config import DataConfig, EngineConfig
 from efficientllava.prune_engine.data.calibration import (
     calibration_vqa,
@@ -24,9 +25,10 @@ from efficientllava.prune_engine.data.calibration import (
 )
 from efficientllava.prune_engine.models.loading import load_model, load_processor, model_identity
 from efficientllava.prune_engine.pipeline import SequentialPruner
-from efficientllava.prune_engine.precision import screen_dtype
+from efficientllava.prune_engine.precision import resolve_device, screen_dtype
 from efficientllava.prune_engine.projector import ProjectorError
 from efficientllava.prune_engine.sparsegpt import Pattern
+from efficientllava.prune_engine.tensors import pack_tensors, unpack_tensors
 from efficientllava.prune_engine.threads import use_threads
 
 
@@ -75,10 +77,12 @@ class CandidateScorer:
         mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
         self.samples = samples
         # state_dict: weights shared through the object store (then nothing is read from disk)
-        self.adapter, self.processor = load_model(engine.model, device="cpu" if engine.offload else engine.device,
-                                                  processor=processor, state_dict=state_dict)
+        device = resolve_device(engine.device)
+        self.adapter, self.processor = load_model(engine.model, engine.dtype, "cpu" if engine.offload else device,
+                                                  processor=processor, state_dict=state_dict,
+                                                  compute_device=device)
         if engine.offload:
-            self.adapter.offload_blocks(engine.device)
+            self.adapter.offload_blocks(device)
         if samples and not self.adapter.is_llava:
             raise ValueError(f"image-text proxy data needs a LLaVA model; {engine.model} is text-only")
         self.batches = text_screen + text_rest + mm_screen + mm_rest
@@ -121,7 +125,7 @@ class CandidateScorer:
                                        else int(engine.prefix_cache_gb * 2**30))
         self.projector_version = 0
         # None: the model's own; only an fp32 model screens in a lower precision (a GPU model is in half already)
-        low = screen_dtype(engine.screen_precision, engine.device)
+        low = screen_dtype(engine.screen_precision, device)
         self.screen_dtype = low if self.pruner.dtype == torch.float32 else None
         if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
             self.pruner.build_database(self.levels)
@@ -131,7 +135,7 @@ class CandidateScorer:
         """Build the database entries of blocks index, index + parts, ... and return them as arrays."""
         blocks = list(range(index, self.adapter.num_blocks, parts))
         self.pruner.build_database(self.levels, blocks)
-        return {key: (p.weight.numpy(), p.ratio, p.sq_norm, p.error)
+        return {key: (pack_tensors({"w": p.weight})["arrays"]["w"], p.ratio, p.sq_norm, p.error)
                 for key, p in self.pruner.database.items() if key[0] in blocks}
 
     def add_database(self, part: dict) -> None:
@@ -142,8 +146,9 @@ class CandidateScorer:
 
         with warnings.catch_warnings():  # read-only (object store) arrays: the weights are only copied from
             warnings.simplefilter("ignore", UserWarning)
-            for key, (weight, ratio, sq_norm, error) in part.items():
-                self.pruner.database[tuple(key)] = Pruned(torch.from_numpy(weight), ratio, sq_norm, error)
+            for key, (weight, ratio, sq_norm, error) in part.items():  # weight: (array, dtype) of pack_tensors
+                weight = unpack_tensors({"arrays": {"w": weight}, "aliases": {}})["w"]
+                self.pruner.database[tuple(key)] = Pruned(weight, ratio, sq_norm, error)
 
     # --- facts the search needs ------------------------------------------------------
     @property
@@ -220,17 +225,15 @@ class CandidateScorer:
         params = list(self.adapter.projector.parameters())
         for p in params:
             p.requires_grad_(True)
-            p.grad = None
-        try:
-            k = step % len(self.projector_steps)
-            value = backward_mean_answer_loss(self.adapter, self.projector_steps[k], self.engine.activation_checkpointing,
-                                              None if self.step_teachers is None else self.step_teachers[k])
+        k = step % len(self.projector_steps)
+        teachers = None if self.step_teachers is None else self.step_teachers[k]
+        try:  # a float16 model's backward is loss-scaled; the gradient comes back unscaled, in float32
+            value, grads = scaled_gradients(lambda scale: backward_mean_answer_loss(
+                self.adapter, self.projector_steps[k], self.engine.activation_checkpointing, teachers, scale), params)
         finally:
             for p in params:
                 p.requires_grad_(False)
-        grads = [p.grad.detach().float().cpu().numpy() for p in params]
-        for p in params:
-            p.grad = None
+        grads = [g.cpu().numpy() for g in grads]
         if not math.isfinite(value) or not all(np.isfinite(g).all() for g in grads):
             raise ProjectorError(f"non-finite projector {'loss' if not math.isfinite(value) else 'gradient'} at "
                                  f"projector step {step} (candidate mean sparsity {float(np.mean(ratios)):.3f}); "

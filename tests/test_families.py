@@ -277,3 +277,26 @@ def test_choice_scores_with_the_cached_prompt_equal_whole_sequences(family_dir):
                                                                                             samples)
     assert len(fast) == 2 and len(fast[0]) == len(samples[0].choices)
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(whole), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_scores_and_projector_gradient(family_dir, dtype):
+    """engine.dtype in half precision on every family: a database-mode candidate score and the projector
+    gradient (loss-scaled in float16) are finite, and the gradient did not underflow to zero."""
+    import numpy as np
+
+    from efficientllava.prune_engine.config import DataConfig, EngineConfig
+    from efficientllava.prune_engine.scoring import CandidateScorer
+
+    family, model_dir = family_dir
+    if processor_needs_torchvision(family):
+        pytest.skip(f"{family}: transformers cannot build its processor without torchvision")
+    engine = EngineConfig(model=str(model_dir), mode="database", dtype=dtype, monitor_samples=2, projector_batch=2)
+    scorer = CandidateScorer(engine, DataConfig(nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6),
+                             [PRUNED])
+    assert scorer.pruner.dtype == getattr(torch, dtype)
+    ratios = np.full(scorer.adapter.num_blocks, PRUNED)
+    score = scorer.evaluate(ratios)
+    assert np.isfinite([score.l_text, score.l_mm]).all()
+    value, grads = scorer.projector_gradient(ratios, 0)
+    assert np.isfinite(value) and any(np.abs(g).max() > 0 for g in grads)

@@ -355,11 +355,29 @@ def end_of_turn(processor) -> str:
 
 
 def prompt_text(processor, sample: VQASample) -> str:
-    """The chat-formatted prompt of one sample (image placeholder + question), ending where the answer starts."""
+    """The chat-formatted prompt of one sample (image placeholder + question), ending where the answer starts,
+    beginning as the model's sequences begin (`with_bos`)."""
     text = f"{sample.context}\n{sample.question}" if sample.context else sample.question
     content = ([{"type": "image"}] if sample.image is not None else []) + [{"type": "text", "text": text}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    return with_bos(processor, processor.apply_chat_template([{"role": "user", "content": content}],
+                                                             add_generation_prompt=True, tokenize=False))
+
+
+def with_bos(processor, prompt: str) -> str:
+    """`prompt` with the tokenizer's BOS token in front when the tokenizer begins every sequence with one and the
+    chat template did not write it.
+
+    Prompts are tokenised with ``add_special_tokens=False`` (a chat template writes its own special tokens), but
+    some templates leave the BOS to the tokenizer: LLaVA-1.5's ``USER: <image>\n... ASSISTANT:`` is documented
+    with the processor's default tokenisation, which puts Vicuna's ``<s>`` first (so did the original LLaVA
+    training). Templates that write it (Gemma 3, Mistral 3) keep exactly one; tokenizers that add none (Qwen,
+    SmolLM2's ChatML) are left alone."""
+    tok = _tokenizer(processor)
+    bos, bos_id = tok.bos_token, tok.bos_token_id
+    if not bos or bos_id is None or prompt.startswith(bos):
+        return prompt
+    probe = tok("a", add_special_tokens=True)["input_ids"]
+    return bos + prompt if probe and probe[0] == bos_id else prompt
 
 
 #: processor outputs aligned with the tokens (one value per token): padded and extended with zeros

@@ -31,8 +31,11 @@ def heldout_questions(spec: str, heldout: HeldoutConfig) -> list:
     return [fresh[i] for i in seeded_subset(len(fresh), heldout.vqa, heldout.seed)]
 
 
-def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None) -> dict:
-    """The numbers the demo, the Tune sweep and the benchmarks compare models on.
+def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: dict[str, str] | None = None,
+                    device: str = "auto", dtype: str = "auto") -> dict:
+    """The numbers the demo, the Tune sweep and the benchmarks compare models on, with the model on
+    `device` (auto: the GPU when one is visible, else the CPU) in `dtype` (precision.DTYPES; auto:
+    float16 on a GPU, float32 on a CPU), as a run's engine.device and engine.dtype say.
 
     Perplexity on each text set of `heldout.text_sets()` (`segments` x `seqlen` tokens), accuracy
     (constrained choice) on `heldout.vqa` seeded questions of each VQA set of `vqa` ({column: spec};
@@ -44,7 +47,9 @@ def heldout_metrics(model: str, heldout: HeldoutConfig = HeldoutConfig(), vqa: d
     from efficientllava.prune_engine.models.loading import load_model
 
     vqa = heldout.vqa_sets() if vqa is None else vqa
-    adapter, processor = load_model(model)
+    from efficientllava.prune_engine.precision import resolve_device
+
+    adapter, processor = load_model(model, dtype, resolve_device(device))
     row = {}
     for name, spec in heldout.text_sets().items():
         ids = heldout_text(tokenizer_of(processor), spec, heldout)

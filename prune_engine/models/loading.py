@@ -72,7 +72,8 @@ def model_facts(spec: str) -> dict | None:
     return {"llava": family is not None, "family": family.model_type if family else None,
             "max_positions": text.get("max_position_embeddings"),
             "vocab": text.get("vocab_size"), "hidden": text.get("hidden_size"),
-            "heads": text.get("num_attention_heads"), "layers": text.get("num_hidden_layers"),
+            "heads": text.get("num_attention_heads"), "kv_heads": text.get("num_key_value_heads"),
+            "layers": text.get("num_hidden_layers"),
             "intermediate": text.get("intermediate_size"),
             "image_processor": _missing_image_processor(spec, path) if family else None}
 
@@ -231,15 +232,20 @@ def _check_loading_info(spec: str, info: dict) -> None:
 
 
 def load_model(spec: str, dtype: torch.dtype | str = "auto", device: str | None = None,
-               processor=None, state_dict: dict | None = None) -> tuple[ModelAdapter, object]:
+               processor=None, state_dict: dict | None = None,
+               compute_device: str | None = None) -> tuple[ModelAdapter, object]:
     """Load a model (directory, hub id, 'smollm2' or 'smol-llava') and its tokenizer/processor.
+
+    `dtype`: a torch dtype or one of precision.DTYPES; 'auto' is decided by `compute_device` (where
+    the model will run; default `device`): float16 on a GPU, float32 on a CPU.
 
     With `state_dict` (e.g. weights shared through the Ray object store) the weights are not read
     from disk: the model is built from its config without initialisation and the tensors are copied in.
     """
+    from efficientllava.prune_engine.precision import model_dtype
+
     path, config = _config(spec)
-    if dtype == "auto":
-        dtype = torch.float32 if (device or "cpu") == "cpu" else torch.float16
+    dtype = model_dtype(dtype, compute_device or device or "cpu")
     cls = _model_class(config)
     if state_dict is None:
         model, info = cls.from_pretrained(path, dtype=dtype, output_loading_info=True)
