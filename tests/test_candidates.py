@@ -239,14 +239,9 @@ def test_screening_in_bfloat16_is_close_to_fp32_and_full_scores_stay_exact(tiny_
         assert (f_low.l_text, f_low.l_mm) == (f_exact.l_text, f_exact.l_mm)  # full fidelity: the model's dtype
 
 
-def test_a_half_precision_model_screens_in_its_own_dtype(tiny_llava_dir, monkeypatch):
-    import functools
-
-    import efficientllava.prune_engine.scoring as scoring
-
-    monkeypatch.setattr(scoring, "load_model", functools.partial(scoring.load_model, dtype=torch.bfloat16))
+def test_a_half_precision_model_screens_in_its_own_dtype(tiny_llava_dir):
     spec = _configs(model=str(tiny_llava_dir), nsamples=2, seqlen=32, mode="database", screen_nsamples=1,
-                    screen_precision="bf16")
+                    screen_precision="bf16", dtype="bfloat16")
     ev = CandidateScorer(*spec, levels=[0.4, 0.5])
     assert ev.pruner.dtype == torch.bfloat16 and ev.screen_dtype is None
     assert ev.identity()["screen_dtype"] == "bfloat16"  # the model's own
