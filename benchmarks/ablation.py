@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
              f"(actors.config.PRESETS) with the overrides shown; uniform and OWL calibrate on the searches' "
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "
-             f"{settings.heldout.text}, {settings.heldout.vqa} questions per VQA set (the same for every model). "
+             f"{settings.heldout.text_spec} ({settings.heldout.split} split), {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
     print("\n" + "\n".join(verdict))
     write_results(args.name, f"Ablation on {settings.model} (Tables 1-2)", table,
