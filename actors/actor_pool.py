@@ -162,12 +162,12 @@ class ActorPool:
             num_returns=2, num_cpus=0, name=f"{self.run_name}.load_dense",
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         ).remote(engine, dtype)
-        # the holder and the learner need no resources of their own: they live in bundle 0 of the evaluators'
-        # placement group, so they move with it when its node is lost (never on a head node that runs no actors)
+        # the holder needs no resources and never restarts: by default Ray places it on the driver's node, which
+        # a worker node's loss leaves alone; the learner restarts, in bundle 0 of the evaluators' placement group
+        # (it moves with that bundle when its node is lost, and never lands on a head node that runs no actors)
         in_bundle_0 = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
         self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
-                                           num_cpus=0, scheduling_strategy=in_bundle_0,
-                                           ).remote([self.weights_ref, self.projector0_ref])
+                                           num_cpus=0).remote([self.weights_ref, self.projector0_ref])
         # database mode with several actors: each builds a share of the level database, all read all of it
         self.shared_database = self.run.engine.mode == "database" and n > 1
         self.actors = [self._make_actor(i, engine) for i in range(n)]

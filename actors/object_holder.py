@@ -4,16 +4,16 @@ Passing an ObjectRef to a restartable actor's constructor makes Ray log an error
 (ray#53727). The driver puts the refs in a named ``ObjectHolder`` and hands the actors a handle,
 which ``held_ref`` turns back into the ref: a restarted actor fetches it again the same way.
 
-The holder itself restarts without limit (its node may be lost or preempted like any other): Ray
-re-runs its constructor with the same refs, which the driver owns, so they stay valid (an object
-whose every copy was on the lost node is rebuilt by Ray from its task's lineage).
+The holder itself does not restart (a restartable actor with refs in its constructor arguments is
+what trips that warning): it is placed by Ray's default scheduling, on the driver's node when it
+can, so a worker node's loss leaves it alive; the head node's loss ends the run anyway (resume).
 """
 from __future__ import annotations
 
 import ray
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+@ray.remote(max_restarts=0)
 class ObjectHolder:
     """Holds ObjectRefs for actors that restart (see the module docstring)."""
 
