@@ -86,9 +86,10 @@ def test_search_end_to_end_on_a_local_cluster(tiny_llava_dir, tmp_path):
     code, output = run("search", "--model", tiny_llava_dir, "--target", 0.5, "--population", 4, "--generations", 2,
                        "--calib", "wiki:calib", "--mm-calib", "easy-vqa:train", "--eta", 0.5, "--out", out,
                        "--actors", 2, "--num-cpus", 2, "--nsamples", 4, "--seqlen", 32, "--mm-samples", 4,
-                       "--projector-lr", 0.01, "--set", "search.elites=2", "--set", "engine.loss=ce", "--no-progress")
-    # cross-entropy fitness: on this tiny model the KL objective is ~1e-3 and the guard drops every update, so
-    # only with CE does the run show that the projector moves
+                       "--projector-lr", 0.01, "--set", "search.elites=2", "--set", "search.projector_guard=false",
+                       "--no-progress")
+    # no guard: this test checks the command's plumbing (the projector steps reach the saved model); on a random
+    # tiny model the guard may rightly drop every update (its behaviour: tests/test_actors_search.py)
     assert code == 0, output
     assert not ray.is_initialized()  # the command shut down the cluster it started
     assert "2 evaluator actor(s) ready" in output and "generation 2/" in output and "best F" in output
