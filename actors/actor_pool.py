@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from efficientllava.actors.config import ConfigError, RunConfig
 from efficientllava.actors.dense_loader import load_dense
@@ -162,12 +162,15 @@ class ActorPool:
             num_returns=2, num_cpus=0, name=f"{self.run_name}.load_dense",
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         ).remote(engine, dtype)
-        # the holder needs no resources and never restarts: by default Ray places it on the driver's node, which
-        # a worker node's loss leaves alone; the learner restarts, in bundle 0 of the evaluators' placement group
-        # (it moves with that bundle when its node is lost, and never lands on a head node that runs no actors)
+        # the holder needs no resources and never restarts: it is pinned to the driver's node (Ray's default
+        # scheduling may put a zero-CPU actor on any node), which a worker node's loss leaves alone; the learner
+        # restarts, in bundle 0 of the evaluators' placement group (it moves with that bundle when its node is
+        # lost, and never lands on a head node that runs no actors)
         in_bundle_0 = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
+        on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.holder = ObjectHolder.options(name=f"{self.run_name}.weights", namespace=self.opts.namespace,
-                                           num_cpus=0).remote([self.weights_ref, self.projector0_ref])
+                                           num_cpus=0, scheduling_strategy=on_driver_node,
+                                           ).remote([self.weights_ref, self.projector0_ref])
         # database mode with several actors: each builds a share of the level database, all read all of it
         self.shared_database = self.run.engine.mode == "database" and n > 1
         self.actors = [self._make_actor(i, engine) for i in range(n)]

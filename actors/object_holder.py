@@ -5,8 +5,9 @@ Passing an ObjectRef to a restartable actor's constructor makes Ray log an error
 which ``held_ref`` turns back into the ref: a restarted actor fetches it again the same way.
 
 The holder itself does not restart (a restartable actor with refs in its constructor arguments is
-what trips that warning): it is placed by Ray's default scheduling, on the driver's node when it
-can, so a worker node's loss leaves it alive; the head node's loss ends the run anyway (resume).
+what trips that warning): it is pinned to the driver's node (a zero-CPU actor under Ray's default
+scheduling may land on any node), so a worker node's loss leaves it alive; the loss of the driver's
+node ends the run anyway (resume from the checkpoint).
 """
 from __future__ import annotations
 

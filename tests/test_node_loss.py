@@ -82,6 +82,7 @@ class NodeLoss:
     def on_ready(self, pool):
         self.pool = pool
         self.first_generation = pool.stats["candidates"]
+        self.holder_node = _actor_node(f"{pool.run_name}.weights")
 
     def on_candidate(self, summary):
         self.seen += 1
@@ -100,8 +101,8 @@ class NodeLoss:
 
 
 # evaluator 1's node holds a level-database part; evaluator 0's node also holds the learner (it lives in the
-# placement group's bundle 0; the object holder stays on the head, the driver's node). Removing that node (cluster.remove_node) passed as well when this
-# test was written; the suite keeps the two cases below for time.
+# placement group's bundle 0; the object holder is pinned to the head, the driver's node). Removing that node (cluster.remove_node)
+# passed as well when this test was written; the suite keeps the two cases below for time.
 @pytest.mark.parametrize("actor,how", [("evaluator-1", "remove"), ("learner", "sigterm")])
 def test_a_node_lost_mid_generation_gives_the_same_result(cluster, reference, tiny_llava_dir, tmp_path, actor, how):
     _refill(cluster)
@@ -109,6 +110,8 @@ def test_a_node_lost_mid_generation_gives_the_same_result(cluster, reference, ti
     out = tmp_path / "run"
     summary = run_search(_search(tiny_llava_dir), str(out), progress=False, **loss.hooks())
     assert loss.lost is not None, "the node was never lost: the test did not test anything"
+    # the holder of the weights' refs does not restart: it must live on the driver's node, never on a worker's
+    assert loss.holder_node == cluster.head_node.node_id
     assert_same_outcome(outcome(out), reference)
     stats = summary["stats"]  # what the run reports: which node, how much was redone and how long it took
     assert stats["nodes_lost"] == [loss.lost] and stats["reruns"] >= 1 and stats["restart_seconds"] > 0
