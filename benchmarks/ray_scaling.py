@@ -107,7 +107,7 @@ def main() -> None:
             "ray": {"actors": actors, "cpus_per_actor": 1}})
 
     load_start = os.getloadavg()[0]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         from efficientllava.actors.actor_pool import ActorPool
 

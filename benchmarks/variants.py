@@ -194,5 +194,6 @@ def ray_started(settings: Settings):
         if os.environ.get("RAY_ADDRESS"):  # join a running cluster (several benchmarks sharing one machine)
             ray.init(namespace="efficientllava", log_to_driver=False)
         else:
-            ray.init(namespace="efficientllava", include_dashboard=False, log_to_driver=False)
+            # address="local": a new cluster, never one that another process (a test's cluster) left as current
+            ray.init(address="local", namespace="efficientllava", include_dashboard=False, log_to_driver=False)
     return ray
