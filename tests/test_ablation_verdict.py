@@ -38,3 +38,37 @@ def test_paired_differences_per_seed_mean_sd_and_wins():
     assert ppl["sd"] == pytest.approx(15.811, abs=1e-3)
     assert acc["wins"] == 3 and acc["mean"] == pytest.approx(1.4) and acc["unit"] == "points"
     assert out["fashion_mnist"]["wins"] == 0 and "ppl_pydoc" not in out  # a metric the rows lack is left out
+
+
+def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy(monkeypatch, tmp_path):
+    """--cross-task: uniform and Full per seed with the proxy of one set only; the JSON's cross_task key holds,
+    per target and proxy, the other set's accuracy paired seed by seed (and only that set's)."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        calls.append((variant, target, settings.seed, settings.data["mm_calib"]))
+        bonus = 0.01 * settings.seed if variant == "full" else 0.0  # Full ahead on seeds 1, 2; level on seed 0
+        row = {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0, "ppl": 100.0,
+               "easy_vqa": 0.5 + bonus, "fashion_mnist": 0.4 + bonus, "easy_vqa_rephrased": 0.45,
+               "fashion_mnist_rephrased": 0.35 - bonus}
+        if variant == "full":
+            row.update(ratios=[target], evaluated=10, screened=0)
+        return row
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        name=name, table=table, data=data))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full", "--seeds", "0,1,2", "--cross-task",
+                          "--cached-only", "--work", str(tmp_path)]) == 0
+    proxies = {c[3] for c in calls if c[0] != "dense"}
+    assert proxies == {"easy-vqa:train,fashion-mnist:train", "easy-vqa:train", "fashion-mnist:train"}
+    assert sorted(c[2] for c in calls if c[3] == "easy-vqa:train") == [0, 0, 1, 1, 2, 2]  # uniform and Full per seed
+    cross = written["data"]["cross_task"]["0.7"]
+    assert set(cross["easy-vqa"]["paired"]) == {"fashion_mnist", "fashion_mnist_rephrased"}
+    assert set(cross["fashion-mnist"]["paired"]) == {"easy_vqa", "easy_vqa_rephrased"}
+    fm = cross["easy-vqa"]["paired"]["fashion_mnist"]
+    assert fm["per_seed"] == pytest.approx([0.0, 1.0, 2.0]) and fm["wins"] == 2 and fm["n"] == 3
+    assert cross["easy-vqa"]["paired"]["fashion_mnist_rephrased"]["wins"] == 0
+    assert "Cross-task" in written["table"] and "easy-vqa → Fashion-MNIST acc" in written["table"]
