@@ -359,8 +359,9 @@ def test_infeasible_population_is_one_error_and_writes_nothing(cluster, tiny_lla
     assert not out.exists()
     from ray.util.state import list_actors
 
-    for _ in range(20):  # and its actors are gone (ray.kill is asynchronous)
-        if not [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if (a.name or "").startswith("run-")]:
+    for _ in range(20):  # and its actors are gone (ray.kill is asynchronous); this cluster's, not any other's
+        if not [a for a in list_actors(address=cluster["address"], filters=[("state", "=", "ALIVE")])
+                if (a.name or "").startswith("run-")]:
             break
         time.sleep(0.5)
     else:

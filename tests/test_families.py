@@ -159,7 +159,7 @@ def local_ray():
     """One local Ray cluster for the searches of every family (each search joins it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="efficientllava")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="efficientllava")
     yield
     ray.shutdown()
 
