@@ -7,10 +7,12 @@
 
 Built from a preset, then a YAML/TOML file with those sections, then ``--set``, then CLI flags
 (actors/options.py derives the flags of every command from this one table of settings), validated
-completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the engine,
-data and Ray sections travel in ``SearchConfig.extra``, so the run directory's checkpoint alone
-rebuilds the run (``efficientllava resume RUN_DIR``). The Ray section is runtime-only: a resumed
-run may use another cluster, actor count or GPU share without changing its result.
+completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the search
+section as the checkpoint's search config, the engine, data and Ray sections as its app slot
+(:meth:`RunConfig.app`; ``app.yaml`` and every ``state.json``), so the run directory alone rebuilds
+the run (``efficientllava resume RUN_DIR``, :meth:`RunConfig.from_saved`). The Ray section is
+runtime-only: a resumed run may use another cluster, actor count or GPU share without changing its
+result.
 """
 from __future__ import annotations
 
@@ -238,9 +240,6 @@ class RunConfig(BaseModel):
             section = sections.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"invalid {name} config: expected a mapping, got {type(section).__name__}")
-            if name == "search":
-                extra = {k: v for k, v in (section.get("extra") or {}).items() if k not in ("engine", "data", "ray")}
-                section = {**section, "extra": extra}  # the other sections are rebuilt below
             if name == "engine" and set(section) & set(_LEGACY_ENGINE_DATA):
                 key = sorted(set(section) & set(_LEGACY_ENGINE_DATA))[0]
                 raise ConfigError(f"invalid engine config: '{key}' is a data setting: write data.{key}")
@@ -265,9 +264,6 @@ class RunConfig(BaseModel):
         if data.seed != search.seed and "seed" not in (sections.get("data") or {}):
             data = data.model_copy(update={"seed": search.seed})  # one --seed: the search's and the draw's
         _check_engine(engine, data, search, local)
-        extra = dict(search.extra, engine=engine.model_dump(mode="json"), data=data.model_dump(mode="json"),
-                     ray=ray_options.model_dump(mode="json"))
-        search = search.model_copy(update={"extra": extra})
         return cls(search=search, engine=engine, data=data, ray=ray_options)
 
     @classmethod
@@ -309,22 +305,13 @@ class RunConfig(BaseModel):
         return cls.from_sections(sections)
 
     @classmethod
-    def from_saved(cls, saved_search: dict[str, Any], ray_overrides: dict[str, Any] | None = None) -> "RunConfig":
-        """Rebuild from a run directory's saved search config (its ``extra`` holds engine, data and ray)."""
-        extra = dict(saved_search.get("extra") or {})
-        if "engine" not in extra:
-            raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
-        search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
-        engine, data = dict(extra["engine"]), dict(extra.get("data") or {})
-        if "dtype" not in engine and engine.get("device") == "cpu":
-            engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
-        for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
-            if key in engine:
-                data.setdefault(key, engine.pop(key))
-        ray_section = dict(extra.get("ray") or {})
-        ray_section.update({k: v for k, v in (ray_overrides or {}).items() if v is not None})
-        return cls.from_sections({"search": search, "engine": engine, "data": data, "ray": ray_section},
-                                 local=False)
+    def from_saved(cls, saved_search: dict[str, Any], ray_overrides: dict[str, Any] | None = None,
+                   app: dict[str, Any] | None = None) -> "RunConfig":
+        """Rebuild from a run directory's saved search config and app slot (``search.checkpoint.read_saved``);
+        `ray_overrides` (None values ignored) change where it runs, never its result."""
+        sections = saved_sections(saved_search, app)
+        sections["ray"].update({k: v for k, v in (ray_overrides or {}).items() if v is not None})
+        return cls.from_sections(sections, local=False)
 
     # ---- derived facts ----------------------------------------------------------------
     @property
@@ -333,10 +320,7 @@ class RunConfig(BaseModel):
 
     def sections(self, without: tuple[str, ...] = ()) -> dict[str, dict]:
         """The JSON-able sections (what a config file holds), less the dotted keys in `without`."""
-        sections = {"search": self.search.to_dict(), "engine": self.engine.model_dump(mode="json"),
-                    "data": self.data.model_dump(mode="json"), "ray": self.ray.model_dump(mode="json")}
-        sections["search"]["extra"] = {k: v for k, v in sections["search"]["extra"].items()
-                                       if k not in ("engine", "data", "ray")}
+        sections = {"search": self.search.to_dict(), **self.app()}
         for key in without:
             section, _, leaf = key.partition(".")
             sections[section].pop(leaf, None)
@@ -344,6 +328,36 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.sections(), sort_keys=False)
+
+    def app(self) -> dict[str, dict]:
+        """The checkpoint's app slot: every section but the search's (which the checkpoint keeps as its config)."""
+        return {"engine": self.engine.model_dump(mode="json"), "data": self.data.model_dump(mode="json"),
+                "ray": self.ray.model_dump(mode="json")}
+
+
+#: the sections that run directories older than the checkpoint's app slot (format 4) kept in the search config's extra
+_LEGACY_APP_KEYS = ("engine", "data", "ray")
+
+
+def saved_sections(saved_search: dict[str, Any], app: dict[str, Any] | None) -> dict[str, dict]:
+    """The sections of a saved run: the search config as saved, the others from the app slot. Every older layout
+    is read here, and only here: without an app slot (checkpoint format 4) the engine, data and Ray sections are
+    in the search config's ``extra``; older still, the data settings are in the engine section, and an explicit
+    engine device ``cpu`` saved before engine.device was honoured means ``auto``."""
+    search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
+    extra = dict(search.get("extra") or {})
+    legacy = {k: extra.pop(k) for k in _LEGACY_APP_KEYS if k in extra}
+    search["extra"] = extra
+    saved = app if app is not None else legacy
+    if "engine" not in saved:
+        raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
+    engine, data = dict(saved["engine"]), dict(saved.get("data") or {})
+    if "dtype" not in engine and engine.get("device") == "cpu":
+        engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
+    for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
+        if key in engine:
+            data.setdefault(key, engine.pop(key))
+    return {"search": search, "engine": engine, "data": data, "ray": dict(saved.get("ray") or {})}
 
 
 def read_sections(path: Path) -> dict[str, Any]:

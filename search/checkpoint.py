@@ -2,9 +2,11 @@
 
 Layout after generation t (t = completed generations):
     config.yaml                    the search config, written when the run starts
+    app.yaml                       the settings of the program that runs the search (its app slot; efficientllava:
+                                   engine, data and ray), written when the run starts; never read by search/
     history-<t>.parquet            one row per evaluated candidate, all generations so far
     projector-<t>.bin              projector + optimizer state (when there is a projector)
-    state.json                     population, RNG state, projector version, config,
+    state.json                     population, RNG state, projector version, config, app slot,
                                    model identity, and the name + sha256 of the two files
     committed.txt                  the last committed generation (written after state.json)
 Every file is written to a temporary name and then moved into place; ``state.json``
@@ -24,13 +26,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
+from .config import ConfigError
 from .rundir import RunDir
 
-FORMAT = 4  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale;
-# 4: infeasible (why a candidate with non-finite scores got fitness -inf)
+FORMAT = 5  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale;
+# 4: infeasible (why a candidate with non-finite scores got fitness -inf); 5: the app slot ("app": the settings of
+# the program that runs the search, which format 4 kept inside the search config's `extra`)
+READABLE = (4, 5)  # format 4 reads as 5 without an app slot ("app" absent: the program finds its settings in `extra`)
 STATE = "state.json"
 CONFIG = "config.yaml"
+APP = "app.yaml"
 COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
 
 HISTORY_SCHEMA = pa.schema(
@@ -112,8 +119,11 @@ class RunStore(RunDir):
                 f"nothing was changed: restore {STATE} from a backup, or start a new run with another --out")
 
     # ---- writing ----------------------------------------------------------------
-    def write_config(self, config_yaml: str) -> None:
-        self.write(CONFIG, config_yaml.encode())
+    def write_config(self, config: dict[str, Any], app: dict[str, Any] | None = None) -> None:
+        """When a run starts: the search config (config.yaml) and, when given, the app slot (app.yaml, first)."""
+        if app is not None:
+            self.write(APP, yaml.safe_dump(app, sort_keys=False).encode())
+        self.write(CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
 
     def save(self, state: dict[str, Any], history: pa.Table, projector: bytes | None) -> None:
         t = int(state["generation"])
@@ -156,7 +166,7 @@ class RunStore(RunDir):
             raise CheckpointError(f"corrupt {where}: {STATE} is not a valid checkpoint record") from None
         if checksum != _sha256(_canonical(body).encode()):
             raise CheckpointError(f"corrupt {where}: {STATE} checksum mismatch")
-        if body.get("format") != FORMAT:
+        if body.get("format") not in READABLE:
             raise CheckpointError(f"unsupported {where}: format {body.get('format')!r}, expected {FORMAT} (made by "
                                   "another version of efficientllava: start a new run)")
         files = {"history": None, "projector": None}
@@ -199,3 +209,24 @@ def read_history(run_dir: str) -> pa.Table:
 def read_config(run_dir: str) -> dict[str, Any]:
     """The saved config as a dict (to build the evaluator before resuming)."""
     return RunStore(run_dir).load()[0]["config"]
+
+
+def read_saved(run_dir: str) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """What a run directory says about its run: (search config, app slot or None, whether a checkpoint exists).
+    From the last checkpoint, else from what the run wrote when it started (config.yaml, app.yaml); a
+    CheckpointError when checkpoint files lost their state.json, a ConfigError when neither exists or a file
+    is not valid YAML."""
+    store = RunStore(run_dir)
+    store.check_not_orphaned()
+    if store.exists():
+        state = store.load()[0]
+        return state["config"], state.get("app"), True
+    if not store.is_file(CONFIG):
+        raise ConfigError(f"{run_dir}: no search run to resume (neither {STATE} nor {CONFIG} found)")
+    saved = []
+    for name in (CONFIG, APP):
+        try:
+            saved.append(yaml.safe_load(store.read(name)) if store.is_file(name) else None)
+        except yaml.YAMLError:
+            raise ConfigError(f"{run_dir}/{name} is not valid YAML") from None
+    return saved[0], saved[1], False
