@@ -44,12 +44,13 @@ def one_line_errors():
     from efficientllava.prune_engine.data.text import DataError
     from efficientllava.prune_engine.models.adapter import ModelError
     from efficientllava.prune_engine.sparsegpt import PruneConfigError
+    from efficientllava.search.config import SETTING_ERROR
 
     try:
         yield
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        where = "" if err["type"] == SETTING_ERROR else ".".join(str(p) for p in err["loc"])
         message = str(err["msg"]).removeprefix("Value error, ")
         typer.echo(f"error: {where + ': ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None
@@ -100,11 +101,6 @@ def prune(
         from efficientllava.prune_engine.models.loading import model_kind
         from efficientllava.prune_engine.prune import PruneJob, run_prune
 
-        if sparsity is not None and (pattern or policy):
-            raise ValueError(f"--sparsity conflicts with {'--pattern' if pattern else '--policy'}: "
-                             f"{'an N:M pattern fixes the sparsity' if pattern else 'the policy holds the ratios'}; "
-                             "drop --sparsity")
-        sparsity = 0.5 if sparsity is None else sparsity
         check_positive(batch_size=settings["data.batch_size"])
         data = DataConfig(**{k.partition(".")[2]: v for k, v in settings.items()
                              if v is not None and k.startswith("data.")})
@@ -113,7 +109,8 @@ def prune(
             check_output_dir(Path(settings["engine.offload_dir"]), "--offload-dir")
         model_kind(model)
         check_seqlen(model, data.seqlen)
-        job = PruneJob(model=model, out=out, sparsity=sparsity, pattern=pattern, policy=policy, owl=owl,
+        chosen = {} if sparsity is None else {"sparsity": sparsity}  # PruneJob knows a given one from its default
+        job = PruneJob(model=model, out=out, **chosen, pattern=pattern, policy=policy, owl=owl,
                        owl_m=owl_m, data=data, device=device, overwrite=overwrite,
                        dtype=settings["engine.dtype"] or "auto",
                        offload=bool(settings["engine.offload"]), offload_dir=settings["engine.offload_dir"])

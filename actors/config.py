@@ -7,10 +7,12 @@
 
 Built from a preset, then a YAML/TOML file with those sections, then ``--set``, then CLI flags
 (actors/options.py derives the flags of every command from this one table of settings), validated
-completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the engine,
-data and Ray sections travel in ``SearchConfig.extra``, so the run directory's checkpoint alone
-rebuilds the run (``efficientllava resume RUN_DIR``). The Ray section is runtime-only: a resumed
-run may use another cluster, actor count or GPU share without changing its result.
+completely before Ray starts (one-line :class:`ConfigError`), and saved with the run: the search
+section as the checkpoint's search config, the engine, data and Ray sections as its app slot
+(:meth:`RunConfig.app`; ``app.yaml`` and every ``state.json``), so the run directory alone rebuilds
+the run (``efficientllava resume RUN_DIR``, :meth:`RunConfig.from_saved`). The Ray section is
+runtime-only: a resumed run may use another cluster, actor count or GPU share without changing its
+result.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from efficientllava.prune_engine.config import DataConfig, EngineConfig
-from efficientllava.search.config import ConfigError, SearchConfig, parse_overrides, read_config_file
+from efficientllava.search.config import (SEARCH_ERRORS, ConfigError, SearchConfig, one_line, parse_overrides,
+                                          read_config_file, setting_error)
 from efficientllava.search.policy import levels_of
 
 SECTIONS = ("search", "engine", "data", "ray")
@@ -58,6 +61,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_layers(preset: str | None, file: dict[str, Any], file_keys: set[str],
+                  chosen: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The dotted settings laid beneath a run's chosen ones (a config `file`'s sections, whose dotted keys are
+    `file_keys`, and the `chosen` --set and flag values): the preset's, less what the file sets, under two rules
+    that keep a preset from overruling a choice it does not know about:
+
+    * engine.mode sequential chosen: the preset's screening (search.offspring, a database-mode feature) and
+      its engine.mode step aside;
+    * a population of at most 4 chosen without elites: population - 1 elites (at least one child per
+      generation), whatever the preset's (with or without a preset)."""
+    layers = [(k, v) for k, v in (PRESETS[preset].items() if preset else []) if k not in file_keys]
+    mode = chosen.get("engine.mode", (file.get("engine") or {}).get("mode"))
+    if str(mode) == "sequential":
+        layers = [(k, v) for k, v in layers if k not in ("search.offspring", "engine.mode")]
+    population = chosen.get("search.population", (file.get("search") or {}).get("population"))
+    if isinstance(population, int) and population <= 4 and "search.elites" not in file_keys | set(chosen):
+        layers = [(k, v) for k, v in layers if k != "search.elites"] + [("search.elites", max(1, population - 1))]
+    return layers
+
+
 def setting_default(key: str, preset: str | None = None) -> Any:
     """The value a dotted setting takes when nobody sets it: the preset's, else the section's default."""
     if preset and key in PRESETS[preset]:
@@ -66,15 +89,6 @@ def setting_default(key: str, preset: str | None = None) -> Any:
     kind = KINDS.get(section, RayOptions)
     field = kind.model_fields[leaf]
     return field.default
-
-
-def _validation_message(section: str, err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        return f"invalid {section} config: unknown key '{loc}'"
-    msg = str(e["msg"]).removeprefix("Value error, ")
-    return f"invalid {section} config: {loc + ': ' if loc else ''}{msg}".replace("\n", " ")
 
 
 class RayOptions(BaseModel):
@@ -119,103 +133,25 @@ class RayOptions(BaseModel):
         return self
 
 
-def _check_engine(engine: EngineConfig, data: DataConfig, search: SearchConfig, local: bool) -> None:
-    """Cheap checks that need no model weights and no data loading."""
-    from efficientllava.prune_engine.data.calibration import mm_specs
-    from efficientllava.prune_engine.data.text import DataError, parse_text_spec
-    from efficientllava.prune_engine.sparsegpt import Pattern
-
-    if engine.mode not in ("sequential", "database"):
-        raise ConfigError(f"invalid engine config: mode must be 'sequential' or 'database', got '{engine.mode}'")
-    if engine.granularity != search.granularity:
-        raise ConfigError(f"invalid engine config: granularity '{engine.granularity}' differs from the search's "
-                          f"'{search.granularity}' (set it once, in the search section)")
-    for key in ("projector_batch",):
-        if getattr(engine, key) < 1:
-            raise ConfigError(f"invalid engine config: {key} must be a positive integer")
-    for key in ("screen_nsamples", "screen_mm_samples", "fitness_nsamples"):
-        if getattr(engine, key) < 0:
-            raise ConfigError(f"invalid engine config: {key} must be 0 or a positive integer")
-    if search.offspring and engine.mode != "database":
-        raise ConfigError("invalid run config: search.offspring (screening children on a slice of the proxy data) "
-                          "needs engine.mode database; sequential mode prunes every candidate on all the data")
-    if engine.device != "auto":
-        try:
-            kind = torch_device_type(engine.device)
-        except (RuntimeError, ValueError):
-            kind = None
-        if kind not in ("cpu", "cuda"):
-            raise ConfigError(f"invalid engine config: device '{engine.device}' (use auto, cpu, cuda or cuda:N)")
-    if engine.threads is not None and engine.threads < 1:
-        raise ConfigError("invalid engine config: threads must be a positive integer")
-    try:
-        pattern = Pattern.parse(engine.pattern)
-    except ValueError as exc:
-        raise ConfigError(f"invalid engine config: pattern: {exc}") from None
-    if pattern.structured:
-        raise ConfigError(f"invalid engine config: an N:M pattern ({engine.pattern}) fixes the sparsity of every "
-                          "matrix; the search needs unstructured pruning")
-    try:
-        spec = parse_text_spec(data.calib)
-    except DataError as exc:
-        raise ConfigError(f"invalid data config: calib: {exc}") from None
-    if local and spec.kind in ("txt", "json") and not Path(spec.path).is_file():
-        raise ConfigError(f"invalid data config: calib: text file not found: {spec.path}")
-    if local and engine.offload_dir is not None:  # on a remote cluster the directory is the nodes'
-        from efficientllava.prune_engine.checks import check_output_dir
-
-        try:
-            check_output_dir(Path(engine.offload_dir), "offload_dir")
-        except ValueError as exc:
-            raise ConfigError(f"invalid engine config: {exc}") from None
-    if local:
-        from efficientllava.prune_engine.checks import check_text_budget
-
-        try:
-            check_text_budget(data.calib, data.nsamples, data.seqlen)
-        except (ValueError, DataError) as exc:
-            raise ConfigError(f"invalid data config: calib: {str(exc).removeprefix('--calib ')}") from None
-    if data.mm_calib is not None:
-        from efficientllava.prune_engine.data.hub import BENCHMARKS
-
-        for part in mm_specs(data.mm_calib) or [data.mm_calib]:
-            name = part.partition(":")[0]
-            if name not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
-                raise ConfigError(f"invalid data config: mm_calib: unknown image-text data '{part}' (use "
-                                  f"easy-vqa[:split], fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))}; "
-                                  "a comma-separated mix is allowed)")
-    from efficientllava.prune_engine.models.adapter import ModelError
-    from efficientllava.prune_engine.models.loading import model_facts
-
-    model = engine.model
-    try:
-        facts = model_facts(model)
-    except ModelError as exc:
-        if local or model.startswith("."):  # else the path may exist on the cluster only
-            raise ConfigError(f"invalid engine config: model: {exc}") from None
-        facts = None
-    is_llava = None if facts is None else facts["llava"]
-    limit = (facts or {}).get("max_positions")
-    if limit and data.seqlen > limit:
-        raise ConfigError(f"invalid data config: seqlen {data.seqlen} is beyond the model's context "
-                          f"({limit} positions)")
-    if data.mm_calib and is_llava is False:
-        raise ConfigError(f"invalid data config: mm_calib needs a LLaVA model; {model} is a text-only model")
-    if data.mm_calib and (facts or {}).get("image_processor"):
-        raise ConfigError(f"invalid data config: mm_calib needs the model's image processor: {facts['image_processor']}")
-
-
-def torch_device_type(device: str) -> str:
-    import torch
-
-    return torch.device(device).type
-
-
 #: settings of the data section that older run directories kept in the engine section
 _LEGACY_ENGINE_DATA = tuple(DataConfig.model_fields)
 
 
+def _one_line(err: ValidationError) -> str:
+    """A run config's first validation error, worded by its section (search.config.one_line)."""
+    errors = err.errors()
+    where = errors[0]["loc"]
+    section = str(where[0]) if where else "run"
+    mine = [dict(e, loc=e["loc"][1:]) for e in errors if e["loc"][:1] == where[:1]] if where else errors
+    return one_line(section, mine, **(SEARCH_ERRORS if section == "search" else {}))
+
+
 class RunConfig(BaseModel):
+    """The four sections of a run. Each setting has one owner and its constraint on its field (the section
+    classes); what is left here are the rules across sections (model validators) and the settings one section
+    copies from another (`_follow_owners`). Build it with `from_sections` / `load` / `from_saved`: they pass
+    the validation context (``{"local": ...}``, see prune_engine/config.py) and turn errors into one line."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     search: SearchConfig
@@ -226,7 +162,8 @@ class RunConfig(BaseModel):
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def from_sections(cls, sections: dict[str, Any], local: bool | None = None) -> "RunConfig":
-        """From ``{"search": {...}, "engine": {...}, "data": {...}, "ray": {...}}``; validates across sections."""
+        """From ``{"search": {...}, "engine": {...}, "data": {...}, "ray": {...}}``, validated within and across
+        sections. `local`: the paths are this machine's (default: without ray.address, a local cluster)."""
         if not isinstance(sections, dict):
             raise ConfigError(f"invalid run config: expected a mapping, got {type(sections).__name__}")
         unknown = set(sections) - set(SECTIONS)
@@ -238,63 +175,111 @@ class RunConfig(BaseModel):
             section = sections.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"invalid {name} config: expected a mapping, got {type(section).__name__}")
-            if name == "search":
-                extra = {k: v for k, v in (section.get("extra") or {}).items() if k not in ("engine", "data", "ray")}
-                section = {**section, "extra": extra}  # the other sections are rebuilt below
             if name == "engine" and set(section) & set(_LEGACY_ENGINE_DATA):
                 key = sorted(set(section) & set(_LEGACY_ENGINE_DATA))[0]
                 raise ConfigError(f"invalid engine config: '{key}' is a data setting: write data.{key}")
+            parts[name] = section
+        parts["search"] = SearchConfig(**parts["search"])  # first, in its own words (a one-line ConfigError)
+        local = local if local is not None else parts["ray"].get("address") is None
+        try:
+            return cls.model_validate(parts, context={"local": local})
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _follow_owners(cls, sections: Any, info: ValidationInfo) -> Any:
+        """Settings one section owns and another follows unless set there: engine.granularity is the search's,
+        data.seed the search's (one --seed: the search's and the draw's), engine.threads is fixed per run from
+        ray.cpus_per_actor (results must not depend on the cluster a run resumes on); a local model directory is
+        saved absolute (the run resumes from any folder)."""
+        if not isinstance(sections, dict) or not all(isinstance(sections.get(n, {}), dict) for n in SECTIONS[1:]):
+            return sections
+        search = sections.get("search", {})
+        if isinstance(search, dict):
+            search = SearchConfig(**search)
+        ray_section = sections.get("ray", {})
+        engine, data = dict(sections.get("engine", {})), dict(sections.get("data", {}))
+        engine.setdefault("granularity", search.granularity)
+        data.setdefault("seed", search.seed)
+        if engine.get("threads") is None:
             try:
-                parts[name] = KINDS.get(name, RayOptions)(**section)
-            except ValidationError as exc:
-                raise ConfigError(_validation_message(name, exc)) from None
-        search, engine, data, ray_options = parts["search"], parts["engine"], parts["data"], parts["ray"]
-        if "granularity" not in (sections.get("engine") or {}):
-            engine = engine.model_copy(update={"granularity": search.granularity})
-        local = local if local is not None else ray_options.address is None
-        if local:
+                engine["threads"] = max(1, int(float(ray_section.get("cpus_per_actor",
+                                                                    RayOptions.model_fields["cpus_per_actor"].default))))
+            except (TypeError, ValueError):
+                pass  # the ray section's own error says what is wrong
+        if (info.context or {}).get("local") and isinstance(engine.get("model"), str):
             from efficientllava.prune_engine.models.adapter import ModelError
             from efficientllava.prune_engine.models.loading import absolute_model
 
-            try:  # a local directory is saved absolute: the run resumes from any folder
-                engine = engine.model_copy(update={"model": absolute_model(engine.model)})
+            try:
+                engine["model"] = absolute_model(engine["model"])
             except ModelError:
-                pass  # reported by _check_engine below
-        if engine.threads is None:  # fixed per run: results must not depend on the cluster it resumes on
-            engine = engine.model_copy(update={"threads": max(1, int(ray_options.cpus_per_actor))})
-        if data.seed != search.seed and "seed" not in (sections.get("data") or {}):
-            data = data.model_copy(update={"seed": search.seed})  # one --seed: the search's and the draw's
-        _check_engine(engine, data, search, local)
-        extra = dict(search.extra, engine=engine.model_dump(mode="json"), data=data.model_dump(mode="json"),
-                     ray=ray_options.model_dump(mode="json"))
-        search = search.model_copy(update={"extra": extra})
-        return cls(search=search, engine=engine, data=data, ray=ray_options)
+                pass  # the engine's model field says what is wrong
+        return {**sections, "search": search, "engine": engine, "data": data}
+
+    @model_validator(mode="after")
+    def _one_search_space(self) -> "RunConfig":
+        """The engine prunes what the search searches: one granularity, unstructured patterns, and screening
+        (search.offspring) only where candidates are stitched from a level database."""
+        engine, search = self.engine, self.search
+        if engine.granularity != search.granularity:
+            raise setting_error(f"granularity '{engine.granularity}' differs from the search's "
+                                f"'{search.granularity}' (set it once, in the search section)", "engine")
+        if search.offspring and engine.mode != "database":
+            raise setting_error("search.offspring (screening children on a slice of the proxy data) needs "
+                                "engine.mode database; sequential mode prunes every candidate on all the data", "run")
+        from efficientllava.prune_engine.sparsegpt import Pattern
+
+        if Pattern.parse(engine.pattern).structured:
+            raise setting_error(f"an N:M pattern ({engine.pattern}) fixes the sparsity of every matrix; the search "
+                                "needs unstructured pruning", "engine")
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits_the_model(self) -> "RunConfig":
+        """Image-text data the search calibrates on is one it knows, and the model can take the data: its
+        context holds data.seqlen tokens, and image-text data needs a LLaVA model with its image processor
+        (from the model's files; a model that exists on the cluster only is not checked here)."""
+        data, model = self.data, self.engine.model
+        if data.mm_calib is not None:
+            from efficientllava.prune_engine.data.calibration import mm_specs
+            from efficientllava.prune_engine.data.hub import BENCHMARKS
+
+            for part in mm_specs(data.mm_calib) or [data.mm_calib]:
+                if part.partition(":")[0] not in ("easy-vqa", "fashion-mnist", *BENCHMARKS):
+                    raise setting_error(f"mm_calib: unknown image-text data '{part}' (use easy-vqa[:split], "
+                                        f"fashion-mnist[:split] or one of {', '.join(sorted(BENCHMARKS))}; "
+                                        "a comma-separated mix is allowed)", "data")
+        from efficientllava.prune_engine.models.adapter import ModelError
+        from efficientllava.prune_engine.models.loading import model_facts
+
+        try:
+            facts = model_facts(model) or {}
+        except ModelError:  # a model on the cluster only (the engine's model field refuses a local one)
+            facts = {}
+        limit = facts.get("max_positions")
+        if limit and data.seqlen > limit:
+            raise setting_error(f"seqlen {data.seqlen} is beyond the model's context ({limit} positions)", "data")
+        if data.mm_calib and facts.get("llava") is False:
+            raise setting_error(f"mm_calib needs a LLaVA model; {model} is a text-only model", "data")
+        if data.mm_calib and facts.get("image_processor"):
+            raise setting_error(f"mm_calib needs the model's image processor: {facts['image_processor']}", "data")
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
              sets: list[str] | None = None, preset: str | None = None) -> "RunConfig":
-        """A preset's settings (PRESETS) first, then the file's sections, then ``sets``
-        (``["search.elites=2", "data.nsamples=8"]``), then ``overrides`` (dotted keys, None values
-        ignored, as for unset CLI flags).
-
-        A population chosen at most 4 without a chosen elites count keeps population - 1 elites
-        (at least one child per generation), whatever the preset's elites."""
+        """A preset's settings (PRESETS, as `preset_layers` adapts them to what was chosen) first, then the
+        file's sections, then ``sets`` (``["search.elites=2", "data.nsamples=8"]``), then ``overrides``
+        (dotted keys, None values ignored, as for unset CLI flags)."""
         if preset is not None and preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (choose one of {', '.join(PRESETS)})")
         sections: dict[str, Any] = read_sections(Path(path)) if path is not None else {}
         file_keys = {f"{sec}.{k}" for sec, body in sections.items() if isinstance(body, dict) for k in body}
         chosen = [(k.replace("-", "_"), v) for k, v in list(parse_overrides(sets or []).items())
                   + list((overrides or {}).items()) if v is not None]
-        chosen_keys = file_keys | {k for k, _ in chosen}
-        layers = [(k, v) for k, v in (PRESETS[preset].items() if preset else []) if k not in file_keys]
-        mode = dict(chosen).get("engine.mode", (sections.get("engine") or {}).get("mode"))
-        if str(mode) == "sequential":
-            # sequential mode on purpose: the preset's screening (a database-mode feature) steps aside
-            layers = [(k, v) for k, v in layers if k not in ("search.offspring", "engine.mode")]
-        population = dict(chosen).get("search.population", (sections.get("search") or {}).get("population"))
-        if isinstance(population, int) and population <= 4 and "search.elites" not in chosen_keys:
-            layers = [(k, v) for k, v in layers if k != "search.elites"] + [("search.elites", max(1, population - 1))]
-        for key, value in layers + chosen:
+        for key, value in preset_layers(preset, sections, file_keys, dict(chosen)) + chosen:
             section, dot, leaf = key.partition(".")
             if not dot or section not in SECTIONS:
                 raise ConfigError(f"invalid override '{key}': expected <section>.<key> with section "
@@ -309,22 +294,13 @@ class RunConfig(BaseModel):
         return cls.from_sections(sections)
 
     @classmethod
-    def from_saved(cls, saved_search: dict[str, Any], ray_overrides: dict[str, Any] | None = None) -> "RunConfig":
-        """Rebuild from a run directory's saved search config (its ``extra`` holds engine, data and ray)."""
-        extra = dict(saved_search.get("extra") or {})
-        if "engine" not in extra:
-            raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
-        search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
-        engine, data = dict(extra["engine"]), dict(extra.get("data") or {})
-        if "dtype" not in engine and engine.get("device") == "cpu":
-            engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
-        for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
-            if key in engine:
-                data.setdefault(key, engine.pop(key))
-        ray_section = dict(extra.get("ray") or {})
-        ray_section.update({k: v for k, v in (ray_overrides or {}).items() if v is not None})
-        return cls.from_sections({"search": search, "engine": engine, "data": data, "ray": ray_section},
-                                 local=False)
+    def from_saved(cls, saved_search: dict[str, Any], ray_overrides: dict[str, Any] | None = None,
+                   app: dict[str, Any] | None = None) -> "RunConfig":
+        """Rebuild from a run directory's saved search config and app slot (``search.checkpoint.read_saved``);
+        `ray_overrides` (None values ignored) change where it runs, never its result."""
+        sections = saved_sections(saved_search, app)
+        sections["ray"].update({k: v for k, v in (ray_overrides or {}).items() if v is not None})
+        return cls.from_sections(sections, local=False)
 
     # ---- derived facts ----------------------------------------------------------------
     @property
@@ -333,10 +309,7 @@ class RunConfig(BaseModel):
 
     def sections(self, without: tuple[str, ...] = ()) -> dict[str, dict]:
         """The JSON-able sections (what a config file holds), less the dotted keys in `without`."""
-        sections = {"search": self.search.to_dict(), "engine": self.engine.model_dump(mode="json"),
-                    "data": self.data.model_dump(mode="json"), "ray": self.ray.model_dump(mode="json")}
-        sections["search"]["extra"] = {k: v for k, v in sections["search"]["extra"].items()
-                                       if k not in ("engine", "data", "ray")}
+        sections = {"search": self.search.to_dict(), **self.app()}
         for key in without:
             section, _, leaf = key.partition(".")
             sections[section].pop(leaf, None)
@@ -344,6 +317,36 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.sections(), sort_keys=False)
+
+    def app(self) -> dict[str, dict]:
+        """The checkpoint's app slot: every section but the search's (which the checkpoint keeps as its config)."""
+        return {"engine": self.engine.model_dump(mode="json"), "data": self.data.model_dump(mode="json"),
+                "ray": self.ray.model_dump(mode="json")}
+
+
+#: the sections that run directories older than the checkpoint's app slot (format 4) kept in the search config's extra
+_LEGACY_APP_KEYS = ("engine", "data", "ray")
+
+
+def saved_sections(saved_search: dict[str, Any], app: dict[str, Any] | None) -> dict[str, dict]:
+    """The sections of a saved run: the search config as saved, the others from the app slot. Every older layout
+    is read here, and only here: without an app slot (checkpoint format 4) the engine, data and Ray sections are
+    in the search config's ``extra``; older still, the data settings are in the engine section, and an explicit
+    engine device ``cpu`` saved before engine.device was honoured means ``auto``."""
+    search = {k: v for k, v in saved_search.items() if k in SearchConfig.model_fields}
+    extra = dict(search.get("extra") or {})
+    legacy = {k: extra.pop(k) for k in _LEGACY_APP_KEYS if k in extra}
+    search["extra"] = extra
+    saved = app if app is not None else legacy
+    if "engine" not in saved:
+        raise ConfigError("the run directory's config has no engine section (not made by `efficientllava search`)")
+    engine, data = dict(saved["engine"]), dict(saved.get("data") or {})
+    if "dtype" not in engine and engine.get("device") == "cpu":
+        engine["device"] = "auto"  # saved before engine.device was honoured: the actors chose by their GPU
+    for key in _LEGACY_ENGINE_DATA:  # run directories written before the data section existed
+        if key in engine:
+            data.setdefault(key, engine.pop(key))
+    return {"search": search, "engine": engine, "data": data, "ray": dict(saved.get("ray") or {})}
 
 
 def read_sections(path: Path) -> dict[str, Any]:

@@ -20,11 +20,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from efficientllava.actors.config import ConfigError, RayOptions, RunConfig
 from efficientllava.actors.storage import absolute, exists, is_uri, read_file, write_file
-from efficientllava.search.checkpoint import CONFIG, RunStore, read_config, read_history
+from efficientllava.search.checkpoint import CONFIG, RunStore, read_history, read_saved
 from efficientllava.search.config import SearchConfig
 
 Log = Callable[[str], None]
@@ -231,9 +230,12 @@ class _Fanout:
 
 
 def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None = None, resume: bool = False,
-               progress: bool = True, log: Log = print, on_event=None, on_candidate=None,
+               saved_app: dict | None = None, progress: bool = True, log: Log = print, on_event=None, on_candidate=None,
                on_ready: Callable[[object], None] | None = None, deadline: float | None = None) -> dict:
     """Run (or, with `resume`, continue) a search and write the outputs. Returns a summary dict.
+
+    resume_config, saved_app: the search config and the app slot a run directory holds (resume_search); a
+    resumed run keeps them as first saved (the checkpoint of a new run holds `run.app()`).
 
     deadline: a time.monotonic() by which a new search should end; once the actors are up (and their
     level databases built) the time left becomes its search.time_budget_s (or shortens it).
@@ -269,7 +271,8 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
                     if config.time_budget_s is None or left < config.time_budget_s:
                         config = config.merge({"time_budget_s": round(left, 1)})
                     log(f"search time budget: {config.time_budget_s:.0f} s from now")
-                driver = SearchDriver(config, evaluator, out, fan.on_event)
+                app = saved_app if resume_config is not None else run.app()
+                driver = SearchDriver(config, evaluator, out, fan.on_event, app=app)
             screening = f"{evaluator.facts[0]['screen_dtype']} screening"
             console = ConsoleProgress(driver.config.generations, driver.config.population, evaluator.n_blocks,
                                       driver.generation, enabled=progress, log=log, screening=screening,
@@ -327,32 +330,16 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
     return {"out": out, "model_dir": model_dir, "policy": doc, "final": report}
 
 
-def saved_run(run_dir: str) -> tuple[dict, bool]:
-    """The saved search config of a run directory and whether it has a checkpoint.
-
-    A run whose checkpoint files lost (or corrupted) their commit record is an error: every
-    file stays in place (the run is never restarted over its history)."""
-    store = RunStore(run_dir)
-    store.check_not_orphaned()
-    if store.exists():
-        return read_config(run_dir), True
-    if exists(run_dir, CONFIG):  # stopped before its first checkpoint: starts again from the start
-        try:
-            return yaml.safe_load(read_file(run_dir, CONFIG)), False
-        except yaml.YAMLError:
-            raise ConfigError(f"{run_dir}/{CONFIG} is not valid YAML") from None
-    raise ConfigError(f"{run_dir}: no search run to resume (neither state.json nor {CONFIG} found)")
-
-
 def resume_search(run_dir: str, ray_overrides: dict | None = None, generations: int | None = None,
                   progress: bool = True, log: Log = print, **hooks) -> dict:
     run_dir = absolute(run_dir)
-    saved, has_checkpoint = saved_run(run_dir)
-    run = RunConfig.from_saved(saved, ray_overrides)
+    saved, app, has_checkpoint = read_saved(run_dir)  # refuses checkpoint files that lost their state.json
+    run = RunConfig.from_saved(saved, ray_overrides, app=app)
     config = SearchConfig.from_dict({k: v for k, v in saved.items() if k in SearchConfig.model_fields})
     if generations is not None:
         config = config.merge({"generations": generations})
-    return run_search(run, run_dir, resume_config=config, resume=has_checkpoint, progress=progress, log=log, **hooks)
+    return run_search(run, run_dir, resume_config=config, resume=has_checkpoint, saved_app=app, progress=progress,
+                      log=log, **hooks)
 
 
 def result_arrays(run_dir: str) -> dict:

@@ -1,53 +1,33 @@
-"""Run-directory outputs through ``pyarrow.fs``: a local path or any URI it opens (s3://, gs://, ...)."""
+"""Run-directory outputs of the actors: files through search/rundir.py (its path normalisation and atomic write), model directories copied in."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from efficientllava.search.rundir import RunDir, absolute, is_uri
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
-def absolute(path: str) -> str:
-    """Local paths made absolute (actors on this node write to them); URIs unchanged."""
-    if is_uri(path):
-        return str(path)
-    return os.path.abspath(str(path).removeprefix("file://"))
-
-
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    fs, root = pafs.FileSystem.from_uri(uri if is_uri(uri) else absolute(uri))
-    return fs, root.rstrip("/")
+__all__ = ["absolute", "exists", "is_uri", "read_file", "upload_dir", "write_dir", "write_file"]
 
 
 def write_file(run_dir: str, name: str, data: bytes) -> None:
-    """Atomic write of run_dir/name (temporary name, then move)."""
-    fs, root = _fs(run_dir)
-    fs.create_dir(root, recursive=True)
-    tmp = f"{root}/{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, f"{root}/{name}")
+    """Atomic write of run_dir/name (RunDir.write)."""
+    RunDir(run_dir).write(name, data)
 
 
 def exists(run_dir: str, name: str) -> bool:
-    fs, root = _fs(run_dir)
-    return fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound
+    return RunDir(run_dir).exists(name)
 
 
 def read_file(run_dir: str, name: str) -> bytes:
-    fs, root = _fs(run_dir)
-    with fs.open_input_stream(f"{root}/{name}") as f:
-        return f.read()
+    return RunDir(run_dir).read(name)
 
 
 def upload_dir(local: Path, dest: str) -> None:
     """Copy a local directory to `dest` (replacing what was there)."""
-    fs, root = _fs(dest)
+    target = RunDir(dest)
+    fs, root = target.fs, target.root
     if fs.get_file_info(root).type != pafs.FileType.NotFound:
         fs.delete_dir(root)
     fs.create_dir(root, recursive=True)

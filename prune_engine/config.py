@@ -1,19 +1,31 @@
 """The engine's settings: the calibration data (`DataConfig`), how candidates are pruned and scored (`EngineConfig`), held-out evaluation (`HeldoutConfig`).
 
-Each setting is declared once, here; the one-shot `prune` job, the search's run config (actors/config.py),
-the demo, `tune` and the benchmarks compose these classes instead of re-declaring their fields.
+Each setting is declared once, here, with its constraint on its field (a `Literal`, a `Field` bound or a
+validator); the one-shot `prune` job, the search's run config (actors/config.py), the demo, `tune` and the
+benchmarks compose these classes instead of re-declaring their fields or re-checking them.
+
+Checks that read this machine's files (does the model directory, the calibration text file, the offload
+directory exist?) run only when the validation context says ``{"local": True}`` (the run config passes
+it for a run whose actors read the paths on this machine); without a context they are skipped.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from efficientllava.search.config import setting_error
 
 
 def _positive(v: int | None, what: str = "must be a positive integer") -> int | None:
     if v is not None and v < 1:
         raise ValueError(what)
     return v
+
+
+def _local(info: ValidationInfo) -> bool:
+    """Whether this machine's files are the ones the settings name (see the module's docstring)."""
+    return bool((info.context or {}).get("local"))
 
 
 class DataConfig(BaseModel):
@@ -35,6 +47,14 @@ class DataConfig(BaseModel):
     allow_eval_split: bool = Field(False, description="calibrate on an evaluation split anyway (leaks it into "
                                    "the model)")
 
+    @field_validator("calib")
+    @classmethod
+    def _text_spec(cls, v: str) -> str:
+        from efficientllava.prune_engine.data.text import parse_text_spec
+
+        parse_text_spec(v)  # a DataError (a ValueError) names what is wrong
+        return v
+
     @field_validator("nsamples", "seqlen", "mm_samples", "batch_size")
     @classmethod
     def _sizes(cls, v):
@@ -50,6 +70,25 @@ class DataConfig(BaseModel):
                              "it needs mm_calib (--mm-calib)")
         return self
 
+    @model_validator(mode="after")
+    def _local_text(self, info: ValidationInfo) -> "DataConfig":
+        """A local text file exists and holds enough text for nsamples x seqlen tokens (cheap: characters)."""
+        if not _local(info):
+            return self
+        from pathlib import Path
+
+        from efficientllava.prune_engine.checks import check_text_budget
+        from efficientllava.prune_engine.data.text import DataError, parse_text_spec
+
+        spec = parse_text_spec(self.calib)
+        if spec.kind in ("txt", "json") and not Path(spec.path).is_file():
+            raise setting_error(f"calib: text file not found: {spec.path}")
+        try:
+            check_text_budget(self.calib, self.nsamples, self.seqlen)
+        except (ValueError, DataError) as exc:
+            raise setting_error(f"calib: {str(exc).removeprefix('--calib ')}") from None
+        return self
+
 
 class EngineConfig(BaseModel):
     """The model and how an evaluator prunes and scores candidates (with a `DataConfig`, all it needs to
@@ -58,24 +97,25 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = "smollm2"
-    pattern: str | None = None
-    mode: str = "sequential"  # or "database"
-    granularity: str = "block"  # or "matrix"
+    pattern: str | None = None  # "N:M" semi-structured, None: unstructured
+    mode: Literal["sequential", "database"] = "sequential"
+    # block or matrix: owned by the search (search.granularity); a run config copies it here
+    granularity: Literal["block", "matrix"] = "block"
     prefix_reuse: bool = True
-    device: str = "auto"  # where evaluators compute: auto (the GPU Ray gives an actor, else the CPU), cpu, cuda
+    device: str = "auto"  # where evaluators compute: auto (the GPU Ray gives an actor, else the CPU), cpu, cuda[:N]
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # the model's dtype (auto: fp16 on a GPU,
     # fp32 on a CPU); Hessians, OBS updates, the projector's master weights and gradient stay in fp32
-    threads: int | None = None  # torch threads in this evaluator (None: torch's default)
+    threads: int | None = None  # torch threads in this evaluator, at least 1 (None: torch's default)
     loss: Literal["ce", "kl"] = "kl"  # token loss of the fitness: cross-entropy to labels, or KL to the dense model
     # what the projector trains on (and the guard judges it by): "fitness", the fitness's own image-text term (one
     # objective: KL to the dense model's answers when loss is kl), or "ce", answer cross-entropy whatever the fitness
     projector_objective: Literal["fitness", "ce"] = "fitness"
     fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
-    screen_mm_samples: int = 0  # image-text samples of the screening slice
+    screen_mm_samples: int = 0  # image-text samples of the screening slice (these three: 0 or more)
     screen_precision: Literal["auto", "fp32", "bf16"] = "auto"  # screening forward: bf16 where the hardware is
     # fast at it (auto: a GPU with bf16, a CPU with AMX/AVX512-BF16), else fp32; full scores stay in the model's dtype
-    projector_batch: int = 4  # image-text samples per projector mini-batch step
+    projector_batch: int = 4  # image-text samples per projector mini-batch step (at least 1)
     monitor_samples: int = Field(16, ge=0)  # image-text samples held aside from projector training (at most half; 0: none):
     # sum c_m L_m is measured on them before/after an update, and the guard keeps an update only if it drops
     # memory (never changes which policy wins; see docs/cluster.md "Memory")
@@ -84,6 +124,81 @@ class EngineConfig(BaseModel):
     prefix_cache_gb: float | None = Field(4.0, ge=0)  # block outputs kept for prefix reuse, off the device (None: no bound)
     projector_microbatch: int = Field(0, ge=0)  # image-text samples per backward pass of a projector step (0: all)
     activation_checkpointing: bool = False  # projector gradient: recompute each block in the backward pass
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v):
+        if isinstance(v, str) and v not in ("sequential", "database"):
+            raise setting_error(f"mode must be 'sequential' or 'database', got '{v}'")
+        return v
+
+    @field_validator("projector_batch", "threads")
+    @classmethod
+    def _at_least_one(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1:
+            raise setting_error(f"{info.field_name} must be a positive integer")
+        return v
+
+    @field_validator("screen_nsamples", "screen_mm_samples", "fitness_nsamples")
+    @classmethod
+    def _zero_or_more(cls, v: int, info: ValidationInfo) -> int:
+        if v < 0:
+            raise setting_error(f"{info.field_name} must be 0 or a positive integer")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        import torch
+
+        try:
+            kind = torch.device(v).type
+        except (RuntimeError, ValueError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise setting_error(f"device '{v}' (use auto, cpu, cuda or cuda:N)")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        from efficientllava.prune_engine.sparsegpt import Pattern
+
+        Pattern.parse(v)  # a ValueError says what is malformed
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str, info: ValidationInfo) -> str:
+        """Known from its files when it is local (a path starting with '.' always is; others may exist on the
+        cluster's nodes only)."""
+        if info.context is None:
+            return v
+        from efficientllava.prune_engine.models.adapter import ModelError
+        from efficientllava.prune_engine.models.loading import model_facts
+
+        try:
+            model_facts(v)
+        except ModelError as exc:
+            if _local(info) or v.startswith("."):
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("offload_dir")
+    @classmethod
+    def _offload_dir(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and _local(info):  # on a remote cluster the directory is the nodes'
+            from pathlib import Path
+
+            from efficientllava.prune_engine.checks import check_output_dir
+
+            try:
+                check_output_dir(Path(v), "offload_dir")
+            except ValueError as exc:
+                raise setting_error(str(exc)) from None
+        return v
 
 
 class HeldoutConfig(BaseModel):

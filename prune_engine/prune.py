@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from efficientllava.prune_engine.config import DataConfig
 from efficientllava.prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
@@ -66,6 +66,20 @@ class PruneJob(BaseModel):
         if v < 1:
             raise ValueError("must be a positive integer")
         return v
+
+    @model_validator(mode="after")
+    def _one_source_of_ratios(self) -> "PruneJob":
+        """The ratios come from one place: `sparsity`, an N:M `pattern`, a `policy` file, or `owl` around
+        `sparsity` (`sparsity` counts as chosen only when it was given, else it is the default 0.5)."""
+        if "sparsity" in self.model_fields_set and (self.pattern or self.policy):
+            raise ValueError(f"--sparsity conflicts with {'--pattern' if self.pattern else '--policy'}: "
+                             f"{'an N:M pattern fixes the sparsity' if self.pattern else 'the policy holds the ratios'}; "
+                             "drop --sparsity")
+        if Pattern.parse(self.pattern).structured and (self.policy or self.owl is not None):
+            raise PruneConfigError("an N:M pattern fixes the sparsity; do not combine it with --policy or --owl")
+        if self.policy and self.owl is not None:
+            raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
+        return self
 
 
 def read_policy(path: Path) -> list:
@@ -154,10 +168,6 @@ def _copy_processor_files(spec: str, dest: Path) -> None:
 def run_prune(job: PruneJob, log=print) -> dict:
     pattern = Pattern.parse(job.pattern)
     policy = read_policy(job.policy) if job.policy else job.sparsity
-    if pattern.structured and (job.policy or job.owl is not None):
-        raise PruneConfigError("an N:M pattern fixes the sparsity; do not combine it with --policy or --owl")
-    if job.policy and job.owl is not None:
-        raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
     check_out_dir(job.out, job.overwrite)
     _check_against_config(job, policy, pattern)
     processor = load_processor(job.model)  # data problems surface before the weights are loaded

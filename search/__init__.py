@@ -4,6 +4,7 @@ Pure Python: it drives any evaluator object and never holds a model."""
 from .checkpoint import CheckpointError, RunStore, read_config, read_history
 from .config import ConfigError, SearchConfig
 from .driver import SearchDriver, SearchResult
+from .rundir import RunDir
 from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate
 from .events import (CandidateEvaluated, GenerationFinished, GenerationStarted, OffspringSized, ProjectorStepped,
                      SearchFinished)
@@ -14,7 +15,7 @@ from .policy import PolicySpace, feasible_space
 __all__ = [
     "CandidateEvaluated", "CheckpointError", "ConfigError", "Evaluation", "EvaluationProtocol", "FitnessError",
     "GenerationFinished",
-    "GenerationStarted", "PolicySpace", "ProjectorStepped", "ProjectorUpdate", "RunStore", "SearchConfig",
+    "GenerationStarted", "PolicySpace", "ProjectorStepped", "ProjectorUpdate", "RunDir", "RunStore", "SearchConfig",
     "OffspringSized", "SearchDriver", "SearchFinished", "SearchResult", "effective_candidates", "feasible_space", "fitness",
     "neighbour_weights", "norm_term", "proxy_loss", "read_config", "read_history", "srm_scale",
 ]

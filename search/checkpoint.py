@@ -2,9 +2,11 @@
 
 Layout after generation t (t = completed generations):
     config.yaml                    the search config, written when the run starts
+    app.yaml                       the settings of the program that runs the search (its app slot; efficientllava:
+                                   engine, data and ray), written when the run starts; never read by search/
     history-<t>.parquet            one row per evaluated candidate, all generations so far
     projector-<t>.bin              projector + optimizer state (when there is a projector)
-    state.json                     population, RNG state, projector version, config,
+    state.json                     population, RNG state, projector version, config, app slot,
                                    model identity, and the name + sha256 of the two files
     committed.txt                  the last committed generation (written after state.json)
 Every file is written to a temporary name and then moved into place; ``state.json``
@@ -20,17 +22,22 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import yaml
 
-FORMAT = 4  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale;
-# 4: infeasible (why a candidate with non-finite scores got fitness -inf)
+from .config import ConfigError
+from .rundir import RunDir
+
+FORMAT = 5  # 2: per-modality losses, fidelity, SRM scale and projector-step records in the history; 3: projector_scale;
+# 4: infeasible (why a candidate with non-finite scores got fitness -inf); 5: the app slot ("app": the settings of
+# the program that runs the search, which format 4 kept inside the search config's `extra`)
+READABLE = (4, 5)  # format 4 reads as 5 without an app slot ("app" absent: the program finds its settings in `extra`)
 STATE = "state.json"
 CONFIG = "config.yaml"
+APP = "app.yaml"
 COMMITTED = "committed.txt"  # written after every commit of state.json: "a checkpoint existed here"
 
 HISTORY_SCHEMA = pa.schema(
@@ -84,45 +91,21 @@ def normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-class RunStore:
+class RunStore(RunDir):
+    """The checkpoint files of a run directory (the directory itself: search/rundir.py)."""
+
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.uri = str(run_dir)
-        uri = self.uri if "://" in self.uri else os.path.abspath(self.uri)
         try:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            super().__init__(run_dir)
         except Exception as e:
-            raise CheckpointError(f"cannot open run directory {self.uri}: {str(e).splitlines()[0]}") from None
-        self.root = self.root.rstrip("/")
-
-    def _path(self, name: str) -> str:
-        return f"{self.root}/{name}"
-
-    def _move(self, src: str, dst: str) -> None:
-        self.fs.move(src, dst)
-
-    def _write_atomic(self, name: str, data: bytes) -> None:
-        tmp = self._path(f"{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self._move(tmp, self._path(name))
-
-    def _read(self, name: str) -> bytes:
-        with self.fs.open_input_stream(self._path(name)) as f:
-            return f.read()
-
-    def _exists(self, name: str) -> bool:
-        return self.fs.get_file_info(self._path(name)).type == pafs.FileType.File
+            raise CheckpointError(f"cannot open run directory {run_dir}: {str(e).splitlines()[0]}") from None
 
     def exists(self) -> bool:
-        return self._exists(STATE)
+        return self.is_file(STATE)
 
     def generation_files(self) -> list[str]:
         """Names of the per-generation files (history-*.parquet, projector-*.bin) present."""
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-        except OSError:
-            return []
-        return sorted(i.base_name for i in infos if _GENERATION_FILE.match(i.base_name))
+        return [name for name in self.names() if _GENERATION_FILE.match(name)]
 
     def check_not_orphaned(self) -> None:
         """Refuse a run directory whose checkpoint files lost their commit record (state.json)."""
@@ -130,43 +113,43 @@ class RunStore:
         if not files or self.exists():
             return
         later = any(int(_GENERATION_FILE.match(f).group(2)) > 1 for f in files)
-        if self._exists(COMMITTED) or later:  # else: a crash before the very first commit (nothing lost)
+        if self.is_file(COMMITTED) or later:  # else: a crash before the very first commit (nothing lost)
             raise CheckpointError(
                 f"{self.uri}: {STATE} is missing but checkpoint files are present ({', '.join(files[-2:])}); "
                 f"nothing was changed: restore {STATE} from a backup, or start a new run with another --out")
 
     # ---- writing ----------------------------------------------------------------
-    def write_config(self, config_yaml: str) -> None:
-        self.fs.create_dir(self.root, recursive=True)
-        self._write_atomic(CONFIG, config_yaml.encode())
+    def write_config(self, config: dict[str, Any], app: dict[str, Any] | None = None) -> None:
+        """When a run starts: the search config (config.yaml) and, when given, the app slot (app.yaml, first)."""
+        if app is not None:
+            self.write(APP, yaml.safe_dump(app, sort_keys=False).encode())
+        self.write(CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
 
     def save(self, state: dict[str, Any], history: pa.Table, projector: bytes | None) -> None:
         t = int(state["generation"])
-        self.fs.create_dir(self.root, recursive=True)
         sink = pa.BufferOutputStream()
         pq.write_table(history.cast(HISTORY_SCHEMA), sink)
         hist = sink.getvalue().to_pybytes()
         body = dict(state, format=FORMAT)
         body["history"] = {"file": f"history-{t:06d}.parquet", "sha256": _sha256(hist), "rows": history.num_rows}
-        self._write_atomic(body["history"]["file"], hist)
+        self.write(body["history"]["file"], hist)
         body["projector"] = None
         if projector is not None:
             body["projector"] = {"file": f"projector-{t:06d}.bin", "sha256": _sha256(projector)}
-            self._write_atomic(body["projector"]["file"], projector)
+            self.write(body["projector"]["file"], projector)
         body["checksum"] = _sha256(_canonical(body).encode())
-        self._write_atomic(STATE, json.dumps(body, sort_keys=True, indent=1).encode())
-        self._write_atomic(COMMITTED, f"{t}\n".encode())
+        self.write(STATE, json.dumps(body, sort_keys=True, indent=1).encode())
+        self.write(COMMITTED, f"{t}\n".encode())
         self._cleanup(t)
 
     def _cleanup(self, committed: int) -> None:
         """Delete the files of generations older than the one just committed, and temporaries."""
-        for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
-            name = info.base_name
+        for name in self.names():
             match = _GENERATION_FILE.match(name)
             stale = match is not None and int(match.group(2)) < committed
             if stale or ".tmp-" in name:
                 try:
-                    self.fs.delete_file(info.path)
+                    self.delete(name)
                 except OSError:
                     pass
 
@@ -177,13 +160,13 @@ class RunStore:
         if not self.exists():
             raise CheckpointError(f"no checkpoint in {self.uri} ({STATE} not found)")
         try:
-            body = json.loads(self._read(STATE))
+            body = json.loads(self.read(STATE))
             checksum = body.pop("checksum")
         except Exception:
             raise CheckpointError(f"corrupt {where}: {STATE} is not a valid checkpoint record") from None
         if checksum != _sha256(_canonical(body).encode()):
             raise CheckpointError(f"corrupt {where}: {STATE} checksum mismatch")
-        if body.get("format") != FORMAT:
+        if body.get("format") not in READABLE:
             raise CheckpointError(f"unsupported {where}: format {body.get('format')!r}, expected {FORMAT} (made by "
                                   "another version of efficientllava: start a new run)")
         files = {"history": None, "projector": None}
@@ -192,7 +175,7 @@ class RunStore:
             if ref is None:
                 continue
             try:
-                data = self._read(ref["file"])
+                data = self.read(ref["file"])
             except Exception:
                 raise CheckpointError(f"corrupt {where}: {ref.get('file', key)} is missing") from None
             if _sha256(data) != ref["sha256"]:
@@ -226,3 +209,24 @@ def read_history(run_dir: str) -> pa.Table:
 def read_config(run_dir: str) -> dict[str, Any]:
     """The saved config as a dict (to build the evaluator before resuming)."""
     return RunStore(run_dir).load()[0]["config"]
+
+
+def read_saved(run_dir: str) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """What a run directory says about its run: (search config, app slot or None, whether a checkpoint exists).
+    From the last checkpoint, else from what the run wrote when it started (config.yaml, app.yaml); a
+    CheckpointError when checkpoint files lost their state.json, a ConfigError when neither exists or a file
+    is not valid YAML."""
+    store = RunStore(run_dir)
+    store.check_not_orphaned()
+    if store.exists():
+        state = store.load()[0]
+        return state["config"], state.get("app"), True
+    if not store.is_file(CONFIG):
+        raise ConfigError(f"{run_dir}: no search run to resume (neither {STATE} nor {CONFIG} found)")
+    saved = []
+    for name in (CONFIG, APP):
+        try:
+            saved.append(yaml.safe_load(store.read(name)) if store.is_file(name) else None)
+        except yaml.YAMLError:
+            raise ConfigError(f"{run_dir}/{name} is not valid YAML") from None
+    return saved[0], saved[1], False

@@ -15,20 +15,44 @@ from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """An invalid or infeasible search setting (always a one-line message)."""
 
 
-def _one_line(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "config"
+#: the error type of a validator whose message names its setting itself (see `setting_error`)
+SETTING_ERROR = "setting"
+
+
+def setting_error(message: str, section: str | None = None) -> PydanticCustomError:
+    """What a validator raises when its message is a whole sentence that names the setting ("mode must be
+    'sequential' or 'database', got 'fast'"): reported as ``invalid <section> config: <message>``, without
+    the field's name in front; `section` names the section for a rule across sections (default: the one
+    being validated)."""
+    return PydanticCustomError(SETTING_ERROR, message, {"section": section} if section else None)
+
+
+def one_line(section: str, errors: list[dict[str, Any]], model_loc: str = "", count_more: bool = False) -> str:
+    """The first of a section's validation errors (``ValidationError.errors()``) as one line: ``invalid <section>
+    config: <setting>: <problem>`` (an unknown key, and a `setting_error`, read their own way). `model_loc`
+    stands for the location of a rule over the whole section; `count_more` adds how many errors follow."""
+    e = errors[0]
+    loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        return f"invalid search config: unknown key '{loc}'"
+        return f"invalid {section} config: unknown key '{loc}'"
     msg = str(e["msg"]).removeprefix("Value error, ")
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"invalid search config: {loc}: {msg}{more}".replace("\n", " ")
+    if e["type"] == SETTING_ERROR:
+        section, loc = (e.get("ctx") or {}).get("section") or section, ""
+    else:
+        loc = loc or model_loc
+    more = f" (+{len(errors) - 1} more)" if count_more and len(errors) > 1 else ""
+    return f"invalid {section} config: {loc + ': ' if loc else ''}{msg}{more}".replace("\n", " ")
+
+
+#: how the search section words its errors (`one_line`)
+SEARCH_ERRORS = {"model_loc": "config", "count_more": True}
 
 
 class SearchConfig(BaseModel):
@@ -85,7 +109,7 @@ class SearchConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ConfigError(_one_line(e)) from None
+            raise ConfigError(one_line("search", e.errors(), **SEARCH_ERRORS)) from None
 
     @field_validator("projector_mode", mode="before")
     @classmethod

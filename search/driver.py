@@ -23,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
 from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compatible, normalise
 from .config import SearchConfig
@@ -56,10 +55,14 @@ class SearchDriver:
         evaluator: EvaluationProtocol,
         run_dir: str,
         on_event: Callable[[Event], None] | None = None,
+        app: dict | None = None,
     ) -> None:
+        """app: the settings of the program that runs the search (JSON-able, never read here): saved in app.yaml
+        when the run starts and in every checkpoint (the app slot), so the run directory alone rebuilds the run."""
         self.config = config
         self.evaluator = evaluator
         self.on_event = on_event
+        self.app = app
         self.param_counts = np.asarray(evaluator.param_counts)
         self.space = feasible_space(config, self.param_counts)
         self.store = RunStore(run_dir)
@@ -103,7 +106,7 @@ class SearchDriver:
         elif diff := config.differences(saved):
             raise CheckpointError(f"checkpoint in {store.uri} was made with another search config (differs in: {', '.join(diff)})")
         check_compatible(state, evaluator.identity, normalise(np.asarray(evaluator.param_counts).tolist()), store.uri)
-        driver = cls(config, evaluator, run_dir, on_event)
+        driver = cls(config, evaluator, run_dir, on_event, app=state.get("app"))  # the app slot as first saved
         driver._config_record = saved | {k: config.to_dict()[k] for k in config.resume_mutable}
         driver.generation = state["generation"]
         driver.population = [np.array(p, dtype=np.int64) for p in state["population"]]
@@ -139,7 +142,7 @@ class SearchDriver:
             raise CheckpointError(f"{self.store.uri} already holds a checkpoint: resume it or use another run directory")
         if not self._started:
             self.store.check_not_orphaned()  # files of a run whose state.json is lost: never overwrite them
-        self.store.write_config(yaml.safe_dump(self._config_record, sort_keys=False))
+        self.store.write_config(self._config_record, self.app)
         if not self._started:
             self.population = initial_population(self.space, self.config.population, self.rng, self.config.init,
                                                  self.config.mutation_switches)
@@ -377,6 +380,7 @@ class SearchDriver:
             srm_scale=self.srm_scale,
             best=self.best,
             config=self._config_record,
+            app=self.app,
             identity=normalise(self.evaluator.identity),
             param_counts=normalise(self.param_counts.tolist()),
         )

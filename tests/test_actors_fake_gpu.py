@@ -114,7 +114,8 @@ def test_a_run_saved_before_engine_device_was_honoured_keeps_choosing_by_gpu(tin
     from efficientllava.actors.config import RunConfig
     from ray_helpers import tiny_run
 
-    saved = tiny_run(tiny_llava_dir).search.to_dict()
+    run = tiny_run(tiny_llava_dir)
+    saved = dict(run.search.to_dict(), extra=run.app())  # the layout of then: the sections in the search's extra
     saved["extra"]["engine"] = {k: v for k, v in saved["extra"]["engine"].items() if k != "dtype"} | {"device": "cpu"}
     assert RunConfig.from_saved(saved).engine.device == "auto"
     saved["extra"]["engine"]["dtype"] = "auto"  # saved now: an explicit cpu is kept

@@ -57,23 +57,21 @@ def test_run_config_sections_flags_and_saved_round_trip(tmp_path, tiny_llava_dir
     assert run.engine.threads == 2  # fixed per run from cpus_per_actor: results do not depend on the cluster
     assert run.engine.granularity == "block" and run.data.seed == run.search.seed
     assert run.levels == pytest.approx([0.4, 0.45, 0.5, 0.55, 0.6])
-    # what the checkpoint keeps (search config with engine and ray in extra) rebuilds the same run
-    saved = run.search.to_dict()
-    again = RunConfig.from_saved(saved, {"actors": 1, "address": None})
+    # what the checkpoint keeps (the search config, and the other sections in its app slot) rebuilds the same run
+    saved, app = run.search.to_dict(), run.app()
+    assert saved["extra"] == {} and set(app) == {"engine", "data", "ray"}
+    again = RunConfig.from_saved(saved, {"actors": 1, "address": None}, app=app)
     assert again.engine == run.engine and again.data == run.data and again.ray.actors == 1
-    assert {k: v for k, v in again.search.to_dict().items() if k != "extra"} == \
-        {k: v for k, v in saved.items() if k != "extra"}
-    assert again.search.extra["engine"] == saved["extra"]["engine"]
-    assert again.search.extra["data"] == saved["extra"]["data"]
+    assert again.search == run.search and again.ray.cpus_per_actor == 2
 
 
 def test_run_directories_from_before_the_data_section_still_resume(tiny_llava_dir):
     run = RunConfig.load(None, {"engine.model": str(tiny_llava_dir), "data.nsamples": 4})
-    saved = run.search.to_dict()
-    old = dict(saved["extra"]["engine"], **saved["extra"].pop("data"))  # the old layout: data inside engine
-    saved["extra"]["engine"] = old
+    app = run.app()
+    old = dict(app["engine"], **app["data"])  # the oldest layout: data inside engine, in the search's extra
+    saved = dict(run.search.to_dict(), extra={"engine": old, "ray": app["ray"]})
     again = RunConfig.from_saved(saved)
-    assert again.data == run.data and again.engine == run.engine
+    assert again.data == run.data and again.engine == run.engine and again.search == run.search
 
 
 def test_a_data_setting_in_the_engine_section_names_its_new_place(tiny_llava_dir):

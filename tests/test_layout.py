@@ -147,6 +147,54 @@ def test_the_checks_catch_a_made_up_bad_tree(tmp_path):
     assert not wrong_directions(clean) and not import_cycles(clean) and not forbidden_imports(modules(tmp_path))
 
 
+def _tree(root: Path, files: dict[str, str]) -> dict[str, Path]:
+    """A made-up tree of the three packages under root, with `files` ({"search/a.py": source}) in it."""
+    for package in PACKAGES:
+        (root / package).mkdir(exist_ok=True)
+        (root / package / "__init__.py").write_text(f'"""{package}."""\n')
+    for rel, source in files.items():
+        (root / rel).write_text(f'"""{rel}."""\n{source}')
+    return modules(root)
+
+
+def test_a_wrong_direction_is_flagged_however_it_is_written(tmp_path):
+    graph = import_graph(_tree(tmp_path, {
+        "search/low.py": "import efficientllava.prune_engine.mid\n",  # absolute, module level
+        "prune_engine/mid.py": "def f():\n    from ..actors import top\n",  # relative, inside a function
+        "actors/top.py": "from efficientllava.search import low\nfrom efficientllava.prune_engine.mid import f\n",
+    }))
+    assert sorted(wrong_directions(graph)) == ["efficientllava.prune_engine.mid imports efficientllava.actors.top",
+                                               "efficientllava.search.low imports efficientllava.prune_engine.mid"]
+
+
+def test_a_cycle_is_flagged_once_whatever_its_length(tmp_path):
+    graph = import_graph(_tree(tmp_path, {
+        "search/a.py": "from . import b\n", "search/b.py": "from . import c\n",
+        "search/c.py": "class C:\n    def m(self):\n        from efficientllava.search.a import x\n",
+        "actors/p.py": "from efficientllava.actors import q\n", "actors/q.py": "import efficientllava.actors.p\n",
+        "actors/r.py": "from efficientllava.actors import p, q\n",  # imports into a cycle: not itself one
+    }))
+    assert import_cycles(graph) == [
+        "efficientllava.actors.p -> efficientllava.actors.q -> efficientllava.actors.p",
+        "efficientllava.search.a -> efficientllava.search.b -> efficientllava.search.c -> efficientllava.search.a"]
+    assert not wrong_directions(graph)
+
+
+def test_torch_and_ray_in_search_are_flagged_in_every_spelling(tmp_path):
+    known = _tree(tmp_path, {
+        "search/a.py": "import torch.nn as nn\n",
+        "search/b.py": "def f():\n    from ray import remote\n",
+        "search/c.py": "class C:\n    def m(self):\n        import ray.util.queue\n",
+        "search/d.py": "from transformers import AutoModel\n",
+        "search/ok.py": "import torchvision_free\nimport rayleigh\nfrom . import a\nimport pyarrow.fs\n",
+        "actors/x.py": "import ray\nimport torch\n",  # the layers above may use them
+    })
+    assert sorted(forbidden_imports(known)) == ["efficientllava.search.a imports torch",
+                                                "efficientllava.search.b imports ray",
+                                                "efficientllava.search.c imports ray",
+                                                "efficientllava.search.d imports transformers"]
+
+
 def test_production_packages_hold_no_test_code():
     import re
 

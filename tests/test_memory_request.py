@@ -80,4 +80,4 @@ def test_memory_setting_is_checked(tiny_llava_dir):
     with pytest.raises(ConfigError, match="memory_per_actor_gb"):
         RunConfig.load(None, {"engine.model": str(tiny_llava_dir)}, ["ray.memory_per_actor_gb=-1"])
     run = RunConfig.load(None, {"engine.model": str(tiny_llava_dir), "ray.memory_per_actor_gb": 3.5})
-    assert run.ray.memory_per_actor_gb == 3.5 and run.search.extra["ray"]["memory_per_actor_gb"] == 3.5
+    assert run.ray.memory_per_actor_gb == 3.5 and run.app()["ray"]["memory_per_actor_gb"] == 3.5

@@ -21,7 +21,7 @@ def _listing(path):
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_lost_commit_record_is_an_error_and_every_file_stays(tmp_path, damage):
-    from efficientllava.actors.run import saved_run
+    from efficientllava.search.checkpoint import read_saved
 
     _run(tmp_path, generations=2)
     if damage == "delete":
@@ -30,7 +30,7 @@ def test_lost_commit_record_is_an_error_and_every_file_stays(tmp_path, damage):
         (tmp_path / STATE).write_text('{"generation": 2')
     before = _listing(tmp_path)
     with pytest.raises(CheckpointError, match="missing" if damage == "delete" else "corrupt"):
-        saved_run(str(tmp_path))  # what `resume` reads first
+        read_saved(str(tmp_path))  # what `resume` reads first
     with pytest.raises(CheckpointError):
         SearchDriver(SearchConfig(**CFG), SyntheticEvaluator(n_blocks=6), str(tmp_path)).run()  # a fresh start
     assert _listing(tmp_path) == before
@@ -63,7 +63,7 @@ def test_relative_model_is_saved_absolute(tiny_llava_dir, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     run = RunConfig.load(overrides={"engine.model": "models/tiny"})
     assert run.engine.model == str(tmp_path / "models" / "tiny")
-    assert run.search.extra["engine"]["model"] == str(tmp_path / "models" / "tiny")  # what resume reads
+    assert run.app()["engine"]["model"] == str(tmp_path / "models" / "tiny")  # what resume reads
 
 
 def test_identity_covers_vision_tower_and_projector(tiny_llava_dir):
