@@ -1,7 +1,9 @@
 """The engine's settings: the calibration data (`DataConfig`), how candidates are pruned and scored (`EngineConfig`), held-out evaluation (`HeldoutConfig`).
 
-Each setting is declared once, here; the one-shot `prune` job, the search's run config (actors/config.py),
-the demo, `tune` and the benchmarks compose these classes instead of re-declaring their fields.
+Each setting is declared once, here; the search's run config (actors/config.py), the demo, `tune` and the
+benchmarks compose these classes instead of re-declaring their fields. The one-shot `prune` job composes
+`DataConfig`; its model options stay flat (as the CLI gives them and its policy.json records them) and map
+onto an `EngineConfig` (`PruneJob.engine`), from which the pruner is built as for a search.
 """
 from __future__ import annotations
 
