@@ -1,5 +1,5 @@
 """The Ray layer of EfficientLLaVA (docs/method.md §5): evaluator actors, the projector learner and the
-driver-side `ActorPool` that plugs them into the search core (search/). Thin on purpose: the
+driver-side `EvaluatorPool` that plugs them into the search core (search/). Thin on purpose: the
 pruning lives in prune_engine/, the search in search/.
 
     from efficientllava.actors import RunConfig, run_search, resume_search

@@ -1,17 +1,19 @@
 """The evaluator actor: scores candidate policies on its own copy of the model (docs/method.md §5).
 
-A thin wrapper around :class:`prune_engine.scoring.CandidateScorer`. ``EvaluatorActor`` builds the
-model from the dense weights that the loader task (actors/dense_loader.py) put in the object store
-(nothing read from disk), holds the proxy batches, the layer-sequential pruner and its prefix stack /
-level database. For a policy it returns L_text, L_mm and the per-block log-norm ratios (at full or
-screening fidelity); for the projector step, a candidate's answer-token loss on one mini-batch and
-its gradient with respect to the projector; at the end, the pruned model saved (``export``).
+A thin wrapper around :class:`prune_engine.scoring.CandidateScorer` (``self.scorer``). ``EvaluatorActor``
+builds the model from the dense weights that the loader task (actors/dense_loader.py) put in the object
+store (nothing read from disk); the scorer holds the proxy batches, the layerwise pruner and its prefix
+stack / level database. For a policy it returns the scorer's `search.protocol.Evaluation` (L_text, L_mm,
+the per-block log-norm ratios, at full or screening fidelity), stamped with where it ran; for the projector
+step, a candidate's answer-token loss on one mini-batch and its gradient with respect to the projector; at
+the end, the pruned model saved (``export``).
 
 Every evaluation names the projector version it needs and carries (unresolved) the object holding
 that projector, so an actor that was restarted catches up before it evaluates.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -24,6 +26,7 @@ import torch
 
 from efficientllava.actors.object_holder import held_ref
 from efficientllava.prune_engine.tensors import unpack_tensors
+from efficientllava.search.protocol import Evaluation
 
 
 def actor_device(setting: str, gpu_ids: list) -> str:
@@ -59,9 +62,9 @@ class EvaluatorActor:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             spec = EngineConfig(**engine)
             spec = spec.model_copy(update={"device": actor_device(spec.device, ray.get_gpu_ids())})
-            self.ev = CandidateScorer(spec, DataConfig(**data), levels,
-                                      state_dict=unpack_tensors(ray.get(held_ref(weights))),
-                                      build_database=not shared_database or self.restarted)
+            self.scorer = CandidateScorer(spec, DataConfig(**data), levels,
+                                          state_dict=unpack_tensors(ray.get(held_ref(weights))),
+                                          build_database=not shared_database or self.restarted)
         except Exception as exc:  # reported by facts(): a one-line error on the driver, not a dead actor
             self.error = exc
         from ray.util.metrics import Counter, Gauge
@@ -82,114 +85,103 @@ class EvaluatorActor:
 
     def facts(self) -> dict:
         self._check()
-        ev = self.ev
-        return {"param_counts": ev.param_counts().tolist(), "identity": ev.identity(),
-                "has_projector": ev.has_projector, "held_aside": ev.held_aside,
-                "text_independent_of_projector": ev.text_independent_of_projector,
-                "blocks": ev.adapter.num_blocks, "node_id": self.node_id,
-                "pid": os.getpid(), "device": ev.engine.device, "threads": torch.get_num_threads(),
-                "dtype": str(ev.pruner.dtype).removeprefix("torch."), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        scorer = self.scorer
+        return {"param_counts": scorer.param_counts().tolist(), "identity": scorer.identity(),
+                "has_projector": scorer.has_projector, "held_aside": scorer.held_aside,
+                "text_independent_of_projector": scorer.text_independent_of_projector,
+                "blocks": scorer.adapter.num_blocks, "node_id": self.node_id,
+                "pid": os.getpid(), "device": scorer.engine.device, "threads": torch.get_num_threads(),
+                "dtype": str(scorer.pruner.dtype).removeprefix("torch."),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "screen_dtype": str(ev.screen_dtype or ev.pruner.dtype).removeprefix("torch."),
+                "screen_dtype": str(scorer.screen_dtype or scorer.pruner.dtype).removeprefix("torch."),
                 "restarted": self.restarted}
 
     def database_part(self, index: int, parts: int) -> dict:
         """This actor's share of the level database (blocks index, index + parts, ...)."""
         self._check()
-        return self.ev.database_part(index, parts)
+        return self.scorer.database_part(index, parts)
 
     def install_database(self, parts: list) -> int:
         """parts: [ObjectRef of each actor's database_part] (nested: resolved here, zero-copy)."""
         self._check()
         if not self.restarted:  # a restarted actor built its own
             for ref in parts:
-                self.ev.add_database(ray.get(ref))
-        return len(self.ev.pruner.database)
+                self.scorer.add_database(ray.get(ref))
+        return len(self.scorer.pruner.database)
 
     def _sync(self, version: int, projector: list) -> None:
         """Install projector `version` (held, unresolved, in projector[0]) if this actor lacks it."""
-        if version != self.ev.projector_version:
+        if version != self.scorer.projector_version:
             if not projector or projector[0] is None:
                 raise RuntimeError(f"actor {self.index} needs projector version {version} but none was sent")
-            self.ev.set_projector(unpack_tensors(ray.get(projector[0])), version)
+            self.scorer.set_projector(unpack_tensors(ray.get(projector[0])), version)
 
     def set_projector(self, state: dict, version: int) -> int:
         self._check()
-        self.ev.set_projector(unpack_tensors(state), version)
+        self.scorer.set_projector(unpack_tensors(state), version)
         return version
 
     def evaluate(self, ratios: np.ndarray, version: int, projector: list, fidelity: str = "full",
-                 modalities: tuple = ("text", "mm")) -> dict:
+                 modalities: tuple = ("text", "mm")) -> Evaluation:
         """Score `ratios` under projector `version` at `fidelity` ("full" or "screen") on `modalities`."""
-        from efficientllava.search.fitness import norm_term
-
         self._check()
         self._sync(version, projector)
         cpu = time.process_time()
-        r = self.ev.evaluate(np.asarray(ratios, dtype=np.float64), fidelity, tuple(modalities))
+        r = self.scorer.evaluate(np.asarray(ratios, dtype=np.float64), fidelity, tuple(modalities))
         cpu = time.process_time() - cpu
         self.candidates += 1
         self.m_candidates.inc(1.0, self._tags)
         if r.blocks_run:  # 0 when the whole policy was the actor's previous one (Counter.inc needs > 0)
             self.m_blocks.inc(float(r.blocks_run), self._tags)
         self.m_seconds.set(float(r.seconds), self._tags)
-        lnr = np.asarray(r.log_norm_ratio, dtype=np.float64)
         mm = "-" if r.l_mm is None else f"{r.l_mm:.4f}"
         print(f"[{self.run}] evaluator {self.index}: candidate {self.candidates} (projector v{version}, {fidelity}): "
-              f"L_text {r.l_text:.4f}, L_mm {mm}, G {norm_term(lnr):.4f}, mean sparsity {r.mean_sparsity:.4f}, "
+              f"L_text {r.l_text:.4f}, L_mm {mm}, G {r.g:.4f}, mean sparsity {r.mean_sparsity:.4f}, "
               f"{r.blocks_run} block passes, {r.seconds:.2f} s", flush=True)
-        return {"l_text": float(r.l_text), "l_mm": None if r.l_mm is None else float(r.l_mm),
-                "log_norm_ratio": lnr.tolist(), "g": norm_term(lnr), "seconds": float(r.seconds), "cpu_seconds": cpu,
-                "mean_sparsity": float(r.mean_sparsity), "blocks_run": int(r.blocks_run), "fidelity": fidelity,
-                "actor": self.index, "pid": os.getpid(), "restarted": self.restarted, "projector_version": version}
+        return dataclasses.replace(r, cpu_seconds=cpu, projector_version=version, actor=self.index, pid=os.getpid(),
+                                   restarted=self.restarted)
 
     def gradient(self, ratios: np.ndarray, version: int, projector: list, step: int) -> tuple[float, list]:
         """The candidate's answer-token loss on projector mini-batch `step` and its projector gradient."""
         self._check()
         self._sync(version, projector)
-        return self.ev.projector_gradient(np.asarray(ratios, dtype=np.float64), step)
+        return self.scorer.projector_gradient(np.asarray(ratios, dtype=np.float64), step)
 
     def answer_loss(self, ratios: np.ndarray, version: int, projector: list) -> float:
         """The candidate's answer-token loss on the held-aside image-text proxy samples (no gradient)."""
         self._check()
         self._sync(version, projector)
-        return self.ev.answer_loss(np.asarray(ratios, dtype=np.float64))
+        return self.scorer.answer_loss(np.asarray(ratios, dtype=np.float64))
 
-    def export(self, ratios: np.ndarray, version: int, projector: list, dest: str, how: str,
-               files: dict[str, dict]) -> dict:
+    def export(self, ratios: np.ndarray, version: int, projector: list, dest: str, how: str, policy: dict) -> dict:
         """Prune the dense model sequentially with `ratios` and the projector `version` (always
-        sequential, from scratch, whatever the search mode) and save it (save_pretrained + files).
+        sequential, from scratch, whatever the search mode) and save it with `policy` (plus what the
+        pruning achieved) as policy.json and its sparsity.json.
 
         how: "direct" (dest is a local path on this node), "uri" (a pyarrow.fs URI) or "bytes"
         (return the files for the driver to write)."""
-        from efficientllava.prune_engine.prune import save_model_dir
-
         self._check()
         self._sync(version, projector)
-        ev = self.ev
-        ev.pruner.restore_dense()
+        scorer = self.scorer
         # the search is over: the other evaluators on this node are idle while the driver waits for this export,
         # so the one sequential pass may use every CPU this process can run on (restored afterwards)
         threads = torch.get_num_threads()
         torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
         try:
-            report = ev.pruner.prune(ev.policy(np.asarray(ratios, dtype=np.float64)))
+            report = scorer.prune_from_dense(np.asarray(ratios, dtype=np.float64))
         finally:
             torch.set_num_threads(threads)
         try:
             summary = {"mean_sparsity": report.mean_sparsity, "calibration_loss": report.loss,
                        "seconds": report.seconds, "log_norm_ratio": report.log_norm_ratio}
-            files = dict(files)
-            files["policy.json"] = {**files.get("policy.json", {}), "achieved_mean_sparsity": report.mean_sparsity,
-                                    "calibration_loss": report.loss}
-            files["sparsity.json"] = {"mean": report.mean_sparsity, "blocks": report.sparsity,
-                                      "log_norm_ratio": report.log_norm_ratio}
+            policy = {**policy, "achieved_mean_sparsity": report.mean_sparsity, "calibration_loss": report.loss}
             if how == "direct":
-                save_model_dir(ev.adapter, ev.processor, Path(dest), files, overwrite=True)
+                scorer.save(Path(dest), report, policy)
                 return {"report": summary, "files": None}
             with tempfile.TemporaryDirectory(prefix="efficientllava-export-") as tmp:
                 local = Path(tmp) / "model"
-                save_model_dir(ev.adapter, ev.processor, local, files, overwrite=True)
+                scorer.save(local, report, policy)
                 if how == "uri":
                     from efficientllava.actors.storage import upload_dir
 
@@ -198,4 +190,4 @@ class EvaluatorActor:
                 return {"report": summary, "files": {str(p.relative_to(local)): p.read_bytes()
                                                      for p in sorted(local.rglob("*")) if p.is_file()}}
         finally:
-            ev.pruner.restore_dense()  # the actor stays usable
+            scorer.pruner.restore_dense()  # the actor stays usable

@@ -18,7 +18,7 @@ def estimate_actor_memory(parameters: int | None, mode: str, levels: int, gpu: b
     """Bytes of host memory one evaluator actor needs (None when the parameter count is unknown).
 
     The actors hold the model in engine.dtype, `width` bytes per parameter (default: the automatic
-    dtype, fp32 on CPU and fp16 on a GPU; actors/actor_pool.py loads the weights so):
+    dtype, fp32 on CPU and fp16 on a GPU; actors/evaluator_pool.py loads the weights so):
     with W = parameters x that width,
 
     * CPU actor: the model: W;

@@ -1,8 +1,8 @@
 """Observability: Ray custom metrics (dashboard / Prometheus) and console progress.
 
-Both subscribe to the search driver's events (search/events.py) and to the Ray evaluator's
-per-candidate callback (candidates finish one by one while the driver waits for the whole
-generation).
+Both subscribe to the search driver's events (search/events.py) and to the evaluator pool's
+per-candidate callback, which passes each candidate's `Evaluation` as it arrives (candidates finish
+one by one while the driver waits for the whole generation).
 
 Metrics (Prometheus names get Ray's ``ray_`` prefix), tagged with the run name:
     efficientllava_generation                generations completed
@@ -21,6 +21,7 @@ from typing import Callable
 
 from efficientllava.search.events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted,
                                           OffspringSized, ProjectorStepped, SearchFinished)
+from efficientllava.search.protocol import Evaluation
 
 METRIC_NAMES = ("efficientllava_generation", "efficientllava_best_fitness", "efficientllava_candidates_evaluated",
                 "efficientllava_seconds_per_candidate")
@@ -42,10 +43,10 @@ class SearchMetrics:
         self.version = Gauge("efficientllava_projector_version", "Projector version", keys)
         self.generation.set(0, self.tags)
 
-    def on_candidate(self, summary: dict) -> None:
+    def on_candidate(self, e: Evaluation) -> None:
         self.evaluated.inc(1.0, self.tags)
-        self.seconds.set(float(summary["seconds"]), self.tags)
-        self.seconds_hist.observe(float(summary["seconds"]), self.tags)
+        self.seconds.set(float(e.seconds), self.tags)
+        self.seconds_hist.observe(float(e.seconds), self.tags)
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, CandidateEvaluated) and e.cached:
@@ -113,15 +114,15 @@ class ConsoleProgress:
             self._thread.join(timeout=2)
         self.progress.stop()
 
-    def on_candidate(self, summary: dict) -> None:
-        if summary.get("fidelity") == "screen":
+    def on_candidate(self, e: Evaluation) -> None:
+        if e.fidelity == "screen":
             self._screened += 1
         else:
             self._full += 1
         self.progress.advance(self.t_cand)
         self.progress.update(self.t_block, advance=self.blocks,
-                             info=f"last: {summary['blocks_run']} block passes")
-        self._blocks_run += summary["blocks_run"]
+                             info=f"last: {e.blocks_run} block passes")
+        self._blocks_run += e.blocks_run
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, GenerationStarted):

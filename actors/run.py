@@ -25,6 +25,7 @@ from efficientllava.actors.config import ConfigError, RayOptions, RunConfig
 from efficientllava.actors.storage import absolute, exists, is_uri, read_file, write_file
 from efficientllava.search.checkpoint import CONFIG, RunStore, read_history, read_saved
 from efficientllava.search.config import SearchConfig
+from efficientllava.search.protocol import Evaluation
 
 Log = Callable[[str], None]
 
@@ -216,6 +217,8 @@ def _store_run_name(out: str, name: str) -> None:
 
 
 class _Fanout:
+    """Passes the driver's events and the pool's per-candidate results (`Evaluation`) to every subscriber."""
+
     def __init__(self) -> None:
         self.event_subs: list = []
         self.candidate_subs: list = []
@@ -224,9 +227,9 @@ class _Fanout:
         for f in self.event_subs:
             f(e)
 
-    def on_candidate(self, s: dict) -> None:
+    def on_candidate(self, e: Evaluation) -> None:
         for f in self.candidate_subs:
-            f(s)
+            f(e)
 
 
 def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None = None, resume: bool = False,
@@ -242,7 +245,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
 
     on_event / on_candidate: extra subscribers (tests); on_ready(evaluator) is called once the
     actors are up."""
-    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.actors.evaluator_pool import EvaluatorPool
     from efficientllava.actors.observe import ConsoleProgress, SearchMetrics
     from efficientllava.search.driver import SearchDriver
 
@@ -257,7 +260,7 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
             fan.event_subs.append(on_event)
         if on_candidate is not None:
             fan.candidate_subs.append(on_candidate)
-        evaluator = ActorPool(run, run_name, on_candidate=fan.on_candidate, log_fn=log)
+        evaluator = EvaluatorPool(run, run_name, on_candidate=fan.on_candidate, log_fn=log)
         try:
             if on_ready is not None:
                 on_ready(evaluator)
@@ -292,9 +295,10 @@ def run_search(run: RunConfig, out: str, *, resume_config: SearchConfig | None =
 
 def policy_document(driver, result, run: RunConfig) -> dict:
     from efficientllava.prune_engine.models.adapter import MATRIX_NAMES
+    from efficientllava.prune_engine.pipeline import round_ratio
 
     space, cfg = driver.space, driver.config
-    ratios = [round(float(r), 6) for r in result.ratios]
+    ratios = [round_ratio(r) for r in result.ratios]
     if cfg.granularity == "matrix":
         short = [n.split(".")[-1] for n in MATRIX_NAMES]
         per_block = [dict(zip(short, ratios[i:i + len(short)])) for i in range(0, len(ratios), len(short))]
@@ -319,7 +323,7 @@ def finalize(driver, result, evaluator, run: RunConfig, out: str, log: Log) -> d
     from efficientllava.actors.observe import heartbeat
 
     with heartbeat(log, "pruning the final model"):
-        report = evaluator.export(result.ratios, model_dir, {"policy.json": doc})
+        report = evaluator.export(result.ratios, model_dir, doc)
     doc.update(achieved_mean_sparsity=report["mean_sparsity"], calibration_loss=report["calibration_loss"],
                final_prune_seconds=report["seconds"])
     write_file(out, "policy.json", json.dumps(doc, indent=2).encode())

@@ -46,7 +46,7 @@ from efficientllava.prune_engine.export import (DecodeWrapper, OnnxRunner, Prefi
                                  export_decode, export_prefill, initializer_sparsity, kv_shape,
                                  prefill_with_cache)
 from efficientllava.prune_engine.models.loading import load_model  # noqa: E402
-from efficientllava.prune_engine.pipeline import SequentialPruner  # noqa: E402
+from efficientllava.prune_engine.pipeline import LayerwisePruner  # noqa: E402
 
 TARGET = 1.6  # prefill speed-up at 50% over dense DeepSparse, from the issue
 
@@ -185,7 +185,7 @@ def main() -> None:
     prompt = text_batches(processor, "wiki:eval", 1, args.tokens + 1, args.seed)[0]["input_ids"]
     ids, next_id = prompt[:, :args.tokens].contiguous(), prompt[:, args.tokens:].contiguous()
     t0 = time.perf_counter()
-    pruner = SequentialPruner(adapter, batches, progress=False)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
     print(f"{args.model}: {adapter.num_blocks} blocks, calibration {args.nsamples}x{args.seqlen} tokens "
           f"({time.perf_counter() - t0:.1f} s), DeepSparse {deepsparse.__version__} on {arch.get('vendor_model')} "
           f"({isa}), {args.cores} core(s), T={args.tokens}")

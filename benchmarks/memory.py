@@ -170,7 +170,7 @@ def measure(size: str, store: str, device: str, dtype_name: str, offload: bool, 
 
     from efficientllava.prune_engine.answer_loss import backward_mean_answer_loss
     from efficientllava.prune_engine.models.adapter import ModelAdapter
-    from efficientllava.prune_engine.pipeline import SequentialPruner
+    from efficientllava.prune_engine.pipeline import LayerwisePruner
 
     torch.manual_seed(seed)
     dtype = getattr(torch, dtype_name)
@@ -202,7 +202,7 @@ def measure(size: str, store: str, device: str, dtype_name: str, offload: bool, 
               f"peak {row['phases'][name]['peak'] / GB:.2f} GiB", file=sys.stderr, flush=True)
 
     holder = {}
-    phase("setup (block-0 inputs, dense copies)", lambda: holder.update(pruner=SequentialPruner(
+    phase("setup (block-0 inputs, dense copies)", lambda: holder.update(pruner=LayerwisePruner(
         adapter, text + mm, progress=False, reuse_prefix=True, kinds=["text"] + ["mm"] * len(mm), loss="ce",
         offload_dir=spill.name if store == "disk" else None, cache_bytes=4 * GB)))
     pruner = holder["pruner"]

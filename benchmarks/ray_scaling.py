@@ -56,12 +56,12 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def measure(label: str, run_config, candidates: list[np.ndarray]) -> dict:
-    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.actors.evaluator_pool import EvaluatorPool
 
-    summaries: list[dict] = []
+    summaries: list = []  # each candidate's Evaluation, as the pool passes it on
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    ev = ActorPool(run_config, f"bench-{label}", on_candidate=summaries.append, log_fn=lambda m: None)
+    ev = EvaluatorPool(run_config, f"bench-{label}", on_candidate=summaries.append, log_fn=lambda m: None)
     startup = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
@@ -69,15 +69,15 @@ def measure(label: str, run_config, candidates: list[np.ndarray]) -> dict:
         wall = time.perf_counter() - t0
     finally:
         ev.shutdown()
-    cpu_per_actor = [sum(s["cpu_seconds"] for s in summaries if s["actor"] == a) for a in range(ev.n_actors)]
+    cpu_per_actor = [sum(s.cpu_seconds for s in summaries if s.actor == a) for a in range(ev.n_actors)]
     out = {"label": label, "actors": ev.n_actors, "startup_s": startup, "wall_s": wall,
            "candidates_per_s": len(candidates) / wall, "l_proxy": [e.l_proxy for e in evals],
-           "candidate_s": [s["seconds"] for s in summaries], "candidate_cpu_s": [s["cpu_seconds"] for s in summaries],
-           "blocks_run": sum(s["blocks_run"] for s in summaries), "cpu_s": sum(cpu_per_actor),
+           "candidate_s": [s.seconds for s in summaries], "candidate_cpu_s": [s.cpu_seconds for s in summaries],
+           "blocks_run": sum(s.blocks_run for s in summaries), "cpu_s": sum(cpu_per_actor),
            "cpu_s_per_actor": cpu_per_actor, "cores_busy": sum(cpu_per_actor) / wall,
            # makespan if every actor had a core of its own: the busiest actor's CPU seconds
            "dedicated_core_s": max(cpu_per_actor), "load_average_before": load,
-           "per_actor": {a: sum(1 for s in summaries if s["actor"] == a) for a in range(ev.n_actors)}}
+           "per_actor": {a: sum(1 for s in summaries if s.actor == a) for a in range(ev.n_actors)}}
     print(f"  {label:<10} {out['wall_s']:7.1f} s  {out['candidates_per_s']:.4f} candidates/s  "
           f"CPU {out['cpu_s']:.1f} s ({out['cores_busy']:.2f} cores busy)  blocks run {out['blocks_run']}  "
           f"(load {load:.1f}; actors ready in {startup:.1f} s)", flush=True)
@@ -109,9 +109,9 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        from efficientllava.actors.actor_pool import ActorPool
+        from efficientllava.actors.evaluator_pool import EvaluatorPool
 
-        probe = ActorPool(config(1), "bench-facts", log_fn=lambda m: None)
+        probe = EvaluatorPool(config(1), "bench-facts", log_fn=lambda m: None)
         param_counts, blocks = probe.param_counts, probe.n_blocks
         probe.shutdown()
         population, cands, space = candidate_set(param_counts, args.population, args.candidates, args.seed)

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from efficientllava.actors.run import run_search
     from efficientllava.prune_engine.data.calibration import calibration_vqa, text_batches, vqa_batches
     from efficientllava.prune_engine.models.loading import load_model, load_processor
-    from efficientllava.prune_engine.pipeline import SequentialPruner
+    from efficientllava.prune_engine.pipeline import LayerwisePruner
 
     processor = load_processor(args.model)
     llava = hasattr(processor, "image_processor")
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if llava:
         batches += vqa_batches(processor, calibration_vqa(mm_calib, ref.mm_samples, ref.seed))
     adapter, _ = load_model(args.model, processor=processor)
-    pruner = SequentialPruner(adapter, batches, progress=False)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
     t0 = time.perf_counter()
     pruner.prune(args.target)
     one_pass = time.perf_counter() - t0

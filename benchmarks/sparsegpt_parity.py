@@ -21,13 +21,13 @@ sequential loop of the reference's ``llama.py`` (default mode): for each decoder
 hooks on all seven linears feed ``SparseGPT.add_batch`` while the DENSE block runs over all
 calibration samples; then ``fasterprune(sparsity, prunen, prunem, blocksize=128, percdamp=.01)``
 prunes every linear; then the block outputs are recomputed with the pruned block and become the
-next block's inputs. Our method is ``SequentialPruner(adapter, batches, pattern).prune(ratio)``,
+next block's inputs. Our method is ``LayerwisePruner(adapter, batches, pattern).prune(ratio)``,
 which is "true sequential" inside a block (q/k/v -> o -> gate/up -> down, each stage calibrated
 on the outputs of the already pruned stages).
 
 Methods (the first two always run; the next two with ``--ablations``, the last with ``--driver-check``):
 
-* ``ours``: the pipeline, ``SequentialPruner``.
+* ``ours``: the pipeline, ``LayerwisePruner``.
 * ``reference``: reference ``SparseGPT`` class, reference schedule (dense block inputs).
 * ``ours-kernel/dense-sched``: our ``sparsegpt()`` kernel driven by the reference's schedule:
   separates kernel differences from schedule differences.
@@ -70,7 +70,7 @@ from efficientllava.prune_engine.data.calibration import text_batches, tokenizer
 from efficientllava.prune_engine.data.text import eval_segments, load_text  # noqa: E402
 from efficientllava.prune_engine.evaluation.perplexity import perplexity  # noqa: E402
 from efficientllava.prune_engine.models.loading import load_model  # noqa: E402
-from efficientllava.prune_engine.pipeline import SequentialPruner  # noqa: E402
+from efficientllava.prune_engine.pipeline import LayerwisePruner  # noqa: E402
 from efficientllava.prune_engine.sparsegpt import Hessian, Pattern, sparsegpt  # noqa: E402
 from efficientllava.prune_engine.threads import one_cpu_thread  # noqa: E402
 
@@ -131,7 +131,7 @@ def reference_environment():
 
 # --- drivers -------------------------------------------------------------------------------
 def run_ours(adapter, batches, sparsity, pattern, **_):
-    pruner = SequentialPruner(adapter, batches, pattern, progress=False)
+    pruner = LayerwisePruner(adapter, batches, pattern, progress=False)
     pruner.prune(sparsity)
 
 
@@ -481,7 +481,7 @@ def markdown(result: dict) -> str:
                              f"{r['sparsity']:.4f} | {r['calib_loss']:.4f} | "
                              f"{sum(r['block_rel_err']) / len(r['block_rel_err']):.4f} | "
                              f"{r['hidden_rel_drift'][-1]:.4f} |")
-    lines += ["", "Methods: `ours` = `SequentialPruner` (true sequential inside a block); `reference` = the "
+    lines += ["", "Methods: `ours` = `LayerwisePruner` (true sequential inside a block); `reference` = the "
               "reference's `SparseGPT` class driven like its `llama.py` (all linears of a block calibrated on the "
               "dense block); ablations, when present: `ours-kernel/dense-sched` = our `sparsegpt()` kernel with the "
               "reference's schedule, `ref-kernel/true-seq` = the reference class stage by stage (its "

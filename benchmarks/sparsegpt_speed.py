@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from efficientllava.prune_engine.data.calibration import text_batches  # noqa: E402
 from efficientllava.prune_engine.models.loading import load_model  # noqa: E402
-from efficientllava.prune_engine.pipeline import SequentialPruner  # noqa: E402
+from efficientllava.prune_engine.pipeline import LayerwisePruner  # noqa: E402
 from efficientllava.prune_engine.sparsegpt import Hessian, sparsegpt  # noqa: E402
 from efficientllava.prune_engine.threads import one_cpu_thread  # noqa: E402
 
@@ -36,7 +36,7 @@ def main() -> None:
 
     adapter, tok = load_model("smollm2")
     batches = text_batches(tok, "wiki:calib", args.nsamples, args.seqlen, args.seed)
-    pruner = SequentialPruner(adapter, batches, progress=True)
+    pruner = LayerwisePruner(adapter, batches, progress=True)
     block_times = []
     original = pruner._prune_block
 

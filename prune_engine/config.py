@@ -1,8 +1,10 @@
 """The engine's settings: the calibration data (`DataConfig`), how candidates are pruned and scored (`EngineConfig`), held-out evaluation (`HeldoutConfig`).
 
 Each setting is declared once, here, with its constraint on its field (a `Literal`, a `Field` bound or a
-validator); the one-shot `prune` job, the search's run config (actors/config.py), the demo, `tune` and the
-benchmarks compose these classes instead of re-declaring their fields or re-checking them.
+validator); the search's run config (actors/config.py), the demo, `tune` and the benchmarks compose these
+classes instead of re-declaring their fields or re-checking them. The one-shot `prune` job composes
+`DataConfig`; its model options stay flat (as the CLI gives them and its policy.json records them) and map
+onto an `EngineConfig` (`PruneJob.engine`), from which the pruner is built as for a search.
 
 Checks that read this machine's files (does the model directory, the calibration text file, the offload
 directory exist?) run only when the validation context says ``{"local": True}`` (the run config passes
@@ -157,7 +159,7 @@ class EngineConfig(BaseModel):
             kind = torch.device(v).type
         except (RuntimeError, ValueError):
             kind = None
-        if kind not in ("cpu", "cuda"):
+        if kind not in ("cpu", "cuda", "mps"):  # mps: what `prune --device` accepts on a Mac
             raise setting_error(f"device '{v}' (use auto, cpu, cuda or cuda:N)")
         return v
 

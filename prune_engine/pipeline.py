@@ -45,6 +45,7 @@ from efficientllava.prune_engine.threads import one_cpu_thread
 from efficientllava.prune_engine.weight_store import DenseWeights, LevelDatabase
 
 Ratios = dict[str, float]  # target sparsity per matrix name of one block
+RATIO_DECIMALS = 6  # a ratio's precision in a policy and in the level database's keys
 Stage = list[tuple[str, nn.Linear]]  # linears of one block that read the same input, by name
 
 
@@ -76,6 +77,11 @@ class PruneReport:
 def _weighted_mean(values: list[dict[str, float]], counts: list[dict[str, int]]) -> float:
     total = sum(c for block in counts for c in block.values())
     return sum(values[b][n] * counts[b][n] for b in range(len(counts)) for n in counts[b]) / total
+
+
+def round_ratio(ratio: float) -> float:
+    """A sparsity ratio as policies carry it (and the level database is keyed by): RATIO_DECIMALS decimals."""
+    return round(float(ratio), RATIO_DECIMALS)
 
 
 def block_ratios(policy, adapter: ModelAdapter) -> list[Ratios]:
@@ -121,8 +127,10 @@ class BlockResult:
         return {n: p.ratio for n, p in self.pruned.items()}
 
 
-class SequentialPruner:
-    """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy.
+class LayerwisePruner:
+    """Holds the dense weights and block-0 inputs of the calibration batches; prunes with any policy,
+    block by block, in either mode: layer-sequentially (`prune`), or in database mode by stitching
+    levels pruned once from the dense model (`build_database`, then `stitch` / `install`).
 
     Batches have a kind ("text" or "mm") so that losses are reported per modality. The loss is
     next-token cross-entropy to the labels ("ce") or the KL divergence from the dense model's
@@ -309,7 +317,7 @@ class SequentialPruner:
     # ---- database mode --------------------------------------------------------------------
     def _level(self, b: int, name: str, ratio: float) -> Pruned:
         try:
-            return self.database[(b, name, round(ratio, 6))]
+            return self.database[(b, name, round_ratio(ratio))]
         except KeyError:
             raise ValueError(f"ratio {ratio} of block {b} is not a database level") from None
 
@@ -464,7 +472,7 @@ class SequentialPruner:
             return sparsegpt([dense[n] for n in names], H, ratios, self.pattern, self.blocksize, self.percdamp)
 
     def _store_level(self, b: int, name: str, ratio: float, pruned: Pruned) -> None:
-        self.database[(b, name, round(ratio, 6))] = pruned  # the database keeps it off the device
+        self.database[(b, name, round_ratio(ratio))] = pruned  # the database keeps it off the device
 
     def _propagate(self, b: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """Block b's outputs on every batch: the next block's inputs."""

@@ -7,15 +7,19 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from efficientllava.prune_engine.config import DataConfig
-from efficientllava.prune_engine.data.calibration import calibration_vqa, check_token_ids, describe, text_batches, vqa_batches
+from efficientllava.prune_engine.calibrated import build_pruner
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+from efficientllava.prune_engine.data.calibration import describe
 from efficientllava.prune_engine.models.adapter import MATRIX_NAMES, ModelError
-from efficientllava.prune_engine.models.loading import load_model, load_processor, resolve_model_path, text_only_reason
-from efficientllava.prune_engine.pipeline import SequentialPruner, block_ratios
+from efficientllava.prune_engine.models.loading import load_processor, resolve_model_path, text_only_reason
+from efficientllava.prune_engine.pipeline import PruneReport, block_ratios
 from efficientllava.prune_engine.sparsegpt import Pattern, PruneConfigError, check_sparsity
 
 
 class PruneJob(BaseModel):
+    """The job's options, flat as the CLI gives them and policy.json records them ("job"); the ones that say how
+    the model is pruned map onto the engine's settings (`engine`), which build the pruner as for a search."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str
@@ -80,6 +84,13 @@ class PruneJob(BaseModel):
         if self.policy and self.owl is not None:
             raise PruneConfigError("--owl computes its own per-block policy; do not combine it with --policy")
         return self
+
+    @property
+    def engine(self) -> EngineConfig:
+        """The engine's settings for this job: one policy, so no prefix reuse; calibration loss cross-entropy."""
+        return EngineConfig(model=self.model, pattern=self.pattern, device=self.device, dtype=self.dtype,
+                            offload=self.offload, offload_dir=None if self.offload_dir is None else str(self.offload_dir),
+                            loss="ce", prefix_reuse=False)
 
 
 def read_policy(path: Path) -> list:
@@ -150,6 +161,13 @@ def save_model_dir(adapter, processor, out: Path, extra_files: dict[str, dict], 
     tmp.rename(out)
 
 
+def save_pruned_model(adapter, processor, out: Path, report: PruneReport, policy: dict, overwrite: bool) -> None:
+    """A pruned model's directory: the model (save_model_dir), `policy` as policy.json and what `report` says the
+    pruning achieved as sparsity.json (the prune job's and the search's final model alike)."""
+    sparsity = {"mean": report.mean_sparsity, "blocks": report.sparsity, "log_norm_ratio": report.log_norm_ratio}
+    save_model_dir(adapter, processor, out, {"policy.json": policy, "sparsity.json": sparsity}, overwrite)
+
+
 #: processor files besides the tokenizer's (kept when the engine only used the tokenizer)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
                    "chat_template.json", "chat_template.jinja")
@@ -171,19 +189,13 @@ def run_prune(job: PruneJob, log=print) -> dict:
     check_out_dir(job.out, job.overwrite)
     _check_against_config(job, policy, pattern)
     processor = load_processor(job.model)  # data problems surface before the weights are loaded
-    data = job.data
-    batches = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed, data.batch_size)
-    if data.mm_calib:
+    if job.data.mm_calib:
         reason = text_only_reason(job.model, processor)
         if reason:
             raise ModelError(f"--mm-calib needs a LLaVA model (image-text) with its image processor: {reason}")
-        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance)
-        batches += vqa_batches(processor, samples, data.batch_size)
-    adapter, processor = load_model(job.model, job.dtype, "cpu" if job.offload else job.device, processor=processor,
-                                    compute_device=job.device)
-    if job.offload:
-        adapter.offload_blocks(job.device)
-    check_token_ids(batches, adapter.model.get_input_embeddings().num_embeddings)
+    built = build_pruner(job.engine, job.data, processor=processor, progress=job.progress, blocksize=job.blocksize,
+                         percdamp=job.percdamp)
+    adapter, batches = built.adapter, built.proxy.batches
     log(f"calibration: {describe(batches)}")
     if job.owl is not None:
         from efficientllava.prune_engine.owl import outlier_ratios, owl_policy
@@ -192,9 +204,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
         policy = owl_policy(outliers, job.sparsity, job.owl, [sum(c.values()) for c in adapter.param_counts()])
         log(f"OWL ratios (lambda {job.owl}, M {job.owl_m}): " + " ".join(f"{r:.3f}" for r in policy))
     ratios = block_ratios(policy, adapter)  # validates the policy length against the model
-    pruner = SequentialPruner(adapter, batches, pattern, job.blocksize, job.percdamp, progress=job.progress,
-                              offload_dir=job.offload_dir)
-    report = pruner.prune([r if not pattern.structured else {n: pattern.sparsity for n in r} for r in ratios])
+    report = built.pruner.prune([r if not pattern.structured else {n: pattern.sparsity for n in r} for r in ratios])
     log(f"pruned {adapter.num_blocks} blocks in {report.seconds:.1f} s: mean sparsity {report.mean_sparsity:.4f}, "
         f"calibration loss {report.loss:.4f}")
     summary = {"model": job.model, "pattern": str(pattern), "mean_sparsity": report.mean_sparsity,
@@ -202,9 +212,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
                "ratios": [r if not pattern.structured else pattern.sparsity for r in
                           (policy if isinstance(policy, list) else [policy] * adapter.num_blocks)],
                "job": json.loads(job.model_dump_json())}
-    sparsity = {"mean": report.mean_sparsity, "blocks": report.sparsity,
-                "log_norm_ratio": report.log_norm_ratio}
-    save_model_dir(adapter, processor, job.out, {"policy.json": summary, "sparsity.json": sparsity}, job.overwrite)
+    save_pruned_model(adapter, built.processor, job.out, report, summary, job.overwrite)
     log(f"saved to {job.out}")
     return summary
 

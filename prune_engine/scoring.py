@@ -1,55 +1,32 @@
 """The local candidate scorer: prune a candidate policy on one device, measure L_text / L_mm and G, projector gradients.
 
-This is what one evaluator actor holds (no Ray here): the dense model, the proxy (= calibration)
-batches — text and image-text, each split into a screening slice and the rest, for multi-fidelity
-selection — a `SequentialPruner` with prefix reuse and, in database mode, the level database
-(built once at start from the dense model with its original projector, kept off the device).
+This is what one evaluator actor holds (no Ray here): the model, the proxy (= calibration) batches and
+the `LayerwisePruner` calibrated on them (prune_engine/calibrated.py: text and image-text, each split
+into a screening slice and the rest, for multi-fidelity selection), with prefix reuse and, in database
+mode, the level database (built once at start from the dense model with its original projector, kept
+off the device); and the image-text samples the projector trains on and is judged on. A candidate's
+scores come back as the search's one candidate result, `search.protocol.Evaluation`.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from efficientllava.prune_engine.answer_loss import (answer_logprobs, backward_mean_answer_loss, scaled_gradients,
                                                      summed_answer_loss)
+from efficientllava.prune_engine.calibrated import ProxyData, build_pruner
 from efficientllava.prune_engine.config import DataConfig, EngineConfig
-from efficientllava.prune_engine.data.calibration import (
-    calibration_vqa,
-    check_token_ids,
-    text_batches,
-    vqa_batches,
-)
-from efficientllava.prune_engine.models.loading import load_model, load_processor, model_identity
-from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.data.calibration import vqa_batches
+from efficientllava.prune_engine.models.loading import model_identity
+from efficientllava.prune_engine.pipeline import PruneReport, round_ratio
 from efficientllava.prune_engine.precision import resolve_device, screen_dtype
 from efficientllava.prune_engine.projector import ProjectorError
-from efficientllava.prune_engine.sparsegpt import Pattern
 from efficientllava.prune_engine.tensors import pack_tensors, unpack_tensors
-from efficientllava.prune_engine.threads import use_threads
-
-
-@dataclass
-class CandidateScore:
-    l_text: float  # mean token loss on the text proxy targets (NaN: no text batch was scored)
-    l_mm: float | None  # ... on the answer tokens of the image-text samples (None: no image-text data)
-    log_norm_ratio: np.ndarray  # (K,)
-    seconds: float
-    mean_sparsity: float
-    blocks_run: int  # blocks actually pruned/run (prefix reuse skips the rest)
-
-
-def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], list[dict]]:
-    """Cut a text batch into segments [0, first) and [first, n), each in batches of `size` segments."""
-    n = len(batch["input_ids"])
-    out = []
-    for lo, hi in ((0, first), (first, n)):
-        step = size or max(hi - lo, 1)
-        out.append([{k: v[i:min(i + step, hi)] for k, v in batch.items()} for i in range(lo, hi, step)])
-    return out[0], out[1]
+from efficientllava.search.protocol import Evaluation
 
 
 class CandidateScorer:
@@ -58,47 +35,34 @@ class CandidateScorer:
     def __init__(self, engine: EngineConfig, data: DataConfig, levels: list[float] | None = None,
                  state_dict: dict | None = None,
                  progress: bool = False, build_database: bool = True):
-        """In database mode the level database is built here unless `build_database` is False (then
-        the caller shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
-        if engine.threads:
-            use_threads(engine.threads)
+        """The model and its pruner from `state_dict` (weights shared through the object store; else read from
+        disk), the proxy data's roles, the projector's samples and teachers, the screening precision; in
+        database mode the level database is built here unless `build_database` is False (then the caller
+        shares the work: `database_part` on each evaluator, `add_database` of all parts)."""
         self.engine, self.data, self.levels = engine, data, levels
-        processor = load_processor(engine.model)
-        text = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed)[0]
-        # text segments: [screening slice | the rest of the fitness set | calibration only]
-        fit_text = min(engine.fitness_nsamples or data.nsamples, data.nsamples)
-        screen_text = min(engine.screen_nsamples, fit_text) if engine.screen_nsamples else 0
-        text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, data.batch_size)
-        _, text_calib = _split_text(text, fit_text, data.batch_size)
-        text_rest = fit_rest + text_calib
-        samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance) if data.mm_calib else []
-        screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
-        mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)
-        mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
-        self.samples = samples
-        # state_dict: weights shared through the object store (then nothing is read from disk)
-        device = resolve_device(engine.device)
-        self.adapter, self.processor = load_model(engine.model, engine.dtype, "cpu" if engine.offload else device,
-                                                  processor=processor, state_dict=state_dict,
-                                                  compute_device=device)
-        if engine.offload:
-            self.adapter.offload_blocks(device)
-        if samples and not self.adapter.is_llava:
-            raise ValueError(f"image-text proxy data needs a LLaVA model; {engine.model} is text-only")
-        self.batches = text_screen + text_rest + mm_screen + mm_rest
-        n_text = len(text_screen) + len(text_rest)
-        self.kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
-        self.mm_indices = [i for i, k in enumerate(self.kinds) if k == "mm"]
-        n_fit = len(text_screen) + len(fit_rest)
-        self.scored = list(range(n_fit)) + self.mm_indices  # the full-fidelity fitness set
-        # the screening slice (multi-fidelity selection): the sliced batches of each kind; a kind
-        # without a slice is scored whole; no slice at all means screening uses the full set
-        screen = (list(range(len(text_screen))) if screen_text else list(range(n_fit))) \
-            + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else self.mm_indices)
-        self.screen = screen if (screen_text or screen_mm) else None
-        check_token_ids(self.batches, self.adapter.model.get_input_embeddings().num_embeddings)
-        # the projector's held-aside samples (never trained on: the guard judges an update on them) and
-        # its training samples; at most half of the image-text samples are held aside
+        built = build_pruner(engine, data, state_dict=state_dict, progress=progress)
+        self.adapter, self.processor, self.pruner = built.adapter, built.processor, built.pruner
+        self.pattern = self.pruner.pattern
+        self._keep_proxy_roles(built.proxy)
+        self._split_projector_samples()
+        self._compute_projector_teachers()
+        self.projector_version = 0
+        self.screen_dtype = self._screening_dtype()
+        if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
+            self.pruner.build_database(self.levels)
+
+    def _keep_proxy_roles(self, proxy: ProxyData) -> None:
+        """The proxy batches and which of them the fitness (`scored`) and the screening (`screen`) measure."""
+        self.samples = proxy.samples
+        self.batches, self.kinds = proxy.batches, proxy.kinds
+        self.mm_indices = proxy.mm_indices
+        self.scored = proxy.scored  # the full-fidelity fitness set
+        self.screen = proxy.screen
+
+    def _split_projector_samples(self) -> None:
+        """The projector's held-aside samples (never trained on: the guard judges an update on them) and its
+        training samples; at most half of the image-text samples are held aside."""
+        engine, processor, samples = self.engine, self.processor, self.samples
         held = min(engine.monitor_samples, len(samples) // 2)
         self.held_aside = held  # 0 (a single image-text sample): the guard has nothing to judge an update on
         self.monitor_batches = vqa_batches(processor, samples[:held])
@@ -110,25 +74,20 @@ class CandidateScorer:
                                              engine.projector_microbatch)
                                  for i in range(0, len(train), engine.projector_batch)]
                                 if engine.projector_microbatch else [[b] for b in self.projector_batches])
-        # one objective (docs/method.md §4 step 5): the projector trains, and the guard judges it, on the loss
-        # the fitness ranks by; for KL, the dense model's answer distributions (dense weights, the projector of
-        # the start), computed once, are the fixed teacher
+
+    def _compute_projector_teachers(self) -> None:
+        """One objective (docs/method.md §4 step 5): the projector trains, and the guard judges it, on the loss
+        the fitness ranks by; for KL, the dense model's answer distributions (dense weights, the projector of
+        the start), computed once, are the fixed teacher."""
         self.monitor_teachers = self.step_teachers = None
-        if engine.loss == "kl" and engine.projector_objective == "fitness":
+        if self.engine.loss == "kl" and self.engine.projector_objective == "fitness":
             self.monitor_teachers = [answer_logprobs(self.adapter, b) for b in self.monitor_batches]
             self.step_teachers = [[answer_logprobs(self.adapter, b) for b in step] for step in self.projector_steps]
-        self.pattern = Pattern.parse(engine.pattern)
-        self.pruner = SequentialPruner(self.adapter, self.batches, self.pattern, progress=progress,
-                                       reuse_prefix=engine.prefix_reuse, kinds=self.kinds, loss=engine.loss,
-                                       scored=self.scored, offload_dir=engine.offload_dir,
-                                       cache_bytes=None if engine.prefix_cache_gb is None
-                                       else int(engine.prefix_cache_gb * 2**30))
-        self.projector_version = 0
-        # None: the model's own; only an fp32 model screens in a lower precision (a GPU model is in half already)
-        low = screen_dtype(engine.screen_precision, device)
-        self.screen_dtype = low if self.pruner.dtype == torch.float32 else None
-        if engine.mode == "database" and build_database:  # once, from the dense model with its original projector
-            self.pruner.build_database(self.levels)
+
+    def _screening_dtype(self) -> torch.dtype | None:
+        """None: the model's own; only an fp32 model screens in a lower precision (a GPU model is in half already)."""
+        low = screen_dtype(self.engine.screen_precision, resolve_device(self.engine.device))
+        return low if self.pruner.dtype == torch.float32 else None
 
     # --- a level database built in parts (one per evaluator) ------------------------
     def database_part(self, index: int, parts: int) -> dict:
@@ -182,7 +141,8 @@ class CandidateScorer:
                 "screen_dtype": str(self.screen_dtype or self.pruner.dtype).removeprefix("torch.")}
 
     def policy(self, ratios: np.ndarray) -> list:
-        ratios = [round(float(r), 6) for r in np.asarray(ratios)]
+        """The pruner's policy of a candidate's ratios: one ratio per block, or per block a dict by matrix name."""
+        ratios = [round_ratio(r) for r in np.asarray(ratios)]
         if self.engine.granularity == "block":
             return ratios
         names = list(self.adapter.linears(0))
@@ -190,7 +150,7 @@ class CandidateScorer:
 
     # --- evaluation ------------------------------------------------------------------
     def evaluate(self, ratios: np.ndarray, fidelity: str = "full",
-                 modalities: tuple[str, ...] = ("text", "mm")) -> CandidateScore:
+                 modalities: tuple[str, ...] = ("text", "mm")) -> Evaluation:
         """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
         screening slice only, `modalities=("mm",)` on the image-text batches only (database mode;
         sequential pruning always needs all the data)."""
@@ -204,8 +164,8 @@ class CandidateScorer:
         else:
             report = self.pruner.prune(policy)
         l_text = report.loss_text if report.loss_text is not None else math.nan
-        return CandidateScore(l_text, report.loss_mm, np.array(report.log_norm_ratio),
-                               time.perf_counter() - start, report.mean_sparsity, self.pruner.blocks_run - before)
+        return Evaluation(l_text, report.log_norm_ratio, time.perf_counter() - start, report.loss_mm,
+                          report.mean_sparsity, self.pruner.blocks_run - before, fidelity)
 
     def _install(self, ratios: np.ndarray) -> None:
         """Put the candidate's pruned weights into the model (stitched, or pruned sequentially)."""
@@ -252,6 +212,19 @@ class CandidateScorer:
             loss, n = summed_answer_loss(self.adapter, batch, teacher=None if teachers is None else teachers[i])
             total, count = total + float(loss), count + n
         return total / count if count else math.nan  # nothing held aside: the guard keeps every update
+
+    # --- the final model -------------------------------------------------------------
+    def prune_from_dense(self, ratios: np.ndarray) -> PruneReport:
+        """Prune the dense model sequentially with the candidate's ratios (from scratch, whatever the mode),
+        leaving the pruned weights in the model (`pruner.restore_dense()` puts the dense ones back)."""
+        self.pruner.restore_dense()
+        return self.pruner.prune(self.policy(ratios))
+
+    def save(self, out: Path, report: PruneReport, policy: dict) -> None:
+        """The model as it is now (pruned by `prune_from_dense`) at `out`, with policy.json and sparsity.json."""
+        from efficientllava.prune_engine.prune import save_pruned_model
+
+        save_pruned_model(self.adapter, self.processor, out, report, policy, overwrite=True)
 
     # --- the projector ---------------------------------------------------------------
     def projector_state_dict(self) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -358,7 +358,7 @@ class SearchDriver:
             for m, e in zip(subset, results):
                 if modalities == ("mm",):  # the text part and the norms come from the memo
                     text = self._text_memo[(keys[m][0], fidelity)]
-                    e = Evaluation(text.l_text, text.log_norm_ratio, e.seconds, e.l_mm)
+                    e = replace(e, l_text=text.l_text, log_norm_ratio=text.log_norm_ratio)
                 if np.shape(e.log_norm_ratio) != (self.space.n_blocks,):
                     raise RuntimeError(f"evaluator returned log_norm_ratio of shape {np.shape(e.log_norm_ratio)}, "
                                        f"expected ({self.space.n_blocks},)")

@@ -1,5 +1,5 @@
-"""What the search drives: any object with this shape (a synthetic function in
-tests, Ray actors in production). The search never holds a model."""
+"""What the search drives: the evaluation protocol (a synthetic function in tests, Ray actors in production)
+and the one candidate result it returns (`Evaluation`). The search never holds a model."""
 from __future__ import annotations
 
 import math
@@ -8,15 +8,39 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .fitness import norm_term
+
 FIDELITIES = ("full", "screen")  # all proxy data, or the screening slice (multi-fidelity selection)
 
 
 @dataclass
 class Evaluation:
-    l_text: float  # mean token loss (cross-entropy or KL to dense) on the text proxy tokens (all of it for text-only)
-    log_norm_ratio: np.ndarray  # shape (K,): log(||W_hat_k||_F / ||W_k||_F) per decoder block
+    """One candidate's result, in the one shape it travels in: measured by the scorer
+    (prune_engine/scoring.py), stamped by the evaluator actor with where it ran, carried as is by Ray
+    to the evaluator pool, its progress subscribers and the driver (which ranks by the scores)."""
+
+    l_text: float  # mean token loss (cross-entropy or KL to dense) on the text proxy tokens (all of it for text-only;
+    # NaN: no text batch was scored, e.g. an image-text-only re-score)
+    log_norm_ratio: np.ndarray  # shape (K,), float64: log(||W_hat_k||_F / ||W_k||_F) per decoder block
     seconds: float = 0.0  # evaluator-reported wall time for this candidate
     l_mm: float | None = None  # the same on the answer tokens of the image-text proxy samples (None: none)
+    mean_sparsity: float = math.nan  # the parameter-weighted sparsity the pruning achieved
+    blocks_run: int = 0  # decoder blocks actually pruned or run (prefix reuse skips the rest)
+    fidelity: str = "full"  # "full" or "screen" (FIDELITIES)
+    # where it ran, set by an evaluator actor (None where it was scored in process)
+    cpu_seconds: float | None = None
+    projector_version: int | None = None
+    actor: int | None = None
+    pid: int | None = None
+    restarted: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.log_norm_ratio = np.asarray(self.log_norm_ratio, dtype=np.float64)
+
+    @property
+    def g(self) -> float:
+        """G, the SRM term: sum_k log(||W_hat_k|| / ||W_k||) (search/fitness.py)."""
+        return norm_term(self.log_norm_ratio)
 
 
 @dataclass

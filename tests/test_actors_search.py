@@ -113,7 +113,7 @@ def test_two_actors_end_to_end(reference, tiny_llava_dir):
         assert all(r["l_mm"] is not None and r["l_text"] is not None for r in gen)
     assert doc["projector_version"] == version
     # both actors worked, each on its sorted chunk; prefix reuse skipped some block passes
-    assert {s["actor"] for s in rec.candidates} == {0, 1}
+    assert {e.actor for e in rec.candidates} == {0, 1}
     assert summary["stats"]["candidates"] == 18 and summary["stats"]["actor_failures"] == 0
     assert summary["stats"]["blocks_run"] < 18 * 3
 
@@ -189,7 +189,7 @@ def test_one_actor_gives_the_same_result(reference, tiny_llava_dir, tmp_path):
     rec = Recorder()
     summary = run_search(tiny_run(tiny_llava_dir, ray={"actors": 1}), str(out), progress=False,
                          log=lambda m: None, **rec.hooks())
-    assert summary["actors"] == 1 and {s["actor"] for s in rec.candidates} == {0}
+    assert summary["actors"] == 1 and {e.actor for e in rec.candidates} == {0}
     assert_same_outcome(outcome(out), outcome(reference[0]))
 
 
@@ -214,10 +214,10 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
     import numpy as np
     import torch
 
-    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.actors.evaluator_pool import EvaluatorPool
     from efficientllava.prune_engine.tensors import deserialise
 
-    ev = ActorPool(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
+    ev = EvaluatorPool(tiny_run(tiny_llava_dir, ray={"actors": 1}), "restart-test", log_fn=lambda m: None)
     try:
         # its bundle and its actor reserve the estimated host memory (actors/memory_request.py)
         from ray.util.state import list_actors
@@ -237,10 +237,10 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
         (before,) = ev.evaluate(policies[:1], 1)
         ray.kill(ev.actors[0], no_restart=False)
         (after,) = ev.evaluate(policies[:1], 1)
-        assert ev.stats["actor_failures"] >= 1 and seen[-1]["restarted"] and seen[-1]["projector_version"] == 1
+        assert ev.stats["actor_failures"] >= 1 and seen[-1].restarted and seen[-1].projector_version == 1
         assert (after.l_text, after.l_mm) == (before.l_text, before.l_mm)
         assert np.array_equal(after.log_norm_ratio, before.log_norm_ratio)
-        assert not seen[-2]["restarted"]
+        assert not seen[-2].restarted
 
         # the learner: two mini-batch steps undisturbed ...
         saved = ev.projector_state()
@@ -285,12 +285,12 @@ def test_restarted_actor_installs_the_current_projector(cluster, tiny_llava_dir)
 def test_memory_beyond_the_cluster_is_one_error_before_any_actor_starts(cluster, tiny_llava_dir):
     from ray.util.state import list_actors
 
-    from efficientllava.actors.actor_pool import ActorPool
+    from efficientllava.actors.evaluator_pool import EvaluatorPool
     from efficientllava.search.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"the cluster has [\d.]+ GiB of memory .*; 2 evaluator actors need "
                                           r"200000\.0 GiB \(100000\.00 GiB each, set\).*memory_per_actor_gb") as err:
-        ActorPool(tiny_run(tiny_llava_dir, ray={"memory_per_actor_gb": 100000}), "memory-test", log_fn=lambda m: None)
+        EvaluatorPool(tiny_run(tiny_llava_dir, ray={"memory_per_actor_gb": 100000}), "memory-test", log_fn=lambda m: None)
     assert "\n" not in str(err.value)
     assert not [pg for pg in ray.util.placement_group_table().values() if pg["name"].startswith("memory-test")]
     assert not [a for a in list_actors(address=cluster["address"]) if (a.name or "").startswith("memory-test")]

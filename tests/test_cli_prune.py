@@ -32,9 +32,9 @@ def test_prune_save_load_same_logits(tiny_llama_dir, tmp_path):
     adapter, tok = load_model(str(tiny_llama_dir))
     # re-prune in-process with the same settings: the saved model must give the same logits
     from efficientllava.prune_engine.data.calibration import text_batches
-    from efficientllava.prune_engine.pipeline import SequentialPruner
+    from efficientllava.prune_engine.pipeline import LayerwisePruner
 
-    SequentialPruner(adapter, text_batches(tok, "wiki:calib", 8, 64, seed=0), progress=False).prune(0.6)
+    LayerwisePruner(adapter, text_batches(tok, "wiki:calib", 8, 64, seed=0), progress=False).prune(0.6)
     ids = torch.tensor([[1, 2, 3, 400, 500, 600, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, adapter.model(input_ids=ids).logits)

@@ -17,7 +17,7 @@ from efficientllava.prune_engine.data.calibration import text_batches, vqa_batch
 from efficientllava.prune_engine.data.vqa import load_easy_vqa
 from efficientllava.prune_engine.models.loading import load_model
 from efficientllava.prune_engine.owl import outlier_ratios
-from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.pipeline import LayerwisePruner
 from efficientllava.prune_engine.prefix_cache import PrefixCache
 from efficientllava.prune_engine.scoring import CandidateScorer
 from efficientllava.prune_engine.sparsegpt import Pruned
@@ -102,12 +102,12 @@ def llama(tiny_llama_dir):
 def test_sequential_pruning_identical_with_dense_weights_on_disk(llama, tmp_path):
     adapter, batches = llama
     policies = [0.5, [0.3, 0.6, 0.5], [0.3, 0.6, 0.7]]
-    memory = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    memory = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True)
     expected = []
     for p in policies:
         expected.append((memory.prune(p).loss, _weights(adapter)))
     memory.restore_dense()
-    disk = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path)
+    disk = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path)
     assert list(tmp_path.rglob("*.pt"))
     for p, (loss, weights) in zip(policies, expected):
         assert disk.prune(p).loss == loss
@@ -118,13 +118,13 @@ def test_sequential_pruning_identical_with_dense_weights_on_disk(llama, tmp_path
 def test_database_on_disk_and_bounded_cache_give_identical_candidates(llama, tmp_path, budget_blocks):
     adapter, batches = llama
     candidates = [[0.5, 0.5, 0.5], [0.5, 0.5, 0.7], [0.5, 0.3, 0.7], [0.5, 0.3, 0.7], [0.7, 0.3, 0.7]]
-    reference = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    reference = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True)
     reference.build_database(LEVELS)
     expected = [reference.stitch(c) for c in candidates]
     run_reference = reference.blocks_run
     reference.restore_dense()
     block_bytes = sum(x.hidden.numel() * x.hidden.element_size() for x in reference.inputs)
-    bounded = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path,
+    bounded = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True, offload_dir=tmp_path,
                                cache_bytes=budget_blocks * block_bytes)
     bounded.build_database(LEVELS)
     assert len(bounded.database) == len(reference.database)
@@ -162,7 +162,7 @@ def test_offloaded_blocks_run_only_on_the_device_and_give_identical_results(tiny
     adapter, processor = load_model(str(tiny_llava_dir))
     batches = (text_batches(processor, "wiki:calib", 4, 32, seed=0)
                + vqa_batches(processor, load_easy_vqa("train", limit=4), 2))
-    reference = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
+    reference = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
     seq = reference.prune([0.4, 0.5, 0.6])
     reference.build_database(LEVELS)
     stitched = reference.stitch([0.3, 0.7, 0.5])
@@ -172,7 +172,7 @@ def test_offloaded_blocks_run_only_on_the_device_and_give_identical_results(tiny
     adapter.offload_blocks("cpu")
     moves = _watch_blocks(adapter)
     assert outlier_ratios(adapter, batches) == owl  # the OWL baseline's scores, block by block
-    pruner = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
+    pruner = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True, loss="kl")
     assert pruner.prune([0.4, 0.5, 0.6]).loss == seq.loss
     pruner.build_database(LEVELS)
     before = moves["n"]

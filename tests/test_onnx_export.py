@@ -8,7 +8,7 @@ from efficientllava.prune_engine.data.calibration import text_batches
 from efficientllava.prune_engine.export import (DecodeWrapper, OnnxRunner, PrefillWrapper, compare_logits, export_decode,
                                  export_prefill, initializer_sparsity, kv_shape, prefill_with_cache)
 from efficientllava.prune_engine.models.loading import load_model
-from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.pipeline import LayerwisePruner
 
 T = 12
 ATOL = 1e-4
@@ -18,7 +18,7 @@ ATOL = 1e-4
 def pruned(tiny_llama_dir):
     torch.set_num_threads(1)
     adapter, tok = load_model(str(tiny_llama_dir), dtype=torch.float32)
-    SequentialPruner(adapter, text_batches(tok, "wiki:calib", 4, 32, seed=0), progress=False).prune(0.5)
+    LayerwisePruner(adapter, text_batches(tok, "wiki:calib", 4, 32, seed=0), progress=False).prune(0.5)
     prompt = text_batches(tok, "wiki:eval", 1, T + 1, seed=0)[0]["input_ids"]
     return adapter, prompt[:, :T].contiguous(), prompt[:, T:].contiguous()
 

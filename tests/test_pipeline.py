@@ -8,7 +8,7 @@ from efficientllava.prune_engine.data.calibration import text_batches, vqa_batch
 from efficientllava.prune_engine.data.vqa import load_easy_vqa
 from efficientllava.prune_engine.models.adapter import ModelError
 from efficientllava.prune_engine.models.loading import load_model
-from efficientllava.prune_engine.pipeline import SequentialPruner
+from efficientllava.prune_engine.pipeline import LayerwisePruner
 from efficientllava.prune_engine.sparsegpt import Pattern
 
 TEXT = "wiki:calib"
@@ -27,7 +27,7 @@ def llama(tiny_llama_dir):
 def test_uniform_policy_exact_sparsity_and_untouched_rest(llama):
     adapter, _, batches = llama
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
-    report = SequentialPruner(adapter, batches, progress=False).prune(0.5)
+    report = LayerwisePruner(adapter, batches, progress=False).prune(0.5)
     for i, counts in enumerate(zeros(adapter)):
         for n, m in adapter.linears(i).items():
             assert counts[n] == round(0.5 * m.weight.numel()), (i, n)
@@ -43,7 +43,7 @@ def test_per_block_and_per_matrix_policy(llama):
     adapter, _, batches = llama
     names = list(adapter.linears(0))
     policy = [0.3, {n: 0.1 * (j + 1) for j, n in enumerate(names)}, 0.7]
-    report = SequentialPruner(adapter, batches, progress=False).prune(policy)
+    report = LayerwisePruner(adapter, batches, progress=False).prune(policy)
     counts = zeros(adapter)
     for i, entry in enumerate(policy):
         for n, m in adapter.linears(i).items():
@@ -54,7 +54,7 @@ def test_per_block_and_per_matrix_policy(llama):
 
 def test_report_loss_is_the_pruned_models_loss(llama):
     adapter, _, batches = llama
-    report = SequentialPruner(adapter, batches, progress=False).prune(0.6)
+    report = LayerwisePruner(adapter, batches, progress=False).prune(0.6)
     with torch.no_grad():
         ids = batches[0]["input_ids"]
         direct = adapter.model(input_ids=ids, labels=ids).loss.item()
@@ -63,7 +63,7 @@ def test_report_loss_is_the_pruned_models_loss(llama):
 
 def test_pruner_restores_dense_between_policies(llama):
     adapter, _, batches = llama
-    pruner = SequentialPruner(adapter, batches, progress=False)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
     first = pruner.prune(0.5)
     pruner.prune(0.7)
     again = pruner.prune(0.5)
@@ -77,11 +77,11 @@ def test_pruner_restores_dense_between_policies(llama):
 
 def test_batched_calibration_equals_single_batch(tiny_llama_dir):
     adapter, tok = load_model(str(tiny_llama_dir))
-    pruner = SequentialPruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0), progress=False)
+    pruner = LayerwisePruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0), progress=False)
     one = pruner.prune(0.5)
     w_one = [{n: m.weight.clone() for n, m in adapter.linears(i).items()} for i in range(adapter.num_blocks)]
     pruner.restore_dense()
-    four = SequentialPruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0, batch_size=2), progress=False).prune(0.5)
+    four = LayerwisePruner(adapter, text_batches(tok, TEXT, 8, 64, seed=0, batch_size=2), progress=False).prune(0.5)
     assert four.loss == pytest.approx(one.loss, rel=1e-4)
     for i in range(adapter.num_blocks):
         for n, m in adapter.linears(i).items():
@@ -92,7 +92,7 @@ def test_layer_sequential_calibration_uses_pruned_outputs(tiny_llama_dir):
     """Block 1's Hessian must come from the outputs of the *pruned* block 0 (not the dense one)."""
     adapter, tok = load_model(str(tiny_llama_dir))
     batches = text_batches(tok, TEXT, 8, 64, seed=0)
-    pruner = SequentialPruner(adapter, batches, progress=False)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
     seen = []
     handle = adapter.blocks[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
     pruner.prune([0.8, 0.5, 0.5])
@@ -110,7 +110,7 @@ def test_layer_sequential_calibration_uses_pruned_outputs(tiny_llama_dir):
 def test_nm_pipeline(llama, spec):
     adapter, _, batches = llama
     p = Pattern.parse(spec)
-    SequentialPruner(adapter, batches, p, progress=False).prune(p.sparsity)
+    LayerwisePruner(adapter, batches, p, progress=False).prune(p.sparsity)
     for i in range(adapter.num_blocks):
         for n, m in adapter.linears(i).items():
             groups = (m.weight != 0).view(m.weight.shape[0], -1, p.m).sum(-1)
@@ -119,13 +119,13 @@ def test_nm_pipeline(llama, spec):
 
 def test_database_levels_match_direct_pruning(llama):
     adapter, _, batches = llama
-    pruner = SequentialPruner(adapter, batches, progress=False)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
     levels = [0.4, 0.5, 0.6]
     pruner.build_database(levels)  # dense forward, every level pruned on dense inputs
     assert {(b, r) for b, _, r in pruner.database} == {(b, r) for b in range(3) for r in levels}
     assert all(p.weight.device.type == "cpu" for p in pruner.database.values())  # off the device
     # a part of the database (what one actor builds when the build is shared) is the same entries
-    part = SequentialPruner(adapter, batches, progress=False)
+    part = LayerwisePruner(adapter, batches, progress=False)
     part.build_database(levels, blocks=[1])
     assert {b for b, _, _ in part.database} == {1}
     for key, entry in part.database.items():
@@ -143,7 +143,7 @@ def test_database_levels_match_direct_pruning(llama):
         pruner.stitch(0.55)
     # with two batches: a subset scores only its batch; the full score afterwards equals a fresh one
     pruner.restore_dense()
-    two = SequentialPruner(adapter, text_batches(llama[1], TEXT, 8, 64, seed=0, batch_size=4), progress=False,
+    two = LayerwisePruner(adapter, text_batches(llama[1], TEXT, 8, 64, seed=0, batch_size=4), progress=False,
                            reuse_prefix=True)
     two.build_database(levels)
     subset = two.stitch([0.6, 0.4, 0.5], batches=[0])
@@ -154,10 +154,10 @@ def test_database_levels_match_direct_pruning(llama):
 
 def test_prefix_reuse_gives_identical_results_and_skips_blocks(llama):
     adapter, _, batches = llama
-    fresh = SequentialPruner(adapter, batches, progress=False)
+    fresh = LayerwisePruner(adapter, batches, progress=False)
     expected = [fresh.prune(p) for p in ([0.5, 0.5, 0.6], [0.5, 0.5, 0.7], [0.5, 0.4, 0.7])]
     fresh.restore_dense()
-    reuse = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    reuse = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True)
     got = [reuse.prune(p) for p in ([0.5, 0.5, 0.6], [0.5, 0.5, 0.7], [0.5, 0.4, 0.7])]
     assert reuse.blocks_run == 3 + 1 + 2
     for e, g in zip(expected, got):
@@ -169,7 +169,7 @@ def test_llava_prune_leaves_vision_projector_embeddings_head_bit_identical(tiny_
     assert adapter.is_llava
     batches = text_batches(processor, TEXT, 4, 32, seed=0) + vqa_batches(processor, load_easy_vqa("train", limit=6))
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
-    report = SequentialPruner(adapter, batches, progress=False).prune(0.5)
+    report = LayerwisePruner(adapter, batches, progress=False).prune(0.5)
     changed = {k for k, v in adapter.model.state_dict().items() if not torch.equal(v, before[k])}
     lm = "model.language_model.layers."
     assert changed and all(k.startswith(lm) and k.endswith("proj.weight") for k in changed)
@@ -202,7 +202,7 @@ def test_unsupported_model_is_a_one_line_error(tmp_path):
 
 def test_stitch_in_bfloat16_installs_cast_weights_and_never_mixes_precisions(llama):
     adapter, _, batches = llama
-    pruner = SequentialPruner(adapter, batches, progress=False, reuse_prefix=True)
+    pruner = LayerwisePruner(adapter, batches, progress=False, reuse_prefix=True)
     pruner.build_database([0.4, 0.5, 0.6])
     head, embed = adapter.model.lm_head.weight, adapter.model.get_input_embeddings().weight.clone()
     policy = [0.6, 0.4, 0.5]
@@ -221,7 +221,7 @@ def test_stitch_in_bfloat16_installs_cast_weights_and_never_mixes_precisions(lla
     assert all(m.weight.dtype == torch.float32 for b in range(3) for m in adapter.linears(b).values())
     pruner.stitch(policy, dtype=torch.bfloat16)
     pruner.restore_dense()  # dense weights come back in the model's dtype (sequential pruning starts from them)
-    dense = SequentialPruner(adapter, batches, progress=False)
+    dense = LayerwisePruner(adapter, batches, progress=False)
     for b in range(3):
         for n, m in adapter.linears(b).items():
             assert m.weight.dtype == torch.float32 and torch.equal(m.weight, dense.dense.block(b)[n])

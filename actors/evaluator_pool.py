@@ -1,4 +1,4 @@
-"""`ActorPool`: the search's evaluation protocol (search/protocol.py) on a pool of Ray actors.
+"""`EvaluatorPool`: the search's evaluation protocol (search/protocol.py) on a pool of Ray evaluator actors.
 
 Driver side. It never holds a model: the dense weights are loaded once by a task into the object
 store, the evaluator actors are built from them inside a placement group (one bundle per actor:
@@ -7,7 +7,8 @@ actors/memory_request.py), and the learner actor owns the projector.
 
 * ``evaluate``: duplicates are evaluated once; candidates are sorted lexicographically and cut into
   contiguous chunks per actor (prefix reuse), idle actors steal; a candidate whose actor died is
-  re-run on another actor (a restarted actor first installs the current projector).
+  re-run on another actor (a restarted actor first installs the current projector). Each result is
+  the actor's `Evaluation`, as it came (also to the ``on_candidate`` subscriber, as it arrives).
 * ``projector_step``: several mini-batch steps; for each, the drawn candidates' gradients are
   computed on the actors (same pool, same fault handling), the learner combines them in draw
   order and steps, and its new projector state is one object that every actor installs
@@ -51,10 +52,11 @@ def _key(ratios: np.ndarray) -> bytes:
     return np.asarray(ratios, dtype=np.float64).tobytes()
 
 
-class ActorPool:
-    """Implements the `search.Evaluator` protocol; needs `ray.init()` done."""
+class EvaluatorPool:
+    """The evaluator actors (and the learner actor) of one run, as the search's `EvaluationProtocol`; needs
+    `ray.init()` done."""
 
-    def __init__(self, run: RunConfig, run_name: str, on_candidate: Callable[[dict], None] | None = None,
+    def __init__(self, run: RunConfig, run_name: str, on_candidate: Callable[[Evaluation], None] | None = None,
                  log_fn: Callable[[str], None] | None = None):
         if not ray.is_initialized():
             raise RuntimeError("ray.init() first")
@@ -337,8 +339,8 @@ class ActorPool:
                 done[m] = True
                 if what == "candidate":
                     self.stats["candidates"] += 1
-                    self.stats["blocks_run"] += results[m]["blocks_run"]
-                    if results[m]["fidelity"] == "screen":
+                    self.stats["blocks_run"] += results[m].blocks_run
+                    if results[m].fidelity == "screen":
                         self.stats["screened"] += 1
                     if self.on_candidate is not None:
                         self.on_candidate(results[m])
@@ -347,7 +349,7 @@ class ActorPool:
             raise RuntimeError("evaluator pool stopped with work left")
         return results
 
-    # ---- the Evaluator protocol --------------------------------------------------------------
+    # ---- the evaluation protocol --------------------------------------------------------------
     def evaluate(self, ratios: list[np.ndarray], projector_version: int, fidelity: str = "full",
                  modalities: tuple[str, ...] = ("text", "mm")) -> list[Evaluation]:
         if projector_version != self.projector_version:
@@ -361,8 +363,7 @@ class ActorPool:
         done = self._run(first, lambda actor, m: actor.evaluate.remote(first[m], projector_version, projector,
                                                                         fidelity, tuple(modalities)))
         by_key = dict(zip(unique, done))
-        return [Evaluation(by_key[k]["l_text"], np.asarray(by_key[k]["log_norm_ratio"]), by_key[k]["seconds"],
-                           by_key[k]["l_mm"]) for k in keys]
+        return [by_key[k] for k in keys]
 
     def _answer_losses(self, ratios: list[np.ndarray]) -> list[float]:
         v, projector = self.projector_version, [self._projector_ref]
@@ -457,9 +458,10 @@ class ActorPool:
         self._publish(state_ref, int(version))
 
     # ---- the final model ---------------------------------------------------------------------
-    def export(self, ratios: np.ndarray, dest: str, files: dict[str, dict]) -> dict:
+    def export(self, ratios: np.ndarray, dest: str, policy: dict) -> dict:
         """Prune the dense model sequentially with `ratios` and the current projector; save it at
-        `dest` (a local path on the driver's machine or a pyarrow.fs URI)."""
+        `dest` (a local path on the driver's machine or a pyarrow.fs URI) with `policy` as its policy.json
+        (plus what the pruning achieved) and its sparsity.json."""
         from efficientllava.actors.storage import is_uri, write_dir
 
         self._settle_sync()
@@ -472,7 +474,7 @@ class ActorPool:
             how = "uri" if is_uri(dest) else ("direct" if self.facts[a]["node_id"] == here else "bytes")
             try:
                 out = ray.get(self.actors[a].export.remote(np.asarray(ratios, dtype=np.float64), self.projector_version,
-                                                          [self._projector_ref], dest, how, files))
+                                                          [self._projector_ref], dest, how, policy))
             except ACTOR_FAILURES as exc:
                 last = exc
                 self._lost(a)

@@ -1,0 +1,107 @@
+"""A calibrated pruner, built one way for the prune job, the candidate scorer and the evaluator actors: the proxy data, the model and its `LayerwisePruner`.
+
+The proxy (= calibration) data (`proxy_data`) is text segments, plus image-text samples for a LLaVA model.
+Each kind is cut into a screening slice and the rest (multi-fidelity selection, `EngineConfig.screen_*`),
+and text past the fitness set (`EngineConfig.fitness_nsamples`) only calibrates; with none of these set
+(the prune job) the batches are simply the text then the image-text batches of `DataConfig.batch_size`.
+`build_pruner` loads the model onto its device and builds the pruner on these batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+from efficientllava.prune_engine.data.calibration import calibration_vqa, check_token_ids, text_batches, vqa_batches
+from efficientllava.prune_engine.models.adapter import ModelAdapter
+from efficientllava.prune_engine.models.loading import load_model, load_processor
+from efficientllava.prune_engine.pipeline import LayerwisePruner
+from efficientllava.prune_engine.precision import resolve_device
+from efficientllava.prune_engine.sparsegpt import Pattern
+from efficientllava.prune_engine.threads import use_threads
+
+
+@dataclass
+class ProxyData:
+    """The proxy batches in order (text, then image-text; each kind as [screening slice | the rest]) and what each is for."""
+
+    batches: list[dict]
+    kinds: list[str]  # per batch: "text" or "mm"
+    scored: list[int]  # the full-fidelity fitness set (the text batches past it only calibrate: Hessians)
+    screen: list[int] | None  # the screening slice (None: screening uses the full set)
+    samples: list  # the image-text samples drawn (their batches follow the text batches)
+
+    @property
+    def mm_indices(self) -> list[int]:
+        return [i for i, k in enumerate(self.kinds) if k == "mm"]
+
+
+def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], list[dict]]:
+    """Cut a text batch into segments [0, first) and [first, n), each in batches of `size` segments."""
+    n = len(batch["input_ids"])
+    out = []
+    for lo, hi in ((0, first), (first, n)):
+        step = size or max(hi - lo, 1)
+        out.append([{k: v[i:min(i + step, hi)] for k, v in batch.items()} for i in range(lo, hi, step)])
+    return out[0], out[1]
+
+
+def proxy_data(processor, data: DataConfig, engine: EngineConfig) -> ProxyData:
+    """The proxy batches of `data`, sliced for the fitness and the screening as `engine` says."""
+    text = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed)[0]
+    # text segments: [screening slice | the rest of the fitness set | calibration only]
+    fit_text = min(engine.fitness_nsamples or data.nsamples, data.nsamples)
+    screen_text = min(engine.screen_nsamples, fit_text) if engine.screen_nsamples else 0
+    text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, data.batch_size)
+    _, text_calib = _split_text(text, fit_text, data.batch_size)
+    samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance) if data.mm_calib else []
+    screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
+    mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)
+    mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
+    batches = text_screen + fit_rest + text_calib + mm_screen + mm_rest
+    n_text = len(text_screen) + len(fit_rest) + len(text_calib)
+    kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
+    mm = list(range(n_text, len(batches)))
+    n_fit = len(text_screen) + len(fit_rest)
+    # the screening slice: the sliced batches of each kind; a kind without a slice is scored whole; no
+    # slice at all means screening uses the full set
+    screen = (list(range(len(text_screen))) if screen_text else list(range(n_fit))) \
+        + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else mm)
+    return ProxyData(batches, kinds, list(range(n_fit)) + mm, screen if (screen_text or screen_mm) else None,
+                     samples)
+
+
+@dataclass
+class CalibratedPruner:
+    """A model, its proxy data and the pruner calibrated on them."""
+
+    adapter: ModelAdapter
+    processor: object
+    proxy: ProxyData
+    pruner: LayerwisePruner
+
+
+def build_pruner(engine: EngineConfig, data: DataConfig, *, processor=None, state_dict: dict | None = None,
+                 progress: bool = False, blocksize: int = 128, percdamp: float = 0.01) -> CalibratedPruner:
+    """Torch threads (engine.threads), the proxy data (read before the weights: data problems surface first), the
+    model on engine.device (its blocks offloaded with engine.offload) and a `LayerwisePruner` on the proxy batches.
+
+    processor: the model's processor when the caller has loaded it already; state_dict: the weights (e.g.
+    shared through the Ray object store; nothing is then read from disk)."""
+    if engine.threads:
+        use_threads(engine.threads)
+    processor = processor or load_processor(engine.model)
+    proxy = proxy_data(processor, data, engine)
+    device = resolve_device(engine.device)
+    adapter, processor = load_model(engine.model, engine.dtype, "cpu" if engine.offload else device,
+                                    processor=processor, state_dict=state_dict, compute_device=device)
+    if engine.offload:
+        adapter.offload_blocks(device)
+    if proxy.samples and not adapter.is_llava:
+        raise ValueError(f"image-text proxy data needs a LLaVA model; {engine.model} is text-only")
+    check_token_ids(proxy.batches, adapter.model.get_input_embeddings().num_embeddings)
+    pruner = LayerwisePruner(adapter, proxy.batches, Pattern.parse(engine.pattern), blocksize, percdamp,
+                             progress=progress, reuse_prefix=engine.prefix_reuse, kinds=proxy.kinds, loss=engine.loss,
+                             scored=proxy.scored, offload_dir=engine.offload_dir,
+                             cache_bytes=None if engine.prefix_cache_gb is None
+                             else int(engine.prefix_cache_gb * 2**30))
+    return CalibratedPruner(adapter, processor, proxy, pruner)
