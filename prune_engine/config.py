@@ -159,7 +159,7 @@ class EngineConfig(BaseModel):
             kind = torch.device(v).type
         except (RuntimeError, ValueError):
             kind = None
-        if kind not in ("cpu", "cuda", "mps"):  # mps: what `prune --device` accepts on a Mac
+        if kind not in ("cpu", "cuda"):
             raise setting_error(f"device '{v}' (use auto, cpu, cuda or cuda:N)")
         return v
 

@@ -87,10 +87,12 @@ class PruneJob(BaseModel):
 
     @property
     def engine(self) -> EngineConfig:
-        """The engine's settings for this job: one policy, so no prefix reuse; calibration loss cross-entropy."""
-        return EngineConfig(model=self.model, pattern=self.pattern, device=self.device, dtype=self.dtype,
-                            offload=self.offload, offload_dir=None if self.offload_dir is None else str(self.offload_dir),
-                            loss="ce", prefix_reuse=False)
+        """The engine's settings for this job: one policy, so no prefix reuse; calibration loss cross-entropy.
+        The device is the job's, as the prune command checked it (it may be mps, which a search's engine refuses)."""
+        engine = EngineConfig(model=self.model, pattern=self.pattern, dtype=self.dtype, offload=self.offload,
+                              offload_dir=None if self.offload_dir is None else str(self.offload_dir),
+                              loss="ce", prefix_reuse=False)
+        return engine.model_copy(update={"device": self.device})
 
 
 def read_policy(path: Path) -> list:
