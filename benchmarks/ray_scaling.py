@@ -71,7 +71,7 @@ def measure(label: str, run_config, candidates: list[np.ndarray]) -> dict:
         ev.shutdown()
     cpu_per_actor = [sum(s.cpu_seconds for s in summaries if s.actor == a) for a in range(ev.n_actors)]
     out = {"label": label, "actors": ev.n_actors, "startup_s": startup, "wall_s": wall,
-           "candidates_per_s": len(candidates) / wall, "l_proxy": [e.l_proxy for e in evals],
+           "candidates_per_s": len(candidates) / wall, "l_proxy": [[e.l_text, e.l_mm] for e in evals],
            "candidate_s": [s.seconds for s in summaries], "candidate_cpu_s": [s.cpu_seconds for s in summaries],
            "blocks_run": sum(s.blocks_run for s in summaries), "cpu_s": sum(cpu_per_actor),
            "cpu_s_per_actor": cpu_per_actor, "cores_busy": sum(cpu_per_actor) / wall,
