@@ -12,7 +12,9 @@ used for calibration), easy-vqa and Fashion-MNIST accuracy (constrained choice, 
 1,000 questions per set for every model), and shifted: perplexity on the Python docs, the same
 images asked in wordings the proxy never uses. --cross-task adds uniform and Full with the
 image-text proxy from one set only, scored on the other set. Finished variants are cached under
---work, so an interrupted run continues where it stopped. Writes benchmarks/results/<name>.md|json.
+--work, so an interrupted run continues where it stopped; --restore-cache puts the rows of a results
+file written at the same settings back into that cache (a fresh machine has no runs/), so a run with
+more seeds only computes the new ones. Writes benchmarks/results/<name>.md|json.
 """
 from __future__ import annotations
 
@@ -36,6 +38,33 @@ CROSS_TASK = {"easy-vqa": ("fashion_mnist", "fashion_mnist_rephrased"),
 def with_proxy(settings: Settings, proxy: str) -> Settings:
     """The same settings with the image-text calibration data drawn from one set's training split only."""
     return settings.model_copy(update={"data": {**settings.data, "mm_calib": f"{proxy}:train"}})
+
+
+def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
+    """Write every row of a results file of this script (`doc`: its JSON) into the cache under `work`, keyed as
+    `run_variant` keys them; rows already cached are kept. Refuses a file made with other settings (its rows
+    would be filed under keys they do not belong to). Returns how many rows were written."""
+    import json
+
+    made_with = {k: v for k, v in doc.get("settings", {}).items() if k != "eval_vqa"}
+    if made_with != json.loads(settings.model_dump_json()):
+        raise ValueError("written with other settings than this run's "
+                         f"({json.dumps(made_with, sort_keys=True)})")
+    rows = [("dense", None, settings, doc["dense"])]
+    for t, variants in doc.get("results", {}).items():
+        rows += [(v, float(t), settings, r) for v, agg in variants.items() for r in agg["per_seed"]]
+    for t, proxies in doc.get("cross_task", {}).items():
+        rows += [(v, float(t), with_proxy(settings, proxy), r)
+                 for proxy, cell in proxies.items() for v in SEEDED for r in cell[v]["per_seed"]]
+    work.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for variant, target, where, row in rows:
+        seeded = where.model_copy(update={"seed": row.get("seed", where.seed)})
+        path = work / f"{seeded.key(variant, target if target is not None else 0.0)}.json"
+        if not path.exists():
+            path.write_text(json.dumps(row, indent=1))
+            written += 1
+    return written
 
 
 def settings_from_args(args) -> Settings:
@@ -153,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cross-task", action="store_true",
                     help="also run uniform and Full for every seed with the image-text proxy from one set only "
                          "(easy-vqa, then Fashion-MNIST) and report the other set's accuracy (cross-task)")
+    ap.add_argument("--restore-cache", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="first put the rows of this results file (written by this script at the same settings) "
+                         "into the cache under --work")
     ap.add_argument("--cached-only", action="store_true",
                     help="run nothing: write the table from the finished (cached) runs, listing the missing ones")
     add_common_args(ap)
@@ -164,6 +196,14 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = settings_from_args(args)
+    if args.restore_cache:
+        import json
+
+        try:
+            n = restore_cache(json.loads(args.restore_cache.read_text()), settings, args.work)
+        except (OSError, ValueError, KeyError) as e:
+            ap.error(f"--restore-cache {args.restore_cache}: {e}")
+        print(f"restored {n} cached row(s) from {args.restore_cache}")
     if not args.cached_only:
         ray_started(settings)
     t0 = time.perf_counter()

@@ -72,3 +72,35 @@ def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy
     assert fm["per_seed"] == pytest.approx([0.0, 1.0, 2.0]) and fm["wins"] == 2 and fm["n"] == 3
     assert cross["easy-vqa"]["paired"]["fashion_mnist_rephrased"]["wins"] == 0
     assert "Cross-task" in written["table"] and "easy-vqa → Fashion-MNIST acc" in written["table"]
+
+
+def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_are_refused(tmp_path):
+    """--restore-cache: a results file's rows go back under the keys `run_variant` reads (a fresh machine has
+    no cache); a file written with other settings is refused, never filed under keys it does not belong to."""
+    import json
+
+    from benchmarks.ablation import restore_cache, with_proxy
+    from benchmarks.variants import Settings, run_variant
+
+    settings = Settings()
+    row = lambda v, s: {"variant": v, "target": 0.7, "seed": s, "ppl": 100.0 + s}  # noqa: E731
+    doc = {"settings": {**json.loads(settings.model_dump_json()), "eval_vqa": settings.heldout.vqa},
+           "dense": {"variant": "dense", "seed": 0, "ppl": 20.0},
+           "results": {"0.7": {v: {"per_seed": [row(v, 0), row(v, 3)]} for v in ("uniform", "full")}},
+           "cross_task": {"0.7": {"easy-vqa": {v: {"per_seed": [row(v, 1)]} for v in ("uniform", "full")}}}}
+    assert restore_cache(doc, settings, tmp_path) == 7
+    assert restore_cache(doc, settings, tmp_path) == 0  # already there: kept
+    assert run_variant("dense", None, settings, tmp_path, cached_only=True)["ppl"] == 20.0
+    for v in ("uniform", "full"):
+        for s in (0, 3):
+            assert run_variant(v, 0.7, settings.model_copy(update={"seed": s}), tmp_path, log=lambda m: None,
+                               cached_only=True) == row(v, s)
+        proxied = with_proxy(settings, "easy-vqa").model_copy(update={"seed": 1})
+        assert run_variant(v, 0.7, proxied, tmp_path, log=lambda m: None, cached_only=True) == row(v, 1)
+    assert run_variant("full", 0.7, settings.model_copy(update={"seed": 1}), tmp_path, log=lambda m: None,
+                       cached_only=True) is None  # seed 1 ran only with the easy-vqa proxy
+    split = "val" if settings.heldout.split == "test" else "test"
+    other = settings.model_copy(update={"heldout": settings.heldout.model_copy(update={"split": split})})
+    with pytest.raises(ValueError, match="other settings"):
+        restore_cache(doc, other, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
