@@ -19,6 +19,7 @@ more seeds only computes the new ones. Writes benchmarks/results/<name>.md|json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,8 +45,6 @@ def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
     """Write every row of a results file of this script (`doc`: its JSON) into the cache under `work`, keyed as
     `run_variant` keys them; rows already cached are kept. Refuses a file made with other settings (its rows
     would be filed under keys they do not belong to). Returns how many rows were written."""
-    import json
-
     made_with = {k: v for k, v in doc.get("settings", {}).items() if k != "eval_vqa"}
     if made_with != json.loads(settings.model_dump_json()):
         raise ValueError("written with other settings than this run's "
@@ -197,8 +196,6 @@ def main(argv=None) -> int:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = settings_from_args(args)
     if args.restore_cache:
-        import json
-
         try:
             n = restore_cache(json.loads(args.restore_cache.read_text()), settings, args.work)
         except (OSError, ValueError, KeyError) as e:
