@@ -4,7 +4,9 @@
 
 Variants (same proxy data and seed for all; see benchmarks/variants.py): Uniform SparseGPT,
 OWL-style per-block ratios, Auto w/o Gen (eta = 0), Full (eta = 0.5), No Evo (no projector
-update), Evo w/o UB (projector update with all c_m equal). Uniform and Full run for every
+update), Evo w/o UB (projector update with all c_m equal), and the evolved projector's two effects
+on Full's model apart (evo_masks_only: Full's policy re-pruned with the evolved projector, answering
+through the dense one; evo_answers_only: the other way round). Uniform and Full (and the two parts) run for every
 calibration seed of --seeds (mean +- sd, and Full - uniform paired seed by seed: a user gets one
 draw); the other variants at --seed. Metrics on held-out data of --eval-split (val to choose,
 test to report): achieved mean sparsity, Wikipedia perplexity (64x256 tokens of articles never
@@ -26,11 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import (LABELS, METRICS, SEARCHES, Settings, lower_is_better, over_seeds, paired,  # noqa: E402
-                                 ray_started, run_variant)
+from benchmarks.variants import (EVO_PARTS, LABELS, METRICS, SEARCHES, Settings, lower_is_better, over_seeds,  # noqa: E402
+                                 paired, ray_started, run_variant)
 
-VARIANTS = ["uniform", "owl", *SEARCHES]
-SEEDED = ("uniform", "full")  # run for every calibration seed
+VARIANTS = ["uniform", "owl", *SEARCHES, *EVO_PARTS]  # the order they run in (EVO_PARTS re-prune Full's run)
+PAIRED = ("uniform", "full")  # compared seed by seed (and cross-task)
+SEEDED = (*PAIRED, *EVO_PARTS)  # run for every calibration seed
 #: cross-task: the image-text proxy from one set only, accuracy on the other set (as generated and rephrased)
 CROSS_TASK = {"easy-vqa": ("fashion_mnist", "fashion_mnist_rephrased"),
               "fashion-mnist": ("easy_vqa", "easy_vqa_rephrased")}
@@ -54,7 +57,7 @@ def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
         rows += [(v, float(t), settings, r) for v, agg in variants.items() for r in agg["per_seed"]]
     for t, proxies in doc.get("cross_task", {}).items():
         rows += [(v, float(t), with_proxy(settings, proxy), r)
-                 for proxy, cell in proxies.items() for v in SEEDED for r in cell[v]["per_seed"]]
+                 for proxy, cell in proxies.items() for v in PAIRED for r in cell[v]["per_seed"]]
     work.mkdir(parents=True, exist_ok=True)
     written = 0
     for variant, target, where, row in rows:
@@ -107,10 +110,10 @@ HEADS = {"ppl": "held-out ppl", "easy_vqa": "easy-vqa acc", "fashion_mnist": "Fa
          "fashion_mnist_rephrased": "Fashion-MNIST rephrased (shifted)"}
 
 
-def paired_table(pairs: dict) -> str:
-    """Full against uniform on the same calibration draw, seed by seed: the difference per seed, its mean ± sd,
-    and on how many seeds Full is ahead (a user gets one draw, not the mean)."""
-    headers = ["target", "metric", "Full − uniform per seed", "mean ± sd", "Full ahead on"]
+def paired_table(pairs: dict, other: str = "Full", base: str = "uniform") -> str:
+    """`other` against `base` (Full against uniform) on the same calibration draw, seed by seed: the difference
+    per seed, its mean ± sd, and on how many seeds `other` is ahead (a user gets one draw, not the mean)."""
+    headers = ["target", "metric", f"{other} − {base} per seed", "mean ± sd", f"{other} ahead on"]
     rows = []
     for t, p in pairs.items():
         for m in METRICS:
@@ -119,7 +122,7 @@ def paired_table(pairs: dict) -> str:
             x, unit = p[m], "%" if lower_is_better(m) else " pts"
             rows.append([t, HEADS[m], ", ".join(f"{v:+.1f}" for v in x["per_seed"]) + unit,
                          f"{x['mean']:+.1f} ± {x['sd']:.1f}{unit}", f"{x['wins']} of {x['n']} seeds"])
-    return ("Paired differences, Full − uniform on the same calibration draw (perplexity in % change, lower is "
+    return (f"Paired differences, {other} − {base} on the same calibration draw (perplexity in % change, lower is "
             "better; accuracy in points, higher is better):\n\n" + markdown_table(headers, rows))
 
 
@@ -194,6 +197,7 @@ def main(argv=None) -> int:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    variants.sort(key=VARIANTS.index)  # Full before the variants that re-prune its run
     settings = settings_from_args(args)
     if args.restore_cache:
         try:
@@ -226,7 +230,7 @@ def main(argv=None) -> int:
             cross[t] = {}
             for proxy, scored_on in CROSS_TASK.items():
                 runs = {v: [run_variant(v, t, with_proxy(settings, proxy).model_copy(update={"seed": s}), args.work,
-                                        log=print, cached_only=args.cached_only) for s in seeds] for v in SEEDED}
+                                        log=print, cached_only=args.cached_only) for s in seeds] for v in PAIRED}
                 if any(None in r for r in runs.values()):
                     missing.append(f"cross-task ({proxy} proxy) at {t}")
                     continue
@@ -247,6 +251,13 @@ def main(argv=None) -> int:
              for t, by_variant in results.items() if "uniform" in by_variant and "full" in by_variant}
     if pairs:
         table += "\n\n" + paired_table(pairs)
+    # the evolved projector's two effects: Full against its policy re-pruned with the evolved projector in one role only
+    evo_parts = {v: {t: paired(by_variant[v]["per_seed"], by_variant["full"]["per_seed"])
+                     for t, by_variant in results.items() if v in by_variant and "full" in by_variant}
+                 for v in EVO_PARTS}
+    for v, p in evo_parts.items():
+        if p:
+            table += "\n\n" + paired_table(p, "Full", v)
     if any(cross.values()):
         table += "\n\n" + cross_task_table(cross)
     print("\n" + table)
@@ -286,6 +297,8 @@ def main(argv=None) -> int:
                    "settings": {**settings.model_dump(), "eval_vqa": settings.heldout.vqa}, "dense": dense,
                    "results": {str(t): r for t, r in results.items()},
                    "paired": {str(t): p for t, p in pairs.items()},
+                   **({"evo_parts": {v: {str(t): x for t, x in p.items()} for v, p in evo_parts.items() if p}}
+                      if any(evo_parts.values()) else {}),
                    "cross_task": {str(t): c for t, c in cross.items()}, "seconds": time.perf_counter() - t0},
                   notes)
     return 0

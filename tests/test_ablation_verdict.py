@@ -104,3 +104,29 @@ def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_a
     with pytest.raises(ValueError, match="other settings"):
         restore_cache(doc, other, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_the_evo_parts_run_after_full_on_every_seed_and_are_paired_with_it(monkeypatch, tmp_path):
+    """evo_masks_only / evo_answers_only re-prune Full's run: asked first, they still run after Full, on every
+    calibration seed; the JSON's evo_parts key pairs each with Full seed by seed."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        calls.append((variant, settings.seed))
+        acc = {"full": 0.6, "evo_masks_only": 0.5, "evo_answers_only": 0.55, "uniform": 0.4}.get(variant, 0.9)
+        return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
+                "ppl": 100.0, "easy_vqa": acc, "fashion_mnist": acc}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data))
+    assert ablation.main(["--targets", "0.7", "--variants", "evo_answers_only,evo_masks_only,full,uniform",
+                          "--seeds", "0,1", "--cached-only", "--work", str(tmp_path)]) == 0
+    order = [v for v, _ in calls if v != "dense"]
+    assert order == ["uniform"] * 2 + ["full"] * 2 + ["evo_masks_only"] * 2 + ["evo_answers_only"] * 2
+    parts = written["data"]["evo_parts"]
+    assert parts["evo_masks_only"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([10.0, 10.0])  # Full − part
+    assert parts["evo_answers_only"]["0.7"]["easy_vqa"]["wins"] == 2
+    assert "Full − evo_masks_only" in written["table"]

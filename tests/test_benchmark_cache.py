@@ -45,7 +45,8 @@ def test_the_baselines_key_ignores_search_and_engine_settings():
     assert Settings(search={"projector_guard": False}).key("full", 0.7) != base.key("full", 0.7)
 
 
-@pytest.mark.parametrize("variant", ["dense", "uniform", "owl", "auto_wo_gen", "full", "no_evo", "evo_wo_ub"])
+@pytest.mark.parametrize("variant", ["dense", "uniform", "owl", "auto_wo_gen", "full", "no_evo", "evo_wo_ub",
+                                     "evo_masks_only", "evo_answers_only"])
 def test_every_variant_has_a_key(variant):
     key = Settings().key(variant, 0.0 if variant == "dense" else 0.5)
     assert key.startswith(f"{variant}-")

@@ -1,0 +1,88 @@
+"""The Evo ablation's two parts (benchmarks/variants.py): Full's policy re-pruned from the dense model with the
+evolved projector choosing the masks only, or giving the answers only."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmarks.variants import EVO_PARTS, full_outcome, prune_with_projectors
+from efficientllava.prune_engine.config import DataConfig, EngineConfig
+
+PROJECTOR = "multi_modal_projector."
+
+
+def _split(weights: dict) -> tuple[dict, dict]:
+    """(projector tensors by the projector's own names, language-model linear weights) of a saved LLaVA."""
+    projector = {k.split(PROJECTOR, 1)[1]: v for k, v in weights.items() if PROJECTOR in k}
+    lm = {k: v for k, v in weights.items()
+          if "language_model." in k and ".layers." in k and k.endswith("proj.weight")}
+    assert projector and len(lm) == 3 * 7
+    return projector, lm
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_llava_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evo-parts")
+    engine = EngineConfig(model=str(tiny_llava_dir), loss="ce")
+    data = DataConfig(nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
+    dense, _ = _split(load_file(str(tiny_llava_dir / "model.safetensors")))
+    g = torch.Generator().manual_seed(0)
+    evolved = {k: v + 0.5 * max(float(v.std()), 0.05) * torch.randn(v.shape, generator=g) for k, v in dense.items()}
+    ratios = np.array([0.4, 0.6, 0.5])
+    models = {}
+    for variant, (masks, answers) in EVO_PARTS.items():
+        prune_with_projectors(engine, data, ratios, evolved, masks, answers, out / variant)
+        models[variant] = _split(load_file(str(out / variant / "model.safetensors")))
+    # the independent reference for masks chosen under the dense projector: the prune command, same policy and data
+    from efficientllava.prune_engine.prune import PruneJob, run_prune
+
+    (out / "policy.json").write_text(json.dumps({"ratios": ratios.tolist()}))
+    run_prune(PruneJob(model=str(tiny_llava_dir), out=out / "reference", policy=out / "policy.json", data=data,
+                       progress=False), log=lambda m: None)
+    reference = _split(load_file(str(out / "reference" / "model.safetensors")))
+    return {"dense": dense, "evolved": evolved, "models": models, "reference": reference}
+
+
+def test_each_part_answers_through_the_projector_it_names(parts):
+    masks_only, answers_only = parts["models"]["evo_masks_only"][0], parts["models"]["evo_answers_only"][0]
+    for name, w in parts["dense"].items():
+        assert torch.equal(masks_only[name], w)
+        assert torch.equal(answers_only[name], parts["evolved"][name].to(w.dtype))
+        assert not torch.equal(answers_only[name], w)
+
+
+def test_each_part_takes_its_masks_from_the_projector_it_names(parts):
+    """Masks under the dense projector are the prune command's (same policy, same data); under the evolved
+    projector the image-text activations, hence the Hessians and the masks, change."""
+    masks_only, answers_only = parts["models"]["evo_masks_only"][1], parts["models"]["evo_answers_only"][1]
+    reference = parts["reference"][1]
+    for name, w in reference.items():
+        assert torch.equal(answers_only[name] == 0, w == 0), name
+        torch.testing.assert_close(answers_only[name], w)
+    assert any(not torch.equal(masks_only[n] == 0, reference[n] == 0) for n in reference)
+    # and the policy holds in both: the same zeros per matrix
+    for name, w in reference.items():
+        assert int((masks_only[name] == 0).sum()) == int((w == 0).sum()), name
+
+
+def test_full_outcome_reads_the_policy_and_the_final_projector(tmp_path):
+    import pyarrow as pa
+
+    from efficientllava.prune_engine.tensors import serialise
+    from efficientllava.search.checkpoint import HISTORY_SCHEMA, RunStore
+
+    with pytest.raises(FileNotFoundError, match="run the 'full' variant"):
+        full_outcome(tmp_path)
+    params = {"linear_1.weight": torch.arange(6.0).reshape(2, 3)}
+    RunStore(str(tmp_path)).save({"generation": 3, "projector_version": 2}, HISTORY_SCHEMA.empty_table(),
+                                 serialise({"names": list(params), "params": params, "version": 2}))
+    doc = {"levels": [0, 2, 1], "level_values": [0.6, 0.7, 0.8], "projector_version": 2}
+    (tmp_path / "policy.json").write_text(json.dumps(doc))
+    ratios, projector = full_outcome(tmp_path)
+    np.testing.assert_array_equal(ratios, [0.6, 0.8, 0.7])
+    assert torch.equal(projector["linear_1.weight"], params["linear_1.weight"])
+    (tmp_path / "policy.json").write_text(json.dumps({**doc, "projector_version": 1}))
+    with pytest.raises(ValueError, match="does not hold the projector of the final model"):
+        full_outcome(tmp_path)
