@@ -43,9 +43,10 @@ SEARCHES = {
 #: the evolved projector's two effects on Full's model apart: Full's policy re-pruned from the dense model
 #: with (the projector the masks are computed under, the projector the saved model answers with); Full
 #: itself is (evolved, evolved), and its policy with the dense projector throughout is (dense, dense)
-#: NOT YET TRUSTED: re-pruning Full's test run (0.7, seed 0) this way with (evolved, evolved) gave calibration
-#: loss 2.2662 where Full's own final prune recorded 2.2040 ((dense, dense): 2.3007), deterministic over thread
-#: counts; until that is explained the parts are not compared with Full (see the session-14 note)
+#: NOT YET COMPARABLE WITH FULL: re-pruning Full's policy with (evolved, evolved) here does not give Full's exported
+#: model: the projector is the same to the bit, block 0's q/k/v masks are the same with weights ~1e-5 apart
+#: (rounding in another process), and from there the masks diverge (calibration loss 2.2662 vs Full's 2.2040 at
+#: 0.7, test seed 0). The parts must be compared with (evolved, evolved) re-pruned the same way, not with Full
 EVO_PARTS = {"evo_masks_only": ("evolved", "dense"), "evo_answers_only": ("dense", "evolved")}
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
