@@ -48,6 +48,13 @@ SEARCHES = {
 #: (rounding in another process), and from there the masks diverge (calibration loss 2.2662 vs Full's 2.2040 at
 #: 0.7, test seed 0). The parts must be compared with (evolved, evolved) re-pruned the same way, not with Full
 EVO_PARTS = {"evo_masks_only": ("evolved", "dense"), "evo_answers_only": ("dense", "evolved")}
+
+
+def search_overrides(variant: str) -> dict | None:
+    """The search settings a variant runs under (EVO_PARTS re-prune Full's run: Full's)."""
+    return SEARCHES["full"] if variant in EVO_PARTS else SEARCHES.get(variant)
+
+
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
           "evo_wo_ub": "Evo w/o UB (c_m equal)", "full_ce_projector": "Full, projector on cross-entropy",
@@ -86,8 +93,7 @@ class Settings(BaseModel):
         elif variant in ("uniform", "owl"):  # the model and the calibration data (no search, no engine setting)
             resolved = {"model": self.model, "data": self.run_config(target).data.model_dump()}
         else:
-            # EVO_PARTS re-prune Full's run: Full's settings
-            resolved = self.run_config(target, SEARCHES["full"] if variant in EVO_PARTS else SEARCHES.get(variant)).sections()
+            resolved = self.run_config(target, search_overrides(variant)).sections()
             resolved.pop("ray", None)  # runtime only: never changes a result
         for section, leaf, default in ADDED_SETTINGS:
             if resolved.get(section, {}).get(leaf, default) == default:
@@ -146,7 +152,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
                    evaluated=summary["stats"].get("candidates"), screened=summary["stats"].get("screened"))
     elif variant in EVO_PARTS:
         ratios, evolved = full_outcome(work / settings.key("full", target))
-        run = settings.run_config(target, SEARCHES["full"])
+        run = settings.run_config(target, search_overrides(variant))
         report = prune_with_projectors(run.engine, run.data, ratios, evolved, *EVO_PARTS[variant], out)
         model_dir, row["ratios"], row["calibration_loss"] = str(out), [float(r) for r in ratios], report.loss
     else:
