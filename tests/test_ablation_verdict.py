@@ -106,27 +106,35 @@ def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_a
     assert not (tmp_path / "other").exists()
 
 
-def test_the_evo_parts_run_after_full_on_every_seed_and_are_paired_with_it(monkeypatch, tmp_path):
-    """evo_masks_only / evo_answers_only re-prune Full's run: asked first, they still run after Full, on every
-    calibration seed; the JSON's evo_parts key pairs each with Full seed by seed."""
+def test_the_evo_parts_run_after_full_on_every_seed_and_are_paired_with_evo_both(monkeypatch, tmp_path):
+    """The Evo parts re-prune Full's run: asked alone and first, Full and evo_both (Full's recipe re-run the same way)
+    are added and run before them, on every calibration seed; the JSON's evo_parts key pairs each part with evo_both
+    seed by seed, evo_rounding pairs Full with evo_both."""
     import benchmarks.ablation as ablation
 
     calls, written = [], {}
+    acc = {"full": 0.6, "evo_both": 0.58, "evo_masks_only": 0.5, "evo_answers_only": 0.55, "evo_neither": 0.45,
+           "uniform": 0.4}
 
     def fake_run(variant, target, settings, work, log=print, cached_only=False):
         calls.append((variant, settings.seed))
-        acc = {"full": 0.6, "evo_masks_only": 0.5, "evo_answers_only": 0.55, "uniform": 0.4}.get(variant, 0.9)
+        a = acc.get(variant, 0.9) + 0.01 * settings.seed * (variant == "full")
         return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
-                "ppl": 100.0, "easy_vqa": acc, "fashion_mnist": acc}
+                "ppl": 100.0, "easy_vqa": a, "fashion_mnist": a}
 
     monkeypatch.setattr(ablation, "run_variant", fake_run)
     monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
         table=table, data=data))
-    assert ablation.main(["--targets", "0.7", "--variants", "evo_answers_only,evo_masks_only,full,uniform",
+    assert ablation.main(["--targets", "0.7", "--variants", "evo_neither,evo_answers_only,evo_masks_only,uniform",
                           "--seeds", "0,1", "--cached-only", "--work", str(tmp_path)]) == 0
     order = [v for v, _ in calls if v != "dense"]
-    assert order == ["uniform"] * 2 + ["full"] * 2 + ["evo_masks_only"] * 2 + ["evo_answers_only"] * 2
+    assert order == (["uniform"] * 2 + ["full"] * 2 + ["evo_both"] * 2 + ["evo_masks_only"] * 2
+                     + ["evo_answers_only"] * 2 + ["evo_neither"] * 2)
     parts = written["data"]["evo_parts"]
-    assert parts["evo_masks_only"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([10.0, 10.0])  # Full − part
+    assert set(parts) == {"evo_masks_only", "evo_answers_only", "evo_neither"}
+    assert parts["evo_masks_only"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([8.0, 8.0])  # evo_both − part
+    assert parts["evo_neither"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([13.0, 13.0])
     assert parts["evo_answers_only"]["0.7"]["easy_vqa"]["wins"] == 2
-    assert "Full − evo_masks_only" in written["table"]
+    rounding = written["data"]["evo_rounding"]["0.7"]["easy_vqa"]
+    assert rounding["per_seed"] == pytest.approx([2.0, 3.0])  # Full − evo_both, seed by seed
+    assert "Full − evo_both" in written["table"] and "evo_both − evo_masks_only" in written["table"]

@@ -1,5 +1,5 @@
-"""The Evo ablation's two parts (benchmarks/variants.py): Full's policy re-pruned from the dense model with the
-evolved projector choosing the masks only, or giving the answers only."""
+"""The Evo ablation's parts (benchmarks/variants.py): Full's policy re-pruned from the dense model with the
+evolved projector choosing the masks only, giving the answers only, both (the base they are compared with) or neither."""
 import json
 
 import numpy as np
@@ -46,11 +46,24 @@ def parts(tiny_llava_dir, tmp_path_factory):
 
 
 def test_each_part_answers_through_the_projector_it_names(parts):
-    masks_only, answers_only = parts["models"]["evo_masks_only"][0], parts["models"]["evo_answers_only"][0]
+    models = parts["models"]
     for name, w in parts["dense"].items():
-        assert torch.equal(masks_only[name], w)
-        assert torch.equal(answers_only[name], parts["evolved"][name].to(w.dtype))
-        assert not torch.equal(answers_only[name], w)
+        evolved = parts["evolved"][name].to(w.dtype)
+        assert torch.equal(models["evo_masks_only"][0][name], w)
+        assert torch.equal(models["evo_neither"][0][name], w)
+        assert torch.equal(models["evo_answers_only"][0][name], evolved)
+        assert torch.equal(models["evo_both"][0][name], evolved)
+        assert not torch.equal(evolved, w)
+
+
+def test_the_masks_depend_on_the_masks_projector_only(parts):
+    """The 2 x 2 design: two parts that compute their masks under the same projector have the same pruned language
+    model, whichever projector they answer with (evo_both = evo_masks_only, evo_neither = evo_answers_only)."""
+    models = parts["models"]
+    for a, b in (("evo_both", "evo_masks_only"), ("evo_neither", "evo_answers_only")):
+        for name, w in models[a][1].items():
+            assert torch.equal(w == 0, models[b][1][name] == 0), (a, b, name)
+            torch.testing.assert_close(w, models[b][1][name])
 
 
 def test_each_part_takes_its_masks_from_the_projector_it_names(parts):
