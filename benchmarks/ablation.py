@@ -12,7 +12,9 @@ Full − evo_both is reported as the rounding noise of a re-prune (sequential Sp
 amplifies rounding: see benchmarks/variants.py); asking for a part runs Full and evo_both too. Uniform
 and Full (and the parts) run for every
 calibration seed of --seeds (mean +- sd, and Full - uniform paired seed by seed: a user gets one
-draw); the other variants at --seed. Metrics on held-out data of --eval-split (val to choose,
+draw); the other variants at --seed, or with --every-seed on every seed too, each search variant
+paired with Full (e.g. `--variants full_ce_fitness --every-seed`: the KL fitness against the paper's
+cross-entropy). Metrics on held-out data of --eval-split (val to choose,
 test to report): achieved mean sparsity, Wikipedia perplexity (64x256 tokens of articles never
 used for calibration), easy-vqa and Fashion-MNIST accuracy (constrained choice, the same seeded
 1,000 questions per set for every model), and shifted: perplexity on the Python docs, the same
@@ -188,6 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cross-task", action="store_true",
                     help="also run uniform and Full for every seed with the image-text proxy from one set only "
                          "(easy-vqa, then Fashion-MNIST) and report the other set's accuracy (cross-task)")
+    ap.add_argument("--every-seed", action="store_true",
+                    help="run every asked variant on every seed of --seeds (not only uniform, Full and the Evo parts) "
+                         "and pair each search variant with Full seed by seed (JSON key vs_full)")
     ap.add_argument("--restore-cache", type=Path, default=None, metavar="RESULTS_JSON",
                     help="first put the rows of this results file (written by this script at the same settings) "
                          "into the cache under --work")
@@ -201,6 +206,8 @@ def main(argv=None) -> int:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    if args.every_seed:  # the search variants are paired with Full
+        variants = list(dict.fromkeys([*variants, "full"]))
     if set(variants) & set(EVO_PARTS):  # the parts re-prune Full's run and are compared with evo_both
         variants = list(dict.fromkeys([*variants, "full", EVO_BASE]))
     variants.sort(key=VARIANTS.index)  # Full before the variants that re-prune its run
@@ -225,7 +232,7 @@ def main(argv=None) -> int:
         for v in variants:
             runs = [run_variant(v, t, settings.model_copy(update={"seed": s}), args.work, log=print,
                                 cached_only=args.cached_only)
-                    for s in (seeds if v in SEEDED else [settings.seed])]
+                    for s in (seeds if v in SEEDED or args.every_seed else [settings.seed])]
             if None in runs:
                 missing.append(f"{LABELS[v]} at {t}")
                 continue
@@ -262,6 +269,14 @@ def main(argv=None) -> int:
     evo_parts = {v: {t: paired(by_variant[v]["per_seed"], by_variant[EVO_BASE]["per_seed"])
                      for t, by_variant in results.items() if v in by_variant and EVO_BASE in by_variant}
                  for v in EVO_PARTS if v != EVO_BASE}
+    # with --every-seed: Full against each other search variant on the same draws (e.g. the KL fitness against CE)
+    vs_full = {v: {t: paired(by_variant[v]["per_seed"], by_variant["full"]["per_seed"])
+                   for t, by_variant in results.items()
+                   if v in by_variant and "full" in by_variant and len(by_variant[v]["per_seed"]) > 1}
+               for v in SEARCHES if v != "full"}
+    vs_full = {v: p for v, p in vs_full.items() if p}
+    for v, p in vs_full.items():
+        table += "\n\n" + paired_table(p, "Full", v)
     evo_rounding = {t: paired(by_variant[EVO_BASE]["per_seed"], by_variant["full"]["per_seed"])
                     for t, by_variant in results.items() if EVO_BASE in by_variant and "full" in by_variant}
     if evo_rounding:
@@ -311,6 +326,8 @@ def main(argv=None) -> int:
                    # evo_parts: evo_both − part per seed; evo_rounding: Full − evo_both (the same recipe re-run)
                    **({"evo_parts": {v: {str(t): x for t, x in p.items()} for v, p in evo_parts.items() if p}}
                       if any(evo_parts.values()) else {}),
+                   **({"vs_full": {v: {str(t): x for t, x in p.items()} for v, p in vs_full.items()}}
+                      if vs_full else {}),
                    **({"evo_rounding": {str(t): x for t, x in evo_rounding.items()}} if evo_rounding else {}),
                    "cross_task": {str(t): c for t, c in cross.items()}, "seconds": time.perf_counter() - t0},
                   notes)

@@ -138,3 +138,31 @@ def test_the_evo_parts_run_after_full_on_every_seed_and_are_paired_with_evo_both
     rounding = written["data"]["evo_rounding"]["0.7"]["easy_vqa"]
     assert rounding["per_seed"] == pytest.approx([2.0, 3.0])  # Full − evo_both, seed by seed
     assert "Full − evo_both" in written["table"] and "evo_both − evo_masks_only" in written["table"]
+
+
+def test_every_seed_runs_each_variant_on_each_seed_and_pairs_the_searches_with_full(monkeypatch, tmp_path):
+    """--every-seed: the asked variants (and Full, which they are paired with) run on every seed; vs_full holds
+    Full − variant per seed for each other search variant; uniform keeps its own pairing."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+    acc = {"full": 0.6, "full_ce_fitness": 0.5, "no_evo": 0.62, "uniform": 0.4}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        calls.append((variant, settings.seed))
+        a = acc.get(variant, 0.9) + (0.01 * settings.seed if variant == "full_ce_fitness" else 0.0)
+        return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
+                "ppl": 100.0, "easy_vqa": a, "fashion_mnist": a, "ratios": [target]}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data))
+    assert ablation.main(["--targets", "0.7", "--variants", "no_evo,full_ce_fitness", "--every-seed",
+                          "--seeds", "0,1,2", "--cached-only", "--work", str(tmp_path)]) == 0
+    assert sorted(c for c in calls if c[0] != "dense") == sorted(
+        (v, s) for v in ("full", "no_evo", "full_ce_fitness") for s in (0, 1, 2))
+    vs_full = written["data"]["vs_full"]
+    assert set(vs_full) == {"no_evo", "full_ce_fitness"}
+    assert vs_full["full_ce_fitness"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([10.0, 9.0, 8.0])
+    assert vs_full["no_evo"]["0.7"]["easy_vqa"]["wins"] == 0  # Full behind on every seed: said so
+    assert "Full − full_ce_fitness" in written["table"]

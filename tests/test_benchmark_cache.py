@@ -46,7 +46,7 @@ def test_the_baselines_key_ignores_search_and_engine_settings():
 
 
 @pytest.mark.parametrize("variant", ["dense", "uniform", "owl", "auto_wo_gen", "full", "no_evo", "evo_wo_ub",
-                                     "evo_masks_only", "evo_answers_only", "evo_both", "evo_neither"])
+                                     "evo_masks_only", "evo_answers_only", "evo_both", "evo_neither", "full_ce_fitness"])
 def test_every_variant_has_a_key(variant):
     key = Settings().key(variant, 0.0 if variant == "dense" else 0.5)
     assert key.startswith(f"{variant}-")
