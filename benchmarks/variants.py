@@ -55,6 +55,8 @@ SEARCHES = {
 #: o_proj on the masks diverge: calibration loss 2.2662 vs Full's 2.2040 at 0.7, test seed 0), so Full − evo_both
 #: measures that rounding noise on the held-out sets, and a part differs from evo_both by its projector alone
 #: plus the same kind of noise.
+#: (On a tiny LLaVA the re-prune equals the actor's export bit for bit, after a screened database-mode search
+#: with projector steps: tests/test_actors_search.py. The recipe is the same; only smol-llava's rounding differs.)
 EVO_PARTS = {"evo_both": ("evolved", "evolved"), "evo_masks_only": ("evolved", "dense"),
              "evo_answers_only": ("dense", "evolved"), "evo_neither": ("dense", "dense")}
 #: the base the parts are paired with

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 ray = pytest.importorskip("ray")
@@ -164,6 +165,20 @@ def test_screened_search_on_ray_in_either_precision(cluster, tiny_llava_dir, tmp
     best_screened = sorted(screened, key=lambda r: -r["fitness"])[:6 - 2]  # the elites plus the best children
     assert {tuple(r["policy"]) for r in best_screened} <= {tuple(r["policy"]) for r in kept}
     assert summary["stats"]["screened"] == 10
+    # the exported model is the documented recipe: the run's policy and final projector, pruned sequentially from
+    # the dense model by a fresh scorer in this process, give the actor's weights bit for bit (after a search that
+    # built a database, screened, stepped the projector; on smol-llava at 0.7 rounding alone makes a re-prune differ)
+    from safetensors.torch import load_file
+
+    from benchmarks.variants import full_outcome, prune_with_projectors
+
+    ratios, evolved = full_outcome(out)
+    report = prune_with_projectors(run.engine, run.data, ratios, evolved, "evolved", "evolved", tmp_path / "again")
+    assert report.loss == pytest.approx(doc["calibration_loss"], rel=1e-9)
+    exported, again = load_file(str(out / "model" / "model.safetensors")), load_file(str(tmp_path / "again" /
+                                                                                          "model.safetensors"))
+    assert exported.keys() == again.keys()
+    assert [k for k in exported if not torch.equal(exported[k], again[k])] == []
 
 
 def test_dashboard_shows_named_actors_and_custom_metrics(reference):
