@@ -173,6 +173,9 @@ def test_screened_search_on_ray_in_either_precision(cluster, tiny_llava_dir, tmp
     from benchmarks.variants import full_outcome, prune_with_projectors
 
     ratios, evolved = full_outcome(out)
+    dense = load_file(str(tiny_llava_dir / "model.safetensors"))
+    assert any(not torch.equal(w, dense[f"multi_modal_projector.{k}"].to(w.dtype)) for k, w in evolved.items()), \
+        "the projector moved (else the re-prune would not test that the masks come through the evolved one)"
     report = prune_with_projectors(run.engine, run.data, ratios, evolved, "evolved", "evolved", tmp_path / "again")
     assert report.loss == pytest.approx(doc["calibration_loss"], rel=1e-9)
     exported, again = load_file(str(out / "model" / "model.safetensors")), load_file(str(tmp_path / "again" /
