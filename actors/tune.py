@@ -142,13 +142,23 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
             )
             save_settings(job)
         results = tuner.fit()
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        rows.append({"eta": r.config["eta"], "error": None if r.error is None else str(r.error).splitlines()[0],
-                     **{k: m.get(k) for k in (*METRICS, "mean_sparsity", "fitness", "l_proxy", "g", "run_dir")}})
-    rows.sort(key=lambda r: r["eta"])
-    return rows
+    return sorted((trial_row(r) for r in results), key=lambda r: r["eta"])
+
+
+#: the error of a trial that reported no result: the experiment stopped (Ctrl-C, a lost driver) before it finished
+NOT_FINISHED = "not finished: the experiment was interrupted (run the same command again to resume it)"
+
+
+def trial_row(result) -> dict:
+    """One trial's row from its Tune result (`.config`, `.metrics`, `.error`): eta, the error (its first line;
+    NOT_FINISHED for a trial without a finished search's result), the held-out metrics and the run's facts."""
+    m = result.metrics or {}
+    if result.error is not None:
+        error = str(result.error).splitlines()[0]
+    else:
+        error = None if m.get("run_dir") else NOT_FINISHED
+    return {"eta": result.config["eta"], "error": error,
+            **{k: m.get(k) for k in (*METRICS, "mean_sparsity", "fitness", "l_proxy", "g", "run_dir")}}
 
 
 SETTINGS = "efficientllava-tune.json"

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from efficientllava.actors.config import RunConfig
-    from efficientllava.actors.tune import TuneJob, format_rows, run_tune
+    from efficientllava.actors.tune import NOT_FINISHED, TuneJob, format_rows, run_tune
 
     run = RunConfig.load(preset=args.preset, overrides={
         "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
@@ -56,6 +56,12 @@ def main(argv=None) -> int:
                                         seed=args.seed))
     t0 = time.perf_counter()
     rows = run_tune(job)
+    unfinished = [r["eta"] for r in rows if r["error"] == NOT_FINISHED]
+    if unfinished:  # nothing written: a partial sweep is not a result
+        print(f"eta sweep interrupted before the trials eta = {', '.join(f'{e:g}' for e in unfinished)} finished; "
+              f"run the same command again to resume it (finished trials are kept). Nothing written.",
+              file=sys.stderr)
+        return 1
     table = format_rows(rows, job.metric)
     print("\n" + table)
     ok = [r for r in rows if r["error"] is None]

@@ -54,3 +54,27 @@ def test_tune_eta_sweep_and_restore(tiny_llava_dir, tmp_path):
     # other settings under the same name: refused with the difference named, nothing restored
     third = runner.invoke(app, [*args, "--target", "0.3"])
     assert third.exit_code == 2 and "other settings" in third.output and "target" in third.output, third.output
+
+
+def test_an_interrupted_trial_is_reported_unfinished_and_the_sweep_writes_nothing(monkeypatch, tmp_path):
+    """A trial without a finished search's result (the experiment was interrupted) is an error row that says to
+    resume, never a result; benchmarks/eta_sweep.py then exits non-zero and writes no results file."""
+    from types import SimpleNamespace
+
+    import benchmarks.common as common
+    import benchmarks.eta_sweep as eta_sweep
+    from efficientllava.actors import tune as tune_module
+
+    done = SimpleNamespace(config={"eta": 0.0}, error=None, metrics={"ppl": 10.0, "run_dir": str(tmp_path)})
+    cut = SimpleNamespace(config={"eta": 0.5}, error=None, metrics={})
+    failed = SimpleNamespace(config={"eta": 1.0}, error=RuntimeError("boom\nstack"), metrics=None)
+    rows = [tune_module.trial_row(r) for r in (done, cut, failed)]
+    assert [r["error"] for r in rows] == [None, tune_module.NOT_FINISHED, "boom"]
+    assert rows[0]["ppl"] == 10.0 and rows[1]["ppl"] is None
+
+    monkeypatch.setattr(tune_module, "run_tune", lambda job, log=print: rows)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    written = []
+    monkeypatch.setattr(eta_sweep, "write_results", lambda *a, **k: written.append(a))
+    assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune")]) == 1
+    assert written == [] and not (tmp_path / "results").exists()
