@@ -1,18 +1,21 @@
 """How far a re-prune of a finished search moves on rounding alone: Full's policy and final projector, pruned again.
 
     .venv/bin/python benchmarks/reprune_rounding.py --target 0.7 --seeds 0,1,2,3,4 --eval-split test \
-        [--export SEED=MODEL_DIR ...] --work runs/benchmarks/ablation
+        [--prune-threads 1,2] [--export SEED=MODEL_DIR ...] --work runs/benchmarks/ablation
 
 For each calibration seed, the Full run that benchmarks/ablation.py finished at these settings (found in the
 ablation's cache under --work) is pruned again from the dense model in this process, exactly as its evaluator
 actor exported it (benchmarks/variants.py `prune_with_projectors`, the evolved projector for the masks and the
-answers), and the calibration loss (the fitness's kind, on all proxy data) is compared with the one the run
-recorded for its export (policy.json). Where the export's weights were kept (--export SEED=DIR; the ablation
+answers) with each thread count of --prune-threads, and the calibration loss (the fitness's kind, on all proxy
+data) is compared with the one the run recorded for its export (policy.json; an evaluator actor exports with
+every CPU it can run on). A control: the uniform policy pruned the same way at each thread count, to see
+whether one thread count prunes better than another or the differences are noise. Where the export's weights were kept (--export SEED=DIR; the ablation
 deletes them after evaluation), the masks are compared matrix by matrix in pruning order: the first matrix
 whose mask differs, how many matrices keep the same mask, and the largest weight difference before it.
 
 On a tiny LLaVA the re-prune equals the export bit for bit (tests/test_actors_search.py): a difference here is
-rounding (another process, other memory), amplified by layer-sequential pruning. No held-out data is read.
+rounding (the thread count changes the order of sums), amplified by layer-sequential pruning. No held-out data is
+read.
 Writes benchmarks/results/<name>.md|json.
 """
 from __future__ import annotations
@@ -64,10 +67,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--export", action="append", default=[], metavar="SEED=MODEL_DIR",
                     help="the kept export of that seed's Full run (its model directory), for the mask comparison")
+    ap.add_argument("--prune-threads", default="1,2", help="torch thread counts of the re-prunes (comma-separated)")
     ap.add_argument("--name", default="reprune_rounding")
     add_common_args(ap)
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        threads = [int(t) for t in args.prune_threads.split(",")]
+    except ValueError:
+        ap.error(f"--prune-threads: expected comma-separated integers, got '{args.prune_threads}'")
+    if any(t < 1 for t in threads):
+        ap.error("--prune-threads: every thread count must be at least 1")
     exports = {}
     for item in args.export:
         seed, _, path = item.partition("=")
@@ -84,44 +94,72 @@ def main(argv=None) -> int:
         runs[s] = (seeded, run_dir)
     from safetensors.torch import load_file
 
+    import numpy as np
+
+    from efficientllava.prune_engine.scoring import CandidateScorer
+
     rows, table = [], []
     for s, (seeded, run_dir) in runs.items():
         t0 = time.perf_counter()
         ratios, evolved = full_outcome(run_dir)
         recorded = json.loads((run_dir / "policy.json").read_text())["calibration_loss"]
         run = seeded.run_config(args.target, search_overrides("full"))
-        out = args.work / f"reprune-{run_dir.name}"
-        report = prune_with_projectors(run.engine, run.data, ratios, evolved, "evolved", "evolved", out)
-        row = {"seed": s, "run": run_dir.name, "export_loss": recorded, "reprune_loss": report.loss,
-               "relative_diff": (report.loss - recorded) / recorded, "seconds": time.perf_counter() - t0}
-        if s in exports:
-            row["masks"] = compare_masks(load_file(str(exports[s] / "model.safetensors")),
-                                         load_file(str(out / "model.safetensors")))
-        import shutil
+        row = {"seed": s, "run": run_dir.name, "export_loss": recorded, "full": {}, "uniform": {}}
+        for t in threads:
+            engine = run.engine.model_copy(update={"threads": t})
+            out = args.work / f"reprune-{run_dir.name}-t{t}"
+            report = prune_with_projectors(engine, run.data, ratios, evolved, "evolved", "evolved", out)
+            row["full"][t] = {"loss": report.loss, "relative_diff": (report.loss - recorded) / recorded}
+            if s in exports:
+                row["full"][t]["masks"] = compare_masks(load_file(str(exports[s] / "model.safetensors")),
+                                                        load_file(str(out / "model.safetensors")))
+            import shutil
 
-        shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            scorer = CandidateScorer(engine, run.data, build_database=False)  # the control: uniform, same data
+            row["uniform"][t] = scorer.prune_from_dense(np.full(len(ratios), args.target)).loss
+            del scorer
+            print(f"  seed {s}, {t} thread(s): Full re-prune {report.loss:.4f} (export {recorded:.4f}, "
+                  f"{100 * row['full'][t]['relative_diff']:+.2f}%), uniform {row['uniform'][t]:.4f}", flush=True)
+        row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        m = row.get("masks")
-        table.append([s, f"{recorded:.4f}", f"{report.loss:.4f}", f"{100 * row['relative_diff']:+.2f}%",
-                      f"{m['same_mask']} of {m['matrices']}, first differs: {m['first_differing']}, "
-                      f"max |dW| before it {m['max_weight_diff_before']:.1e}, "
-                      f"{100 * m['mask_agreement']:.2f}% of mask entries agree" if m else "-"])
-        print(f"  seed {s}: export {recorded:.4f}, re-prune {report.loss:.4f} ({100 * row['relative_diff']:+.2f}%)")
-    diffs = [r["relative_diff"] for r in rows]
-    import numpy as np
-
-    summary = {"mean_abs_relative_diff": float(np.mean(np.abs(diffs))), "max_abs_relative_diff": float(np.max(np.abs(diffs)))}
-    md = markdown_table(["seed", "export's calibration loss", "re-prune's", "difference", "masks (kept export only)"],
-                        table)
+        for t in threads:
+            m = row["full"][t].get("masks")
+            table.append([s, t, f"{recorded:.4f}", f"{row['full'][t]['loss']:.4f}",
+                          f"{100 * row['full'][t]['relative_diff']:+.2f}%", f"{row['uniform'][t]:.4f}",
+                          f"{m['same_mask']} of {m['matrices']}, first differs: {m['first_differing']}, "
+                          f"max abs dW before it {m['max_weight_diff_before']:.1e}, "
+                          f"{100 * m['mask_agreement']:.2f}% of mask entries agree" if m else "-"])
+    summary = {}
+    for t in threads:
+        d = np.array([r["full"][t]["relative_diff"] for r in rows])
+        summary[f"full_{t}"] = {"mean_abs_relative_diff": float(np.abs(d).mean()), "max_abs_relative_diff":
+                                float(np.abs(d).max()), "exact": int(sum(r["full"][t]["loss"] == r["export_loss"]
+                                                                         for r in rows))}
+    if len(threads) == 2:  # the control: does one thread count prune better, seed by seed?
+        a, b = threads
+        u = np.array([(r["uniform"][b] - r["uniform"][a]) / r["uniform"][a] for r in rows])
+        f = np.array([(r["full"][b]["loss"] - r["full"][a]["loss"]) / r["full"][a]["loss"] for r in rows])
+        summary["threads_effect"] = {"uniform": u.tolist(), "full": f.tolist(), "from": a, "to": b}
+    md = markdown_table(["seed", "re-prune threads", "export's calibration loss", "Full re-pruned",
+                         "vs export", "uniform pruned", "masks against the kept export"], table)
+    lines = [f"{t} thread(s): the re-prune equals the export's calibration loss on {summary[f'full_{t}']['exact']} of "
+             f"{len(rows)} seeds; mean |difference| {100 * summary[f'full_{t}']['mean_abs_relative_diff']:.2f}%, "
+             f"largest {100 * summary[f'full_{t}']['max_abs_relative_diff']:.2f}%." for t in threads]
+    if "threads_effect" in summary:
+        e = summary["threads_effect"]
+        lines.append(f"From {e['from']} to {e['to']} threads the calibration loss changes by "
+                     + ", ".join(f"{100 * x:+.2f}%" for x in e["uniform"]) + " (uniform) and "
+                     + ", ".join(f"{100 * x:+.2f}%" for x in e["full"]) + " (Full's policy), seed by seed.")
     notes = (f"Full at {args.target} ({settings.heldout.split}-split ablation runs, preset {settings.preset}): the "
-             "calibration loss is the fitness's (KL to the dense model) on all proxy data. Mean |difference| "
-             f"{100 * summary['mean_abs_relative_diff']:.2f}%, largest {100 * summary['max_abs_relative_diff']:.2f}%. "
-             "The same policy and the bit-identical projector: the difference is rounding, amplified by pruning "
-             "block after block (a tiny LLaVA's re-prune equals its export bit for bit).")
+             "calibration loss is the fitness's (KL to the dense model) on all proxy data; the same policy and the "
+             "bit-identical projector, pruned with another thread count, differ by rounding alone, amplified by "
+             "pruning block after block (a tiny LLaVA's re-prune equals its export bit for bit).\n\n"
+             + "\n".join(lines))
     print("\n" + md + "\n\n" + notes)
     write_results(args.name, f"A re-prune of Full's result, rounding alone ({args.target})", md,
                   {"target": args.target, "seeds": seeds, "settings": json.loads(settings.model_dump_json()),
-                   "rows": rows, **summary}, notes)
+                   "prune_threads": threads, "rows": rows, **summary}, notes)
     return 0
 
 

@@ -48,15 +48,15 @@ SEARCHES = {
     "full_ce_fitness": {"search.eta": 0.5, "engine.loss": "ce"},
 }
 #: the evolved projector's two effects on Full's model apart, a 2 x 2 design: Full's policy re-pruned from the
-#: dense model with (the projector the masks are computed under, the projector the saved model answers with).
-#: evo_both (evolved, evolved) is Full's recipe re-run here; it is the base the other three are compared with, not
-#: Full's own model: sequential SparseGPT at high sparsity is chaotic in rounding (re-pruning Full's policy with the
-#: bit-identical projector in another process gives block 0's q/k/v masks equal with weights ~1e-5 apart, and from
-#: o_proj on the masks diverge: calibration loss 2.2662 vs Full's 2.2040 at 0.7, test seed 0), so Full − evo_both
-#: measures that rounding noise on the held-out sets, and a part differs from evo_both by its projector alone
-#: plus the same kind of noise.
-#: (On a tiny LLaVA the re-prune equals the actor's export bit for bit, after a screened database-mode search
-#: with projector steps: tests/test_actors_search.py. The recipe is the same; only smol-llava's rounding differs.)
+#: dense model with (the projector the masks are computed under, the projector the saved model answers with),
+#: with the thread count of the search's export (`export_engine`). evo_both (evolved, evolved) is Full's recipe
+#: re-run here and the base the other three are paired with; Full − evo_both checks that it reproduces Full's
+#: model (it does on the machine and CPU count that ran the search: same calibration loss to the last digit).
+#: Why the thread count: sequential SparseGPT at 0.7 amplifies rounding. Re-pruning Full's policy with the
+#: bit-identical projector at 1 thread instead of the export's 2 gives block 0's q/k/v masks equal with weights
+#: ~1e-5 apart, and from o_proj on the masks diverge (calibration loss 2.2662 vs the export's 2.2040, test seed 0;
+#: benchmarks/results/reprune_rounding.md). On a tiny LLaVA the re-prune equals the actor's export bit for bit
+#: (tests/test_actors_search.py).
 EVO_PARTS = {"evo_both": ("evolved", "evolved"), "evo_masks_only": ("evolved", "dense"),
              "evo_answers_only": ("dense", "evolved"), "evo_neither": ("dense", "dense")}
 #: the base the parts are paired with
@@ -169,7 +169,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     elif variant in EVO_PARTS:
         ratios, evolved = full_outcome(work / settings.key("full", target))
         run = settings.run_config(target, search_overrides(variant))
-        report = prune_with_projectors(run.engine, run.data, ratios, evolved, *EVO_PARTS[variant], out)
+        report = prune_with_projectors(export_engine(run.engine), run.data, ratios, evolved, *EVO_PARTS[variant], out)
         model_dir, row["ratios"], row["calibration_loss"] = str(out), [float(r) for r in ratios], report.loss
     else:
         raise ValueError(f"unknown variant {variant}")
@@ -204,6 +204,16 @@ def full_outcome(run_dir: Path):
                          f"(version {state['projector_version']} vs policy.json's {doc['projector_version']})")
     ratios = np.asarray(doc["levels"], dtype=np.int64)
     return np.asarray(doc["level_values"], dtype=np.float64)[ratios], deserialise(projector)["params"]
+
+
+def export_engine(engine):
+    """The engine settings of a search's final prune: an evaluator actor exports with every CPU it can run on
+    (actors/evaluator_actor.py `export`), whatever engine.threads its candidates ran with. The thread count
+    changes the rounding of the Hessians and forward passes, which sequential pruning at high sparsity amplifies
+    (benchmarks/reprune_rounding.py), so a re-prune meant to match an export uses the same count."""
+    import os
+
+    return engine.model_copy(update={"threads": max(engine.threads or 1, len(os.sched_getaffinity(0)))})
 
 
 def prune_with_projectors(engine, data, ratios, evolved: dict, masks: str, answers: str, out: Path):
