@@ -99,3 +99,18 @@ def test_full_outcome_reads_the_policy_and_the_final_projector(tmp_path):
     (tmp_path / "policy.json").write_text(json.dumps({**doc, "projector_version": 1}))
     with pytest.raises(ValueError, match="does not hold the projector of the final model"):
         full_outcome(tmp_path)
+
+
+def test_export_engine_prunes_with_every_cpu_as_the_actor_exports():
+    """A re-prune meant to match a search's export uses the export's thread count (every CPU of this process),
+    never fewer than the engine's own."""
+    import os
+
+    from benchmarks.variants import export_engine
+
+    cpus = len(os.sched_getaffinity(0))
+    engine = EngineConfig(model="smol-llava", threads=1)
+    assert export_engine(engine).threads == cpus
+    assert export_engine(engine.model_copy(update={"threads": cpus + 3})).threads == cpus + 3
+    assert export_engine(EngineConfig(model="smol-llava")).threads == cpus
+    assert export_engine(engine).model_copy(update={"threads": 1}) == engine  # nothing else changes
