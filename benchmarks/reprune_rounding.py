@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--export", action="append", default=[], metavar="SEED=MODEL_DIR",
                     help="the kept export of that seed's Full run (its model directory), for the mask comparison")
     ap.add_argument("--prune-threads", default="1,2", help="torch thread counts of the re-prunes (comma-separated)")
+    ap.add_argument("--uniform-control", action=argparse.BooleanOptionalAction, default=True,
+                    help="also prune the uniform policy at each thread count (the control)")
     ap.add_argument("--name", default="reprune_rounding")
     add_common_args(ap)
     args = ap.parse_args(argv)
@@ -116,17 +118,20 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
-            scorer = CandidateScorer(engine, run.data, build_database=False)  # the control: uniform, same data
-            row["uniform"][t] = scorer.prune_from_dense(np.full(len(ratios), args.target)).loss
-            del scorer
+            if args.uniform_control:
+                scorer = CandidateScorer(engine, run.data, build_database=False)  # the control: uniform, same data
+                row["uniform"][t] = scorer.prune_from_dense(np.full(len(ratios), args.target)).loss
+                del scorer
             print(f"  seed {s}, {t} thread(s): Full re-prune {report.loss:.4f} (export {recorded:.4f}, "
-                  f"{100 * row['full'][t]['relative_diff']:+.2f}%), uniform {row['uniform'][t]:.4f}", flush=True)
+                  f"{100 * row['full'][t]['relative_diff']:+.2f}%)"
+                  + (f", uniform {row['uniform'][t]:.4f}" if args.uniform_control else ""), flush=True)
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         for t in threads:
             m = row["full"][t].get("masks")
             table.append([s, t, f"{recorded:.4f}", f"{row['full'][t]['loss']:.4f}",
-                          f"{100 * row['full'][t]['relative_diff']:+.2f}%", f"{row['uniform'][t]:.4f}",
+                          f"{100 * row['full'][t]['relative_diff']:+.2f}%",
+                          f"{row['uniform'][t]:.4f}" if t in row["uniform"] else "-",
                           f"{m['same_mask']} of {m['matrices']}, first differs: {m['first_differing']}, "
                           f"max abs dW before it {m['max_weight_diff_before']:.1e}, "
                           f"{100 * m['mask_agreement']:.2f}% of mask entries agree" if m else "-"])
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
         summary[f"full_{t}"] = {"mean_abs_relative_diff": float(np.abs(d).mean()), "max_abs_relative_diff":
                                 float(np.abs(d).max()), "exact": int(sum(r["full"][t]["loss"] == r["export_loss"]
                                                                          for r in rows))}
-    if len(threads) == 2:  # the control: does one thread count prune better, seed by seed?
+    if len(threads) == 2 and args.uniform_control:  # the control: does one thread count prune better, seed by seed?
         a, b = threads
         u = np.array([(r["uniform"][b] - r["uniform"][a]) / r["uniform"][a] for r in rows])
         f = np.array([(r["full"][b]["loss"] - r["full"][a]["loss"]) / r["full"][a]["loss"] for r in rows])
