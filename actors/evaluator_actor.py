@@ -166,12 +166,7 @@ class EvaluatorActor:
         scorer = self.scorer
         # the search is over: the other evaluators on this node are idle while the driver waits for this export,
         # so the one sequential pass may use every CPU this process can run on (restored afterwards)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
-        try:
-            report = scorer.prune_from_dense(np.asarray(ratios, dtype=np.float64))
-        finally:
-            torch.set_num_threads(threads)
+        report = scorer.prune_for_export(np.asarray(ratios, dtype=np.float64))
         try:
             summary = {"mean_sparsity": report.mean_sparsity, "calibration_loss": report.loss,
                        "seconds": report.seconds, "log_norm_ratio": report.log_norm_ratio}

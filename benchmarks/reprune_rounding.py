@@ -6,7 +6,8 @@
 For each calibration seed, the Full run that benchmarks/ablation.py finished at these settings (found in the
 ablation's cache under --work) is pruned again from the dense model in this process, exactly as its evaluator
 actor exported it (benchmarks/variants.py `prune_with_projectors`, the evolved projector for the masks and the
-answers) with each thread count of --prune-threads, and the calibration loss (the fitness's kind, on all proxy
+answers; the scorer built with the run's engine.threads as an evaluator actor builds it) with the final prune at
+each thread count of --prune-threads, and the calibration loss (the fitness's kind, on all proxy
 data) is compared with the one the run recorded for its export (policy.json; an evaluator actor exports with
 every CPU it can run on). A control: the uniform policy pruned the same way at each thread count, to see
 whether one thread count prunes better than another or the differences are noise. Where the export's weights were kept (--export SEED=DIR; the ablation
@@ -107,10 +108,9 @@ def main(argv=None) -> int:
         recorded = json.loads((run_dir / "policy.json").read_text())["calibration_loss"]
         run = seeded.run_config(args.target, search_overrides("full"))
         row = {"seed": s, "run": run_dir.name, "export_loss": recorded, "full": {}, "uniform": {}}
-        for t in threads:
-            engine = run.engine.model_copy(update={"threads": t})
+        for t in threads:  # the scorer built as the actor builds it (engine.threads), the final prune at t threads
             out = args.work / f"reprune-{run_dir.name}-t{t}"
-            report = prune_with_projectors(engine, run.data, ratios, evolved, "evolved", "evolved", out)
+            report = prune_with_projectors(run.engine, run.data, ratios, evolved, "evolved", "evolved", out, t)
             row["full"][t] = {"loss": report.loss, "relative_diff": (report.loss - recorded) / recorded}
             if s in exports:
                 row["full"][t]["masks"] = compare_masks(load_file(str(exports[s] / "model.safetensors")),
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
 
             shutil.rmtree(out, ignore_errors=True)
             if args.uniform_control:
-                scorer = CandidateScorer(engine, run.data, build_database=False)  # the control: uniform, same data
-                row["uniform"][t] = scorer.prune_from_dense(np.full(len(ratios), args.target)).loss
+                scorer = CandidateScorer(run.engine, run.data, build_database=False)  # the control: uniform
+                row["uniform"][t] = scorer.prune_for_export(np.full(len(ratios), args.target), t).loss
                 del scorer
             print(f"  seed {s}, {t} thread(s): Full re-prune {report.loss:.4f} (export {recorded:.4f}, "
                   f"{100 * row['full'][t]['relative_diff']:+.2f}%)"

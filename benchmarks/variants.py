@@ -49,13 +49,13 @@ SEARCHES = {
 }
 #: the evolved projector's two effects on Full's model apart, a 2 x 2 design: Full's policy re-pruned from the
 #: dense model with (the projector the masks are computed under, the projector the saved model answers with),
-#: with the thread count of the search's export (`export_engine`). evo_both (evolved, evolved) is Full's recipe
+#: pruned as the search's export prunes (`CandidateScorer.prune_for_export`: every CPU). evo_both (evolved, evolved) is Full's recipe
 #: re-run here and the base the other three are paired with; Full − evo_both checks that it reproduces Full's
 #: model (it does on the machine and CPU count that ran the search: same calibration loss to the last digit).
 #: Why the thread count: sequential SparseGPT at 0.7 amplifies rounding. Re-pruning Full's policy with the
 #: bit-identical projector at 1 thread instead of the export's 2 gives block 0's q/k/v masks equal with weights
 #: ~1e-5 apart, and from o_proj on the masks diverge (calibration loss 2.2662 vs the export's 2.2040, test seed 0;
-#: benchmarks/results/reprune_rounding.md). On a tiny LLaVA the re-prune equals the actor's export bit for bit
+#: benchmarks/results/reprune_rounding_1thread.md). On a tiny LLaVA the re-prune equals the actor's export bit for bit
 #: (tests/test_actors_search.py).
 EVO_PARTS = {"evo_both": ("evolved", "evolved"), "evo_masks_only": ("evolved", "dense"),
              "evo_answers_only": ("dense", "evolved"), "evo_neither": ("dense", "dense")}
@@ -169,7 +169,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     elif variant in EVO_PARTS:
         ratios, evolved = full_outcome(work / settings.key("full", target))
         run = settings.run_config(target, search_overrides(variant))
-        report = prune_with_projectors(export_engine(run.engine), run.data, ratios, evolved, *EVO_PARTS[variant], out)
+        report = prune_with_projectors(run.engine, run.data, ratios, evolved, *EVO_PARTS[variant], out)
         model_dir, row["ratios"], row["calibration_loss"] = str(out), [float(r) for r in ratios], report.loss
     else:
         raise ValueError(f"unknown variant {variant}")
@@ -206,20 +206,13 @@ def full_outcome(run_dir: Path):
     return np.asarray(doc["level_values"], dtype=np.float64)[ratios], deserialise(projector)["params"]
 
 
-def export_engine(engine):
-    """The engine settings of a search's final prune: an evaluator actor exports with every CPU it can run on
-    (actors/evaluator_actor.py `export`), whatever engine.threads its candidates ran with. The thread count
-    changes the rounding of the Hessians and forward passes, which sequential pruning at high sparsity amplifies
-    (benchmarks/reprune_rounding.py), so a re-prune meant to match an export uses the same count."""
-    import os
-
-    return engine.model_copy(update={"threads": max(engine.threads or 1, len(os.sched_getaffinity(0)))})
-
-
-def prune_with_projectors(engine, data, ratios, evolved: dict, masks: str, answers: str, out: Path):
+def prune_with_projectors(engine, data, ratios, evolved: dict, masks: str, answers: str, out: Path,
+                          threads: int | None = None):
     """Prune the dense model sequentially with `ratios` while the projector is `masks` ("dense" or "evolved":
     the image-text calibration activations, hence the Hessians and masks, come through it), then save the
-    model at `out` with the projector `answers`. Returns the prune report."""
+    model at `out` with the projector `answers`. Returns the prune report. The scorer is built as an evaluator
+    actor builds it and the prune runs as the actor's export runs it (`CandidateScorer.prune_for_export`: every
+    CPU, or `threads`), so (evolved, evolved) on the machine that ran the search gives the search's model."""
     import numpy as np
 
     from efficientllava.prune_engine.scoring import CandidateScorer
@@ -227,7 +220,7 @@ def prune_with_projectors(engine, data, ratios, evolved: dict, masks: str, answe
     scorer = CandidateScorer(engine, data, build_database=False)
     states = {"dense": scorer.projector_state_dict(), "evolved": evolved}
     scorer.set_projector(states[masks], 0 if masks == "dense" else 1)
-    report = scorer.prune_from_dense(np.asarray(ratios, dtype=np.float64))
+    report = scorer.prune_for_export(np.asarray(ratios, dtype=np.float64), threads)
     scorer.adapter.projector.load_state_dict(states[answers])  # the saved model answers through this one
     scorer.save(out, report, {"ratios": [float(r) for r in ratios], "masks_projector": masks,
                               "answers_projector": answers})

@@ -220,6 +220,20 @@ class CandidateScorer:
         self.pruner.restore_dense()
         return self.pruner.prune(self.policy(ratios))
 
+    def prune_for_export(self, ratios: np.ndarray, threads: int | None = None) -> PruneReport:
+        """The final model's prune (`prune_from_dense`) as a search exports it: the search is over, so the one
+        sequential pass may use every CPU this process can run on (`threads` None; the torch thread count is
+        restored afterwards). The thread count changes the rounding, which pruning at high sparsity amplifies: a
+        re-prune meant to give a search's exported model runs this, on a scorer built with the same engine."""
+        import os
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or max(before, len(os.sched_getaffinity(0))))
+        try:
+            return self.prune_from_dense(ratios)
+        finally:
+            torch.set_num_threads(before)
+
     def save(self, out: Path, report: PruneReport, policy: dict) -> None:
         """The model as it is now (pruned by `prune_from_dense`) at `out`, with policy.json and sparsity.json."""
         from efficientllava.prune_engine.prune import save_pruned_model

@@ -101,16 +101,29 @@ def test_full_outcome_reads_the_policy_and_the_final_projector(tmp_path):
         full_outcome(tmp_path)
 
 
-def test_export_engine_prunes_with_every_cpu_as_the_actor_exports():
-    """A re-prune meant to match a search's export uses the export's thread count (every CPU of this process),
-    never fewer than the engine's own."""
+def test_prune_for_export_uses_every_cpu_or_the_given_count_and_restores_the_thread_count():
+    """The final prune of a search (and of a re-prune meant to give its model) runs with every CPU of the process,
+    or with `threads`; the torch thread count is what it was afterwards, also when the prune fails."""
     import os
 
-    from benchmarks.variants import export_engine
+    from efficientllava.prune_engine.scoring import CandidateScorer
 
-    cpus = len(os.sched_getaffinity(0))
-    engine = EngineConfig(model="smol-llava", threads=1)
-    assert export_engine(engine).threads == cpus
-    assert export_engine(engine.model_copy(update={"threads": cpus + 3})).threads == cpus + 3
-    assert export_engine(EngineConfig(model="smol-llava")).threads == cpus
-    assert export_engine(engine).model_copy(update={"threads": 1}) == engine  # nothing else changes
+    class Scorer:
+        def prune_from_dense(self, ratios):
+            seen.append(torch.get_num_threads())
+            if fail:
+                raise RuntimeError("boom")
+            return "report"
+
+    before, seen, fail = torch.get_num_threads(), [], False
+    torch.set_num_threads(1)
+    try:
+        assert CandidateScorer.prune_for_export(Scorer(), np.array([0.5])) == "report"
+        assert CandidateScorer.prune_for_export(Scorer(), np.array([0.5]), threads=1) == "report"
+        assert seen == [len(os.sched_getaffinity(0)), 1] and torch.get_num_threads() == 1
+        fail = True
+        with pytest.raises(RuntimeError):
+            CandidateScorer.prune_for_export(Scorer(), np.array([0.5]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
