@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -115,8 +116,6 @@ def main(argv=None) -> int:
             if s in exports:
                 row["full"][t]["masks"] = compare_masks(load_file(str(exports[s] / "model.safetensors")),
                                                         load_file(str(out / "model.safetensors")))
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)
             if args.uniform_control:
                 scorer = CandidateScorer(run.engine, run.data, build_database=False)  # the control: uniform

@@ -225,14 +225,10 @@ class CandidateScorer:
         sequential pass may use every CPU this process can run on (`threads` None; the torch thread count is
         restored afterwards). The thread count changes the rounding, which pruning at high sparsity amplifies: a
         re-prune meant to give a search's exported model runs this, on a scorer built with the same engine."""
-        import os
+        from efficientllava.prune_engine.threads import cpu_threads
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads or max(before, len(os.sched_getaffinity(0))))
-        try:
+        with cpu_threads(threads):
             return self.prune_from_dense(ratios)
-        finally:
-            torch.set_num_threads(before)
 
     def save(self, out: Path, report: PruneReport, policy: dict) -> None:
         """The model as it is now (pruned by `prune_from_dense`) at `out`, with policy.json and sparsity.json."""

@@ -12,6 +12,20 @@ def use_threads(count: int) -> None:
 
 
 @contextmanager
+def cpu_threads(count: int | None = None):
+    """Run the body with `count` torch CPU threads (None: every CPU this process can run on, at least as many as
+    now); the thread count is restored afterwards, also when the body fails."""
+    import os
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count or max(before, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def one_cpu_thread(device: torch.device):
     """Run the body on one CPU thread when `device` is the CPU (no effect on other devices).
 
@@ -21,9 +35,5 @@ def one_cpu_thread(device: torch.device):
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
