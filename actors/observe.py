@@ -115,7 +115,7 @@ class ConsoleProgress:
         self.progress.stop()
 
     def on_candidate(self, e: Evaluation) -> None:
-        if e.fidelity == "screen":
+        if e.fidelity != "full":  # scored on a slice: screened, or a survivor ranked on the stage slice
             self._screened += 1
         else:
             self._full += 1

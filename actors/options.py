@@ -62,6 +62,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "population of at most 4 chosen without elites keeps population - 1)."),
     Setting("search.offspring", int, "Children per generation screened on a slice of the proxy data "
             "(database mode; 0: none)."),
+    Setting("search.survivors", int, "Multi-step selection: the best screened children ranked again on a larger "
+            "slice (engine.stage_nsamples text segments, engine.stage_mm_samples image-text samples; unset: all the "
+            "fitness data) before the best fill the population (0: one screening stage)."),
     Setting("search.time_budget_s", float, "Wall-clock seconds of the search, counted once the actors are up: it "
             "stops between generations when they are spent; with search.offspring_budget (the default preset) the "
             "screened children per generation are sized to end within them.", flag="--time-budget", metavar="S"),

@@ -1,7 +1,8 @@
 """A calibrated pruner, built one way for the prune job, the candidate scorer and the evaluator actors: the proxy data, the model and its `LayerwisePruner`.
 
 The proxy (= calibration) data (`proxy_data`) is text segments, plus image-text samples for a LLaVA model.
-Each kind is cut into a screening slice and the rest (multi-fidelity selection, `EngineConfig.screen_*`),
+Each kind is cut into a screening slice, the rest of a larger stage slice that holds it, and the rest (multi-fidelity
+and multi-step selection, `EngineConfig.screen_*`, `EngineConfig.stage_*`),
 and text past the fitness set (`EngineConfig.fitness_nsamples`) only calibrates; with none of these set
 (the prune job) the batches are simply the text then the image-text batches of `DataConfig.batch_size`.
 `build_pruner` loads the model onto its device and builds the pruner on these batches.
@@ -22,13 +23,15 @@ from efficientllava.prune_engine.threads import use_threads
 
 @dataclass
 class ProxyData:
-    """The proxy batches in order (text, then image-text; each kind as [screening slice | the rest]) and what each is for."""
+    """The proxy batches in order (text, then image-text; each kind as [screening slice | the rest of the stage slice |
+    the rest]) and what each is for."""
 
     batches: list[dict]
     kinds: list[str]  # per batch: "text" or "mm"
     scored: list[int]  # the full-fidelity fitness set (the text batches past it only calibrate: Hessians)
     screen: list[int] | None  # the screening slice (None: screening uses the full set)
     samples: list  # the image-text samples drawn (their batches follow the text batches)
+    stage: list[int] | None = None  # the stage slice (multi-step selection; None: the stage uses the full set)
 
     @property
     def mm_indices(self) -> list[int]:
@@ -46,28 +49,40 @@ def _split_text(batch: dict, first: int, size: int | None) -> tuple[list[dict], 
 
 
 def proxy_data(processor, data: DataConfig, engine: EngineConfig) -> ProxyData:
-    """The proxy batches of `data`, sliced for the fitness and the screening as `engine` says."""
+    """The proxy batches of `data`, sliced for the fitness, the screening and the stage as `engine` says."""
     text = text_batches(processor, data.calib, data.nsamples, data.seqlen, data.seed)[0]
-    # text segments: [screening slice | the rest of the fitness set | calibration only]
+    # text segments: [screening slice | the rest of the stage slice | the rest of the fitness set | calibration only]
     fit_text = min(engine.fitness_nsamples or data.nsamples, data.nsamples)
     screen_text = min(engine.screen_nsamples, fit_text) if engine.screen_nsamples else 0
-    text_screen, fit_rest = _split_text({k: v[:fit_text] for k, v in text.items()}, screen_text, data.batch_size)
+    stage_text = min(engine.stage_nsamples, fit_text) if engine.stage_nsamples else screen_text
+    text_screen, _ = _split_text({k: v[:screen_text] for k, v in text.items()}, screen_text, data.batch_size)
+    text_stage, fit_rest = _split_text({k: v[screen_text:fit_text] for k, v in text.items()},
+                                       stage_text - screen_text, data.batch_size)
     _, text_calib = _split_text(text, fit_text, data.batch_size)
     samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance) if data.mm_calib else []
     screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
+    stage_mm = min(engine.stage_mm_samples, len(samples)) if engine.stage_mm_samples else screen_mm
     mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)
-    mm_rest = vqa_batches(processor, samples[screen_mm:], data.batch_size)
-    batches = text_screen + fit_rest + text_calib + mm_screen + mm_rest
-    n_text = len(text_screen) + len(fit_rest) + len(text_calib)
-    kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_rest))
+    mm_stage = vqa_batches(processor, samples[screen_mm:stage_mm], data.batch_size)
+    mm_rest = vqa_batches(processor, samples[stage_mm:], data.batch_size)
+    batches = text_screen + text_stage + fit_rest + text_calib + mm_screen + mm_stage + mm_rest
+    n_text = len(text_screen) + len(text_stage) + len(fit_rest) + len(text_calib)
+    kinds = ["text"] * n_text + ["mm"] * (len(mm_screen) + len(mm_stage) + len(mm_rest))
     mm = list(range(n_text, len(batches)))
-    n_fit = len(text_screen) + len(fit_rest)
-    # the screening slice: the sliced batches of each kind; a kind without a slice is scored whole; no
-    # slice at all means screening uses the full set
-    screen = (list(range(len(text_screen))) if screen_text else list(range(n_fit))) \
-        + (list(range(n_text, n_text + len(mm_screen))) if screen_mm else mm)
-    return ProxyData(batches, kinds, list(range(n_fit)) + mm, screen if (screen_text or screen_mm) else None,
-                     samples)
+    n_fit = len(text_screen) + len(text_stage) + len(fit_rest)
+
+    def first(n_text_batches: int, n_mm_batches: int, text_sliced: bool, mm_sliced: bool) -> list[int] | None:
+        """A slice: the first batches of each kind; a kind without a slice is scored whole; no slice at all:
+        None (that fidelity uses the full set)."""
+        if not (text_sliced or mm_sliced):
+            return None
+        return (list(range(n_text_batches)) if text_sliced else list(range(n_fit))) \
+            + (list(range(n_text, n_text + n_mm_batches)) if mm_sliced else mm)
+
+    screen = first(len(text_screen), len(mm_screen), bool(screen_text), bool(screen_mm))
+    stage = first(len(text_screen) + len(text_stage), len(mm_screen) + len(mm_stage),
+                  bool(engine.stage_nsamples), bool(engine.stage_mm_samples))
+    return ProxyData(batches, kinds, list(range(n_fit)) + mm, screen, samples, stage)
 
 
 @dataclass

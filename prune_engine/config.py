@@ -115,6 +115,11 @@ class EngineConfig(BaseModel):
     fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice (these three: 0 or more)
+    # multi-step selection (search.survivors): the stage slice the screening's survivors are ranked on, the first
+    # stage_nsamples text segments / stage_mm_samples image-text samples of the fitness set (so it holds the
+    # screening slice); 0: that kind is scored whole at the stage, as at full fidelity
+    stage_nsamples: int = 0
+    stage_mm_samples: int = 0
     screen_precision: Literal["auto", "fp32", "bf16"] = "auto"  # screening forward: bf16 where the hardware is
     # fast at it (auto: a GPU with bf16, a CPU with AMX/AVX512-BF16), else fp32; full scores stay in the model's dtype
     projector_batch: int = 4  # image-text samples per projector mini-batch step (at least 1)
@@ -141,12 +146,25 @@ class EngineConfig(BaseModel):
             raise setting_error(f"{info.field_name} must be a positive integer")
         return v
 
-    @field_validator("screen_nsamples", "screen_mm_samples", "fitness_nsamples")
+    @field_validator("screen_nsamples", "screen_mm_samples", "fitness_nsamples", "stage_nsamples", "stage_mm_samples")
     @classmethod
     def _zero_or_more(cls, v: int, info: ValidationInfo) -> int:
         if v < 0:
             raise setting_error(f"{info.field_name} must be 0 or a positive integer")
         return v
+
+    @model_validator(mode="after")
+    def _stage_holds_the_screen(self) -> "EngineConfig":
+        """The stage slice (multi-step selection) is larger than the screening slice and holds it, per kind."""
+        for kind, screen, stage in (("nsamples", self.screen_nsamples, self.stage_nsamples),
+                                    ("mm_samples", self.screen_mm_samples, self.stage_mm_samples)):
+            if stage and not screen:
+                raise setting_error(f"stage_{kind} ({stage}) needs screen_{kind}: without it screening already "
+                                    "scores that kind whole, so a stage slice of it would be smaller")
+            if stage and stage < screen:
+                raise setting_error(f"stage_{kind} ({stage}) must be at least screen_{kind} ({screen}): the stage "
+                                    "slice holds the screening slice")
+        return self
 
     @field_validator("device")
     @classmethod

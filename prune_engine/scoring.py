@@ -58,6 +58,7 @@ class CandidateScorer:
         self.mm_indices = proxy.mm_indices
         self.scored = proxy.scored  # the full-fidelity fitness set
         self.screen = proxy.screen
+        self.stage = proxy.stage  # multi-step selection: the larger slice the screening's survivors are ranked on
 
     def _split_projector_samples(self) -> None:
         """The projector's held-aside samples (never trained on: the guard judges an update on them) and its
@@ -134,6 +135,9 @@ class CandidateScorer:
                 **({"mm_balance": True} if d.mm_balance else {}),  # absent when off: older checkpoints resume
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
+                # absent without a stage slice: older checkpoints resume
+                **({"stage": [s.stage_nsamples, s.stage_mm_samples]}
+                   if s.stage_nsamples or s.stage_mm_samples else {}),
                 "fitness_nsamples": s.fitness_nsamples,
                 # what the projector trains on differs from cross-entropy only with the KL fitness
                 **({"projector_objective": s.projector_objective} if s.loss == "kl" else {}),
@@ -152,15 +156,17 @@ class CandidateScorer:
     def evaluate(self, ratios: np.ndarray, fidelity: str = "full",
                  modalities: tuple[str, ...] = ("text", "mm")) -> Evaluation:
         """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
-        screening slice only, `modalities=("mm",)` on the image-text batches only (database mode;
+        screening slice only, `"stage"` on the stage slice (both in the screening precision; a slice that is
+        not set is the full set), `modalities=("mm",)` on the image-text batches only (database mode;
         sequential pruning always needs all the data)."""
         start = time.perf_counter()
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
         if self.engine.mode == "database":
-            screening = fidelity == "screen" and self.screen is not None
-            batches = [i for i in (self.screen if screening else self.scored) if self.kinds[i] in modalities]
-            report = self.pruner.stitch(policy, batches, self.screen_dtype if fidelity == "screen" else None)
+            selecting = fidelity in ("screen", "stage")
+            chosen = {"screen": self.screen, "stage": self.stage}.get(fidelity)
+            batches = [i for i in (chosen if chosen is not None else self.scored) if self.kinds[i] in modalities]
+            report = self.pruner.stitch(policy, batches, self.screen_dtype if selecting else None)
         else:
             report = self.pruner.prune(policy)
         l_text = report.loss_text if report.loss_text is not None else math.nan

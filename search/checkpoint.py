@@ -47,8 +47,9 @@ HISTORY_SCHEMA = pa.schema(
         ("policy", pa.list_(pa.int16())),
         ("mean_sparsity", pa.float64()),
         ("projector_version", pa.int64()),
-        # "full" (the generation's population), "screen" (a screened child) or "scale" (a random policy
-        # scored once to measure sd(L)/sd(G); candidate < 0)
+        # "full" (the generation's population), "screen" (a screened child), "stage" (a survivor of the
+        # screening scored on the stage slice; same candidate number as its screen row) or "scale" (a random
+        # policy scored once to measure sd(L)/sd(G); candidate < 0)
         ("fidelity", pa.string()),
         ("l_proxy", pa.float64()),  # L = (1 - w) L_text + w L_mm
         ("l_text", pa.float64()),

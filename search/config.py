@@ -75,6 +75,9 @@ class SearchConfig(BaseModel):
     seed: int = Field(0, ge=0)
     # multi-fidelity selection (§4a): children screened on a slice of the proxy data per generation
     offspring: int = Field(0, ge=0, description="children screened per generation (0: no screening, the paper's GA)")
+    survivors: int = Field(0, ge=0, description="multi-step selection (EvoPress): the screened children kept for a "
+                           "second, larger selection stage (the engine's stage slice of the proxy data), whose best fill "
+                           "the population; 0: one screening stage. At least population - elites")
     offspring_budget: bool = Field(False, description="with time_budget_s: after generation 0, measure what a screened "
                                    "child and a generation cost here and draw as many children per generation (at "
                                    "most `offspring`, at least population - elites) as let the search end within "
@@ -128,6 +131,11 @@ class SearchConfig(BaseModel):
             raise ValueError(f"highest level p0 + span = {high:.4g} is not below 1")
         if self.elites >= self.population:
             raise ValueError(f"elites ({self.elites}) must be fewer than population ({self.population})")
+        if self.survivors and not self.offspring:
+            raise ValueError("survivors (multi-step selection) needs offspring > 0: it keeps the best screened children")
+        if self.survivors and self.survivors < self.population - self.elites:
+            raise ValueError(f"survivors ({self.survivors}) must be at least population - elites "
+                             f"({self.population - self.elites}): the stage fills the population")
         lo, hi = self.mutation_switches
         if not 0 <= lo <= hi:
             raise ValueError(f"mutation_switches must be (lo, hi) with 0 <= lo <= hi, got {self.mutation_switches}")

@@ -7,7 +7,8 @@
                                                     as it lowers their loss on held-aside samples
     vary: G_{t+1} = elites + children; with `offspring`, many children are drawn now and screened
           on a slice of the proxy data under the new projector at the start of generation t+1, the
-          best filling G_{t+1} (multi-fidelity; a run that stops after t never screens them)
+          best filling G_{t+1} (multi-fidelity; a run that stops after t never screens them); with
+          `survivors`, the best screened children are ranked again on a larger slice first (multi-step)
     checkpoint (state after the variation step)
 
 until tau generations are done or the wall-clock budget is spent. The result is the best
@@ -217,24 +218,35 @@ class SearchDriver:
 
     def _screen_children(self, t: int, version: int) -> int:
         """Score the pending children on the screening slice (recorded in generation t) and complete the
-        population (the elites) with the best of them. Returns how many were scored (not memo hits)."""
-        cfg, children = self.config, self.children
-        s_evals, s_cached = self._evaluate(children, version, "screen")
-        s_loss = np.array([self._loss(e) for e in s_evals])
-        s_f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(s_loss, s_evals)])
-        for j, (p, e) in enumerate(zip(children, s_evals)):
-            self._record(t, cfg.population + j, p, version, "screen", e, s_loss[j], s_f[j], math.nan, s_cached[j])
-        keep = select_elites(s_f, cfg.population - len(self.population))
-        self.population = self.population + [children[i] for i in keep]
+        population (the elites) with the best of them; with `survivors`, the best `survivors` of them are
+        scored on the stage slice first and the population is completed by that ranking. Returns how many
+        were scored (not memo hits; a survivor scored at both stages counts once)."""
+        cfg, children, needed = self.config, self.children, self.config.population - len(self.population)
+        ranked = list(range(len(children)))
+        scored = 0
+        for fidelity, keep in (("screen", cfg.survivors), ("stage", needed)) if cfg.survivors else (("screen", needed),):
+            if fidelity == "stage" and len(ranked) <= needed:
+                break  # every survivor fills the population: a stage would not change the choice
+            evals, cached = self._evaluate([children[j] for j in ranked], version, fidelity)
+            loss = np.array([self._loss(e) for e in evals])
+            f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(loss, evals)])
+            for i, (j, e) in enumerate(zip(ranked, evals)):
+                self._record(t, cfg.population + j, children[j], version, fidelity, e, loss[i], f[i], math.nan,
+                             cached[i])
+            scored += (len(ranked) - sum(cached)) if fidelity == "screen" else 0
+            ranked = [ranked[i] for i in select_elites(f, min(keep, len(ranked)))]
+        self.population = self.population + [children[j] for j in ranked[:needed]]
         self.children = []
-        return len(children) - sum(s_cached)
+        return scored
 
     def _offspring_count(self, pop: list[np.ndarray], version: int, generation_s: float,
                          clock: Callable[[], float]) -> int:
         """Children to draw now: `offspring`, or with `offspring_budget` and a time budget as many as fit it,
         decided once at the end of generation 0 from two measurements made here: the generation's wall time
         without screening (`generation_s`), and the wall time of screening its policies (not recorded, no
-        memo: the search's draws and history are the same as with that count fixed)."""
+        memo: the search's draws and history are the same as with that count fixed); with `survivors`, the
+        stage's cost (its policies scored on the stage slice, times survivors / population) joins the
+        generation's."""
         cfg = self.config
         if not (cfg.offspring_budget and cfg.time_budget_s is not None):
             return cfg.offspring
@@ -243,6 +255,10 @@ class SearchDriver:
         t0 = clock()
         self.evaluator.evaluate([self.space.ratios(p) for p in pop], version, "screen")
         per_child = (clock() - t0) / len(pop)
+        if cfg.survivors:  # the stage's survivors cost the same every generation: part of the generation's time
+            t0 = clock()
+            self.evaluator.evaluate([self.space.ratios(p) for p in pop], version, "stage")
+            generation_s += cfg.survivors * (clock() - t0) / len(pop)
         screenings = max(cfg.generations - self.generation - 1, 0)  # children drawn after the last are never screened
         left = cfg.time_budget_s - clock()
         floor, cap = cfg.population - cfg.elites, cfg.offspring

@@ -23,7 +23,8 @@ class CandidateEvaluated:
     fitness: float
     cached: bool  # memo hit: same policy under the same projector version
     seconds: float
-    fidelity: str = "full"  # "screen": a child scored on the screening slice of the proxy data
+    fidelity: str = "full"  # "screen": a child scored on the screening slice of the proxy data; "stage": a
+    # survivor of the screening scored on the stage slice (multi-step selection)
 
 
 @dataclass(frozen=True)

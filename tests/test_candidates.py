@@ -354,3 +354,50 @@ def test_the_projector_trains_on_the_fitness_loss_kl_to_the_dense_model(tiny_lla
     assert other.step_teachers is None and other.monitor_teachers is None
     assert other.answer_loss(ratios) == pytest.approx(ce, rel=1e-5)
     assert kl.identity()["projector_objective"] == "fitness" and other.identity()["projector_objective"] == "ce"
+
+
+def test_the_stage_slice_holds_the_screening_slice_and_sits_inside_the_fitness_set(tiny_llava_dir):
+    """Multi-step selection's stage slice: the first stage_nsamples text segments and stage_mm_samples image-text
+    samples of the fitness set; the same tokens in the same order as without it; "stage" scores exactly it."""
+    from efficientllava.prune_engine.calibrated import proxy_data
+    from efficientllava.prune_engine.models.loading import load_processor
+
+    base = dict(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=6,
+                mode="database", fitness_nsamples=4, screen_nsamples=1, screen_mm_samples=2, loss="kl",
+                screen_precision="fp32")
+    processor = load_processor(str(tiny_llava_dir))
+    staged = proxy_data(processor, *reversed(_configs(**base, stage_nsamples=3, stage_mm_samples=4)))
+    plain = proxy_data(processor, *reversed(_configs(**base)))
+    assert plain.stage is None and staged.screen is not None
+    assert set(staged.screen) < set(staged.stage) < set(staged.scored)
+
+    def count(proxy, indices, kind):
+        key = "input_ids" if kind == "text" else "labels"
+        return sum(len(proxy.batches[i][key]) for i in indices if proxy.kinds[i] == kind)
+
+    assert [count(staged, staged.screen, k) for k in ("text", "mm")] == [1, 2]
+    assert [count(staged, staged.stage, k) for k in ("text", "mm")] == [3, 4]
+    assert [count(staged, staged.scored, k) for k in ("text", "mm")] == [4, 6]
+    def sequences(proxy, kind):  # unpadded: a batch pads its sequences to its longest
+        return [ids[mask.bool()].tolist() for b, k in zip(proxy.batches, proxy.kinds) if k == kind
+                for ids, mask in zip(b["input_ids"], b.get("attention_mask", torch.ones_like(b["input_ids"])))]
+
+    for kind in ("text", "mm"):  # the same sequences in the same order, only cut at one more place
+        assert sequences(staged, kind) == sequences(plain, kind)
+    ev = CandidateScorer(*_configs(**base, stage_nsamples=3, stage_mm_samples=4), levels=[0.4, 0.5, 0.6])
+    assert ev.identity()["stage"] == [3, 4]
+    policy = np.array([0.5, 0.4, 0.6])
+    stage = ev.evaluate(policy, "stage")
+    ref = ev.pruner.stitch(ev.policy(policy), ev.stage)
+    assert (stage.l_text, stage.l_mm) == (ref.loss_text, ref.loss_mm) and stage.fidelity == "stage"
+    screen, full = ev.evaluate(policy, "screen"), ev.evaluate(policy, "full")
+    assert len({screen.l_text, stage.l_text, full.l_text}) == 3
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(stage_nsamples=2), "needs screen_nsamples"),
+    (dict(screen_mm_samples=4, stage_mm_samples=2), "at least screen_mm_samples"),
+])
+def test_a_stage_slice_smaller_than_the_screening_is_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**settings)

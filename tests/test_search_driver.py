@@ -286,6 +286,37 @@ def test_multi_fidelity_screens_children_and_keeps_the_best(tmp_path):
         assert all(h["c_m"][i] is None for i in rows)
 
 
+def test_multi_step_selection_ranks_the_screenings_survivors_on_the_stage(tmp_path):
+    """survivors: the best 8 of 20 screened children are scored again on the stage slice, and the best 4 of them
+    by the stage's ranking (not the screening's) complete the population."""
+    ev = SyntheticEvaluator(n_blocks=8, screen_noise=0.05, stage_noise=0.0005)
+    result, ev, events, h = _run(tmp_path, ev=ev, population=6, elites=2, offspring=20, survivors=8, generations=3)
+    assert ev.fidelities.count("screen") == 20 * 2 and ev.fidelities.count("stage") == 8 * 2
+    fins = [e for e in events if isinstance(e, GenerationFinished)]
+    assert [e.screened for e in fins] == [0, 20, 20]  # children screened; a survivor is not counted twice
+    rows = lambda t, fid: [i for i, (g, f) in enumerate(zip(h["generation"], h["fidelity"])) if g == t and f == fid]
+    differs = 0
+    for t in (1, 2):
+        screen, stage = rows(t, "screen"), rows(t, "stage")
+        by_screen = sorted(screen, key=lambda i: -h["fitness"][i])
+        # the survivors are the screening's best 8, recorded under the same candidate numbers
+        assert sorted(h["candidate"][i] for i in stage) == sorted(h["candidate"][i] for i in by_screen[:8])
+        assert all(h["policy"][i] == h["policy"][j] for i in stage for j in screen
+                   if h["candidate"][i] == h["candidate"][j])
+        best_stage = sorted(stage, key=lambda i: -h["fitness"][i])[:4]
+        population = [p for g, p, f in zip(h["generation"], h["policy"], h["fidelity"]) if g == t and f == "full"]
+        assert sorted(map(tuple, population[2:])) == sorted(tuple(h["policy"][i]) for i in best_stage)
+        differs += {tuple(h["policy"][i]) for i in best_stage} != {tuple(h["policy"][i]) for i in by_screen[:4]}
+    assert differs  # the stage changed the choice at least once (else this test could not tell the two apart)
+
+
+def test_survivors_needs_screening_and_enough_of_them():
+    with pytest.raises(ConfigError, match="needs offspring"):
+        SearchConfig(population=6, elites=2, survivors=8)
+    with pytest.raises(ConfigError, match="at least population - elites"):
+        SearchConfig(population=6, elites=2, offspring=20, survivors=3)
+
+
 def test_projector_update_is_recorded_nan_free_without_projector(tmp_path):
     _, _, _, h = _run(tmp_path, projector_mode="off")
     assert all(x != x for x in h["projector_change"])  # NaN: no update happened
@@ -451,12 +482,13 @@ class _FakeTime:
         return self.now
 
 
-def _timed_evaluator(clock, full_s, screen_s, **kw):
+def _timed_evaluator(clock, full_s, screen_s, stage_s=None, **kw):
     ev = SyntheticEvaluator(n_blocks=10, **kw)
     evaluate = ev.evaluate
+    cost = {"full": full_s, "screen": screen_s, "stage": full_s if stage_s is None else stage_s}
 
     def timed(ratios, projector_version, fidelity="full", modalities=("text", "mm")):
-        clock.now += len(ratios) * (screen_s if fidelity == "screen" else full_s)
+        clock.now += len(ratios) * cost[fidelity]
         return evaluate(ratios, projector_version, fidelity, modalities)
 
     ev.evaluate = timed
@@ -496,6 +528,22 @@ def test_offspring_sized_to_the_time_budget_from_measured_costs(tmp_path, monkey
     # the decision is checkpointed: a resumed run keeps it
     resumed = SearchDriver.resume(str(tmp_path / "run"), _timed_evaluator(clock, 1.0, 0.1))
     assert resumed.offspring_sized == expected
+
+
+def test_offspring_sized_to_the_time_budget_counts_the_stage_in_a_generation(tmp_path, monkeypatch):
+    """With survivors, a generation costs its population (6 x 1 s) plus its 8 survivors on the stage slice
+    (8 x 0.5 s); the children get what is left: floor((100.05 - 9.6 - 2 * 10) / (2 * 0.1)) = 352."""
+    import efficientllava.search.driver as driver_module
+
+    clock = _FakeTime()
+    monkeypatch.setattr(driver_module, "time", clock)
+    ev = _timed_evaluator(clock, full_s=1.0, screen_s=0.1, stage_s=0.5)
+    result, _, events, h = _run(tmp_path, ev=ev, population=6, elites=2, generations=3, offspring=500,
+                                survivors=8, offspring_budget=True, time_budget_s=100.05)
+    (sized,) = [e for e in events if isinstance(e, driver_module.OffspringSized)]
+    assert sized.seconds_per_generation == pytest.approx(10.0) and (sized.children, sized.limited_by) == (352, "budget")
+    assert result.generations == 3 and clock.now <= 100.05
+    assert [sum(1 for g, f in zip(h["generation"], h["fidelity"]) if g == t and f == "stage") for t in (1, 2)] == [8, 8]
 
 
 def test_offspring_budget_without_a_time_budget_keeps_offspring(tmp_path):
