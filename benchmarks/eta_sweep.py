@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
 
@@ -32,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--preset", default="default", help="search settings (actors.config.PRESETS)")
     ap.add_argument("--generations", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="S",
+                    help="search wall-clock seconds per trial (search.time_budget_s; the default preset then sizes "
+                         "its screening to fit, as the demo does; default: none, the preset's children per generation)")
     ap.add_argument("--eval-segments", type=int, default=16)
     ap.add_argument("--eval-vqa", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -46,6 +52,7 @@ def main(argv=None) -> int:
 
     run = RunConfig.load(preset=args.preset, overrides={
         "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
+        "search.time_budget_s": args.time_budget,
         "engine.model": args.model, "data.mm_calib": "easy-vqa:train,fashion-mnist:train",
         "ray.actors": args.actors})
     from efficientllava.prune_engine.config import HeldoutConfig
@@ -62,6 +69,14 @@ def main(argv=None) -> int:
               f"run the same command again to resume it (finished trials are kept). Nothing written.",
               file=sys.stderr)
         return 1
+    from efficientllava.search.checkpoint import RunStore
+
+    for r in rows:  # what each search did: its generations, and its screened children per generation
+        if r["error"] is None:
+            state, history, _ = RunStore(r["run_dir"]).load()
+            screened = history.filter(pa.compute.equal(history["fidelity"], "screen"))["generation"].to_pylist()
+            r["generations"] = state["generation"]
+            r["children_per_generation"] = [screened.count(t) for t in range(1, state["generation"])]
     table = format_rows(rows, job.metric)
     print("\n" + table)
     ok = [r for r in rows if r["error"] is None]
@@ -76,7 +91,11 @@ def main(argv=None) -> int:
              + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
-             f"{run.search.offspring} screened children per generation, {run.engine.mode} mode, proxy "
+             + (f"screening sized to a {args.time_budget:g} s search budget (at most {run.search.offspring} children; "
+                f"per trial, children per generation: "
+                + "; ".join(f"eta {r['eta']:g}: {r['children_per_generation']}" for r in ok) + ")"
+                if args.time_budget else f"{run.search.offspring} screened children per generation")
+             + f", {run.engine.mode} mode, proxy "
              f"{run.data.nsamples}x{run.data.seqlen} wiki:calib + {run.data.mm_samples} image-text), validation "
              f"{args.eval_segments}x256 tokens per text set and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
