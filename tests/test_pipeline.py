@@ -152,6 +152,33 @@ def test_database_levels_match_direct_pruning(llama):
     assert full.loss == pytest.approx(stitched.loss, rel=1e-5)  # the same tokens in two batches
 
 
+def test_a_wide_level_database_serves_per_matrix_policies(llama):
+    """The wider level set of issue 26 (0.7 +- 0.2 in steps of 0.025: 17 levels): every matrix of every block at
+    every level, each at exactly its sparsity; a per-matrix policy using the extreme levels is stitched from them."""
+    from efficientllava.search import SearchConfig
+    from efficientllava.search.policy import levels_of
+
+    adapter, _, batches = llama
+    levels = levels_of(SearchConfig(target=0.7, span=0.2, step=0.025))
+    assert len(levels) == 17 and levels[0] == pytest.approx(0.5) and levels[-1] == pytest.approx(0.9)
+    pruner = LayerwisePruner(adapter, batches, progress=False)
+    pruner.build_database(levels)
+    names = list(adapter.linears(0))
+    assert len(pruner.database) == adapter.num_blocks * len(names) * 17
+    for (b, name, r), entry in pruner.database.items():
+        assert int((entry.weight == 0).sum()) == round(r * entry.weight.numel()), (b, name, r)
+    policy = [{n: levels[(b * 7 + i * 3) % 17] for i, n in enumerate(names)} for b in range(adapter.num_blocks)]
+    assert {r for block in policy for r in block.values()} >= {levels[0], levels[-1]}
+    report = pruner.stitch(policy)
+    for b, block in enumerate(policy):
+        for n, m in adapter.linears(b).items():
+            assert torch.equal(m.weight, pruner.database[(b, n, block[n])].weight)
+    counts = [{n: m.weight.numel() for n, m in adapter.linears(b).items()} for b in range(adapter.num_blocks)]
+    expected = sum(block[n] * counts[b][n] for b, block in enumerate(policy) for n in block) / sum(
+        sum(c.values()) for c in counts)
+    assert report.mean_sparsity == pytest.approx(expected, abs=1e-3)
+
+
 def test_prefix_reuse_gives_identical_results_and_skips_blocks(llama):
     adapter, _, batches = llama
     fresh = LayerwisePruner(adapter, batches, progress=False)

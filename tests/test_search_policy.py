@@ -264,3 +264,25 @@ def test_initial_population_from_uniform_mutations():
         assert space.mean_sparsity(p) == pytest.approx(0.5, abs=1e-12)
     random = initial_population(space, 10, np.random.default_rng(0))
     assert max(np.abs(p - space.uniform()).sum() for p in random) > 6  # the paper's start is spread out
+
+
+@pytest.mark.parametrize("span, step", [(0.1, 0.05), (0.2, 0.05), (0.2, 0.025)])
+def test_matrix_level_operators_keep_a_real_models_budget_exact(span, step):
+    """Per-matrix policies over SmolLM2-135M's 30 x 7 linears (q/o 576x576, k/v 576x192, gate/up/down 576x1536)
+    at 0.7 with 5, 9 and 17 levels and no tolerance: every child the operators make (mutation, then repair) has
+    mean sparsity 0.7 exactly (float slack only), and the generations stay distinct and full."""
+    counts = np.tile([576 * 576, 576 * 192, 576 * 192, 576 * 576, 576 * 1536, 576 * 1536, 1536 * 576], 30)
+    cfg = SearchConfig(target=0.7, span=span, step=step, tolerance=0.0, granularity="matrix", population=8, elites=3)
+    space = PolicySpace.from_config(cfg, counts)
+    assert space.n_levels == round(2 * span / step) + 1 and space.size == 210
+    rng = np.random.default_rng(0)
+    pop = initial_population(space, cfg.population, rng, "random", cfg.mutation_switches)
+    reach = 0.0  # the farthest level from the target any child used
+    for _ in range(20):
+        children = next_generation(pop[:cfg.elites], space, 64, rng, cfg.mutation_switches, strict=False)
+        assert len(children) == 64 and len({c.tobytes() for c in children}) == 64  # elites + 61 new children
+        assert all(space.is_feasible(c) for c in children)
+        assert max(abs(space.mean_sparsity(c) - 0.7) for c in children) < 1e-9
+        reach = max(reach, max(float(np.abs(space.ratios(c) - 0.7).max()) for c in children))
+        pop = children[:cfg.population]
+    assert reach == pytest.approx(span)  # the whole level set is used, the widest levels included
