@@ -14,6 +14,9 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     evo_wo_ub     search with eta = 0.5, projector update with all c_m equal
     full_ce_projector  Full, but the projector trained on answer cross-entropy (the fitness ranks by KL)
     full_ce_fitness    Full, with cross-entropy to the labels as the fitness's loss (the paper's) instead of KL
+    matrix, wide, matrix_wide, full_long, matrix_wide_long
+                       Full with a level per matrix, levels p0 +- 0.2 (9, not 5), both, 10 generations (not 3),
+                       and all three (issue 26: which part of a wider search's gain comes from where)
     evo_masks_only     Full's policy re-pruned with the evolved projector, saved with the dense projector
     evo_answers_only   Full's policy re-pruned with the dense projector, saved with the evolved projector
     evo_both           Full's policy re-pruned with the evolved projector, saved with it (Full's recipe, re-run)
@@ -46,6 +49,13 @@ SEARCHES = {
     # Full with the paper's task loss: cross-entropy to the labels for the fitness (text and image-text) and hence for
     # the projector (one objective), where the default ranks by KL to the dense model (issue 23: KL vs CE on val)
     "full_ce_fitness": {"search.eta": 0.5, "engine.loss": "ce"},
+    # what buys what (issue 26): the search space (granularity x span) and the budget, each beside Full
+    "matrix": {"search.eta": 0.5, "search.granularity": "matrix"},
+    "wide": {"search.eta": 0.5, "search.span": 0.2},
+    "matrix_wide": {"search.eta": 0.5, "search.granularity": "matrix", "search.span": 0.2},
+    "full_long": {"search.eta": 0.5, "search.generations": 10},
+    "matrix_wide_long": {"search.eta": 0.5, "search.granularity": "matrix", "search.span": 0.2,
+                         "search.generations": 10},
 }
 #: the evolved projector's two effects on Full's model apart, a 2 x 2 design: Full's policy re-pruned from the
 #: dense model with (the projector the masks are computed under, the projector the saved model answers with),
@@ -63,6 +73,10 @@ EVO_PARTS = {"evo_both": ("evolved", "evolved"), "evo_masks_only": ("evolved", "
 EVO_BASE = "evo_both"
 
 
+#: the search-space and budget variants: run when asked for (--variants), not by default
+SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long")
+
+
 def search_overrides(variant: str) -> dict | None:
     """The search settings a variant runs under (EVO_PARTS re-prune Full's run: Full's)."""
     return SEARCHES["full"] if variant in EVO_PARTS else SEARCHES.get(variant)
@@ -72,6 +86,9 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
           "evo_wo_ub": "Evo w/o UB (c_m equal)", "full_ce_projector": "Full, projector on cross-entropy",
           "full_ce_fitness": "Full, cross-entropy fitness",
+          "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
+          "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
+          "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
           "evo_masks_only": "Full, evolved projector for the masks only",
           "evo_answers_only": "Full, evolved projector for the answers only",
           "evo_both": "Full's policy re-pruned, evolved projector for both",
