@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nsamples", type=int, default=None, help="calibration text segments (default: the preset's)")
     ap.add_argument("--seqlen", type=int, default=None, help="tokens per segment (default: the preset's)")
     ap.add_argument("--mm-samples", type=int, default=None, help="image-text samples (default: the preset's)")
+    ap.add_argument("--name", default="level_database", help="results file name")
     args = ap.parse_args(argv)
 
     from efficientllava.actors.cluster_plan import SHAPES, actor_plan
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
              f"{rows[-1]['llava7b_disk_gib_per_actor']:.0f} GiB per actor at {rows[-1]['levels']} levels "
              "(dense linears included).")
     print("\n" + markdown_table(headers, table) + "\n\n" + notes)
-    write_results("level_database", f"Level database: memory and build time per level count ({args.model})",
+    write_results(args.name, f"Level database: memory and build time per level count ({args.model})",
                   markdown_table(headers, table), {"seed": args.seed, "settings": vars(args), "rows": rows}, notes)
     return 0
 
