@@ -88,6 +88,7 @@ def search_trial(config: dict) -> None:
     from efficientllava.actors.config import RunConfig
     from efficientllava.actors.run import resume_search, run_search
     from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
+    from efficientllava.prune_engine.threads import cpu_threads
     from efficientllava.search.checkpoint import CONFIG, RunStore
 
     job = TuneJob.model_validate_json(config["job"])
@@ -105,7 +106,11 @@ def search_trial(config: dict) -> None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         run_search(run, str(run_dir), progress=False, log=quiet)
     doc = json.loads((run_dir / "policy.json").read_text())
-    row = heldout_metrics(str(run_dir / "model"), job.heldout, device=run.engine.device, dtype=run.engine.dtype)
+    # the trial holds no CPU (its actors did, and they are gone): Ray started it with one torch thread; the
+    # evaluation takes the CPUs the search's actors held (all of this node's when their count is not set)
+    held = run.ray.actors * run.ray.cpus_per_actor if run.ray.actors and run.ray.cpus_per_actor else None
+    with cpu_threads(max(int(held), 1) if held else None):
+        row = heldout_metrics(str(run_dir / "model"), job.heldout, device=run.engine.device, dtype=run.engine.dtype)
     tune.report({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()},
                  "fitness": doc["fitness"], "l_proxy": doc["l_proxy"], "g": doc["g"],
                  "mean_sparsity": doc.get("achieved_mean_sparsity", doc["mean_sparsity"]),
@@ -143,6 +148,21 @@ def run_tune(job: TuneJob, log: Callable[[str], None] = print) -> list[dict]:
             save_settings(job)
         results = tuner.fit()
     return sorted((trial_row(r) for r in results), key=lambda r: r["eta"])
+
+
+def finished_rows(job: TuneJob) -> list[dict]:
+    """The rows of the experiment in STORAGE/NAME as they stand, nothing run (a trial without a result:
+    NOT_FINISHED); the experiment must have been made with `job`'s settings."""
+    from ray import tune
+
+    from efficientllava.actors.config import ConfigError
+
+    path = str(job.experiment_dir)
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"no Tune experiment in {path}")
+    check_same_settings(job)
+    tuner = tune.Tuner.restore(path, tune.with_resources(search_trial, {"cpu": 0, "memory": 64 * 1024 ** 2}))
+    return sorted((trial_row(r) for r in tuner.get_results()), key=lambda r: r["eta"])
 
 
 #: the error of a trial that reported no result: the experiment stopped (Ctrl-C, a lost driver) before it finished

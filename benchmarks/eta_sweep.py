@@ -45,10 +45,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
     ap.add_argument("--storage", default="runs/tune")
     ap.add_argument("--name", default="eta-sweep-benchmark")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="run nothing: write the trials of the experiment that have finished (a partial sweep, "
+                         "labelled as such; at least two finished trials)")
     args = ap.parse_args(argv)
 
     from efficientllava.actors.config import RunConfig
-    from efficientllava.actors.tune import NOT_FINISHED, TuneJob, format_rows, run_tune
+    from efficientllava.actors.tune import NOT_FINISHED, TuneJob, finished_rows, format_rows, run_tune
 
     run = RunConfig.load(preset=args.preset, overrides={
         "search.target": args.target, "search.generations": args.generations, "search.seed": args.seed,
@@ -62,9 +65,15 @@ def main(argv=None) -> int:
                   heldout=HeldoutConfig(split="val", segments=args.eval_segments, vqa=args.eval_vqa,
                                         seed=args.seed))
     t0 = time.perf_counter()
-    rows = run_tune(job)
+    rows = finished_rows(job) if args.finished_only else run_tune(job)
     unfinished = [r["eta"] for r in rows if r["error"] == NOT_FINISHED]
-    if unfinished:  # nothing written: a partial sweep is not a result
+    if args.finished_only:  # a partial sweep, said so; the unfinished trials are left out of every comparison
+        if len(rows) - len(unfinished) < 2:
+            print(f"eta sweep: fewer than two trials have finished in {job.experiment_dir}; nothing written",
+                  file=sys.stderr)
+            return 1
+        rows = [r for r in rows if r["error"] != NOT_FINISHED]
+    elif unfinished:  # nothing written: a partial sweep is not a result
         print(f"eta sweep interrupted before the trials eta = {', '.join(f'{e:g}' for e in unfinished)} finished; "
               f"run the same command again to resume it (finished trials are kept). Nothing written.",
               file=sys.stderr)
@@ -72,7 +81,7 @@ def main(argv=None) -> int:
     from efficientllava.search.checkpoint import RunStore
 
     for r in rows:  # what each search did: its generations, and its screened children per generation
-        if r["error"] is None:
+        if r["error"] is None and RunStore(r["run_dir"]).exists():
             state, history, _ = RunStore(r["run_dir"]).load()
             screened = history.filter(pa.compute.equal(history["fidelity"], "screen"))["generation"].to_pylist()
             r["generations"] = state["generation"]
@@ -86,14 +95,16 @@ def main(argv=None) -> int:
     best = {m: (min if m.startswith("ppl") else max)(ok, key=lambda r: r[m])["eta"] for m in metrics}
     tied = [m for m in metrics if len({r[m] for r in ok}) == 1]
     policies = {tuple(json.loads(Path(r["run_dir"], "policy.json").read_text())["levels"]) for r in ok}
-    notes = ("Validation split only (test data never read). Best eta by "
+    partial = (f"PARTIAL SWEEP: the trials eta = {', '.join(f'{e:g}' for e in unfinished)} did not finish and are "
+               "left out (written with --finished-only). " if unfinished else "")
+    notes = (partial + "Validation split only (test data never read). Best eta by "
              + "; by ".join(f"validation {m}: {best[m]:g}" for m in metrics)
              + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
              + (f"screening sized to a {args.time_budget:g} s search budget (at most {run.search.offspring} children; "
                 f"per trial, children per generation: "
-                + "; ".join(f"eta {r['eta']:g}: {r['children_per_generation']}" for r in ok) + ")"
+                + "; ".join(f"eta {r['eta']:g}: {r.get('children_per_generation')}" for r in ok) + ")"
                 if args.time_budget else f"{run.search.offspring} screened children per generation")
              + f", {run.engine.mode} mode, proxy "
              f"{run.data.nsamples}x{run.data.seqlen} wiki:calib + {run.data.mm_samples} image-text), validation "
@@ -101,7 +112,7 @@ def main(argv=None) -> int:
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)
     write_results("eta_sweep", f"eta sweep on {args.model} (Ray Tune)", table,
-                  {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best,
+                  {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best, "unfinished": unfinished,
                    "seconds": time.perf_counter() - t0}, notes)
     return 0 if len(ok) == len(rows) else 1
 

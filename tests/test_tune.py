@@ -78,3 +78,34 @@ def test_an_interrupted_trial_is_reported_unfinished_and_the_sweep_writes_nothin
     monkeypatch.setattr(eta_sweep, "write_results", lambda *a, **k: written.append(a))
     assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune")]) == 1
     assert written == [] and not (tmp_path / "results").exists()
+
+
+def test_finished_only_writes_a_partial_sweep_labelled_as_such(monkeypatch, tmp_path):
+    """--finished-only runs nothing and writes the finished trials, naming the unfinished ones; with fewer than two
+    finished trials it writes nothing."""
+    from types import SimpleNamespace
+
+    import benchmarks.eta_sweep as eta_sweep
+    from efficientllava.actors import tune as tune_module
+
+    def finished(eta, ppl):
+        run_dir = tmp_path / f"eta={eta:g}"
+        run_dir.mkdir()
+        (run_dir / "policy.json").write_text(json.dumps({"levels": [2, 2, 1 if eta else 3]}))
+        metrics = {m: 0.5 for m in tune_module.METRICS} | {"ppl": ppl, "run_dir": str(run_dir)}
+        return SimpleNamespace(config={"eta": eta}, error=None, metrics=metrics)
+
+    cut = SimpleNamespace(config={"eta": 1.0}, error=None, metrics={})
+    rows = [tune_module.trial_row(r) for r in (finished(0.0, 300.0), finished(0.5, 250.0), cut)]
+    monkeypatch.setattr(tune_module, "finished_rows", lambda job: rows)
+    monkeypatch.setattr(tune_module, "run_tune", lambda job, log=print: pytest.fail("ran the experiment"))
+    written = []
+    monkeypatch.setattr(eta_sweep, "write_results", lambda *a, **k: written.append(a))
+    assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only"]) == 0
+    (name, _, table, data, notes), = written
+    assert name == "eta_sweep" and data["unfinished"] == [1.0] and [r["eta"] for r in data["rows"]] == [0.0, 0.5]
+    assert notes.startswith("PARTIAL SWEEP: the trials eta = 1 did not finish") and "validation ppl: 0.5" in notes
+    written.clear()
+    monkeypatch.setattr(tune_module, "finished_rows", lambda job: rows[1:])
+    assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only"]) == 1
+    assert written == []
