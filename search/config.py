@@ -188,10 +188,16 @@ class SearchConfig(BaseModel):
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def differences(self, other: dict[str, Any]) -> list[str]:
-        """Result-affecting keys whose value differs from ``other`` (a saved config)."""
+        """Result-affecting keys whose value differs from ``other`` (a saved config). A setting the saved
+        config lacks (added since it was saved) counts as its default: what the search did before it existed."""
         mine = self.to_dict()
+        defaults = type(self).model_construct().model_dump(mode="json")  # as a saved config writes them
+
+        def saved(key: str) -> Any:
+            return other[key] if key in other or key not in defaults else defaults[key]
+
         keys = (set(mine) | set(other)) - self.resume_mutable
-        return sorted(k for k in keys if mine.get(k) != other.get(k))
+        return sorted(k for k in keys if mine.get(k) != saved(k))
 
     @property
     def n_levels(self) -> int:

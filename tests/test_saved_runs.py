@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import yaml
 from test_search_synthetic import SyntheticEvaluator
@@ -48,8 +49,20 @@ def test_an_old_checkpoint_resumes_to_the_result_of_an_uninterrupted_run(old_run
     longer = _search(saved, generations=3)
     resumed = SearchDriver.resume(str(old_run), SyntheticEvaluator(n_blocks=6), config=longer).run()
     reference = SearchDriver(longer, SyntheticEvaluator(n_blocks=6), str(tmp_path / "reference")).run()
-    assert np.array_equal(resumed.policy, reference.policy) and resumed.fitness == reference.fitness
-    assert resumed.history.equals(reference.history)
+    # the fixture's first two generations were scored on the CPU that wrote it: numpy's float sums may round
+    # differently here (AVX2 vs AVX-512 reduction order), so floats agree to rounding and all else exactly
+    assert np.array_equal(resumed.policy, reference.policy)
+    assert resumed.fitness == pytest.approx(reference.fitness, rel=1e-12, abs=1e-15)
+    assert resumed.history.column_names == reference.history.column_names
+    for name in resumed.history.column_names:
+        kind = resumed.history.schema.field(name).type
+        mine, theirs = resumed.history[name].to_pylist(), reference.history[name].to_pylist()
+        if pa.types.is_floating(kind) or (pa.types.is_list(kind) and pa.types.is_floating(kind.value_type)):
+            assert [v is None for v in mine] == [v is None for v in theirs], name
+            pairs = [(a, b) for a, b in zip(mine, theirs) if a is not None]
+            assert all(np.allclose(a, b, rtol=1e-12, atol=1e-15, equal_nan=True) for a, b in pairs), name
+        else:
+            assert mine == theirs, name
     # the resumed run writes the current format; without an app slot its settings stay where they were
     state = RunStore(str(old_run)).load()[0]
     assert state["format"] == FORMAT and state["app"] is None

@@ -132,3 +132,14 @@ def test_the_paper_preset_is_algorithm_1_as_written():
     assert s.mm_weight == 1.0 and e.loss == "ce" and d.mm_samples == 64 and e.fitness_nsamples == 0  # task loss, 64
     assert e.mode == "sequential"  # every candidate pruned layer-sequentially
     assert s.projector_mode == "weighted" and not s.projector_guard and e.monitor_samples == 0  # no guard
+
+
+def test_a_setting_added_since_a_config_was_saved_counts_as_its_default():
+    """A checkpoint saved before a setting existed (e.g. survivors) resumes: the missing key is its default, the
+    search it made; a saved value that differs, or a missing key set to another value now, is a difference."""
+    cfg = SearchConfig(population=6, elites=2)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("survivors", "mutation_switches")}
+    assert cfg.differences(old) == []
+    assert SearchConfig(population=6, elites=2, offspring=20, survivors=8).differences(old) == ["offspring",
+                                                                                             "survivors"]
+    assert cfg.differences({**old, "eta": 0.1}) == ["eta"]
