@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -162,7 +163,12 @@ def finished_rows(job: TuneJob) -> list[dict]:
         raise ConfigError(f"no Tune experiment in {path}")
     check_same_settings(job)
     tuner = tune.Tuner.restore(path, tune.with_resources(search_trial, {"cpu": 0, "memory": 64 * 1024 ** 2}))
-    return sorted((trial_row(r) for r in tuner.get_results()), key=lambda r: r["eta"])
+    # a restored trial that never reported has no config: it is named from the job's etas
+    rows = [trial_row(r) for r in tuner.get_results() if r.config]
+    seen = {float(r["eta"]) for r in rows}
+    rows += [trial_row(SimpleNamespace(config={"eta": eta}, error=None, metrics=None))
+             for eta in job.etas if float(eta) not in seen]
+    return sorted(rows, key=lambda r: r["eta"])
 
 
 #: the error of a trial that reported no result: the experiment stopped (Ctrl-C, a lost driver) before it finished

@@ -109,3 +109,32 @@ def test_finished_only_writes_a_partial_sweep_labelled_as_such(monkeypatch, tmp_
     monkeypatch.setattr(tune_module, "finished_rows", lambda job: rows[1:])
     assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only"]) == 1
     assert written == []
+
+
+def test_finished_rows_names_a_trial_that_never_reported(monkeypatch, tmp_path):
+    """A restored experiment's trial that never reported has no config: finished_rows still names it (NOT_FINISHED,
+    from the job's etas) beside the finished ones, and runs nothing."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from efficientllava.actors import tune as tune_module
+
+    done = SimpleNamespace(config={"eta": 0.0}, error=None, metrics={"ppl": 10.0, "run_dir": str(tmp_path)})
+    never = SimpleNamespace(config=None, error=None, metrics=None)
+
+    class Restored:
+        can_restore = staticmethod(lambda path: True)
+        restore = classmethod(lambda cls, path, trainable: cls())
+
+        def get_results(self):
+            return [never, done]
+
+        def fit(self):
+            pytest.fail("ran the experiment")
+
+    monkeypatch.setattr(tune, "Tuner", Restored)
+    monkeypatch.setattr(tune_module, "check_same_settings", lambda job: None)
+    job = SimpleNamespace(experiment_dir=tmp_path, etas=(0.0, 0.5))
+    rows = tune_module.finished_rows(job)
+    assert [(r["eta"], r["error"]) for r in rows] == [(0.0, None), (0.5, tune_module.NOT_FINISHED)]
