@@ -7,9 +7,18 @@ import benchmarks.common as common
 from benchmarks import anytime
 
 
+@pytest.fixture
+def ray_stopped_after():
+    """The benchmark starts a local Ray cluster in this process (ray_started): stop it, so later tests start clean."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_anytime_points_follow_one_search_and_are_cached(tiny_llava_dir, tmp_path, monkeypatch):
+def test_anytime_points_follow_one_search_and_are_cached(tiny_llava_dir, tmp_path, monkeypatch, ray_stopped_after):
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(anytime, "RESULTS", tmp_path / "results")
     args = ["--model", str(tiny_llava_dir), "--presets", "default", "--targets", "0.5",
