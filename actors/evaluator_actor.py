@@ -136,8 +136,10 @@ class EvaluatorActor:
             self.m_blocks.inc(float(r.blocks_run), self._tags)
         self.m_seconds.set(float(r.seconds), self._tags)
         mm = "-" if r.l_mm is None else f"{r.l_mm:.4f}"
+        # a policy re-scored on image-text only after a projector step keeps its earlier L_text (not NaN: unmeasured)
+        text = f"{r.l_text:.4f}" if "text" in modalities else "- (image-text re-score: earlier L_text kept)"
         print(f"[{self.run}] evaluator {self.index}: candidate {self.candidates} (projector v{version}, {fidelity}): "
-              f"L_text {r.l_text:.4f}, L_mm {mm}, G {r.g:.4f}, mean sparsity {r.mean_sparsity:.4f}, "
+              f"L_text {text}, L_mm {mm}, G {r.g:.4f}, mean sparsity {r.mean_sparsity:.4f}, "
               f"{r.blocks_run} block passes, {r.seconds:.2f} s", flush=True)
         return dataclasses.replace(r, cpu_seconds=cpu, projector_version=version, actor=self.index, pid=os.getpid(),
                                    restarted=self.restarted)

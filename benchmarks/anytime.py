@@ -38,9 +38,9 @@ def checkpoint_generation(run_dir: Path) -> int | None:
     return store.load()[0]["generation"] if store.exists() else None
 
 
-def search_point(run, run_dir: Path, generations: int) -> dict:
-    """Search (or resume) `run_dir` up to `generations` generations and export its best policy so far; the
-    search's elapsed time and what it evaluated."""
+def search_point(settings, target: float, run_dir: Path, generations: int) -> dict:
+    """Search (or resume) `run_dir` up to `generations` generations of the settings' search at `target` and
+    export its best policy so far; the search's elapsed time and what it evaluated."""
     from efficientllava.actors.run import resume_search, run_search
     from efficientllava.search.checkpoint import RunStore
 
@@ -49,7 +49,8 @@ def search_point(run, run_dir: Path, generations: int) -> dict:
         raise AnytimeError(f"{run_dir} is at generation {done}, past {generations}: remove it to measure again")
     t0 = time.perf_counter()
     if done is None:
-        summary = run_search(_with_generations(run, generations), str(run_dir), progress=False, log=lambda m: None)
+        run = settings.run_config(target, {"search.generations": generations})
+        summary = run_search(run, str(run_dir), progress=False, log=lambda m: None)
     else:
         summary = resume_search(str(run_dir), generations=generations, progress=False, log=lambda m: None)
     state, history, _ = RunStore(str(run_dir)).load()
@@ -57,15 +58,6 @@ def search_point(run, run_dir: Path, generations: int) -> dict:
     return {"generation": state["generation"], "search_s": state["elapsed_s"], "call_s": time.perf_counter() - t0,
             "evaluations": len(fresh), "model_dir": summary["model_dir"], "fitness": summary["policy"]["fitness"],
             "ratios": summary["policy"]["ratios"]}
-
-
-def _with_generations(run, generations: int):
-    """The run config with search.generations set (a frozen RunConfig: rebuilt from its sections)."""
-    from efficientllava.actors.config import RunConfig
-
-    sections = run.sections()
-    sections["search"] = {**sections["search"], "generations": generations}
-    return RunConfig.from_sections(sections)
 
 
 def plot(points: dict, uniform: dict, path: Path) -> None:
@@ -123,8 +115,8 @@ def main(argv=None) -> int:
         ray_started(settings)
         for target in targets:
             uniform.setdefault(target, run_variant("uniform", target, settings, args.work))
-            run = settings.run_config(target)
-            at = [int(g) for g in args.at.split(",")] if args.at else list(range(1, run.search.generations + 1))
+            at = ([int(g) for g in args.at.split(",")] if args.at
+                  else list(range(1, settings.run_config(target).search.generations + 1)))
             key = settings.key("full", target)
             run_dir = args.work / f"anytime-{key}"
             rows = []
@@ -133,7 +125,7 @@ def main(argv=None) -> int:
                 if cached.exists():
                     rows.append(json.loads(cached.read_text()))
                     continue
-                point = search_point(run, run_dir, g)
+                point = search_point(settings, target, run_dir, g)
                 point.update(preset=preset, target=target, seed=settings.seed,
                              **heldout_metrics(point.pop("model_dir"), settings.heldout))
                 cached.write_text(json.dumps(point, indent=2))

@@ -42,4 +42,4 @@ def test_anytime_points_follow_one_search_and_are_cached(tiny_llava_dir, tmp_pat
 def test_a_run_past_the_asked_generation_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(anytime, "checkpoint_generation", lambda run_dir: 3)
     with pytest.raises(anytime.AnytimeError, match="at generation 3, past 2"):
-        anytime.search_point(None, tmp_path / "run", 2)
+        anytime.search_point(None, 0.7, tmp_path / "run", 2)
