@@ -28,6 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
 
 
+def against_default(rows: list[dict], metrics: list[str], default_eta: float) -> dict[str, dict[str, float]]:
+    """Each other trial against the default eta's: perplexities as % change (+: higher, worse), accuracies in
+    points (+: better). Empty when the default eta is not among the finished trials."""
+    base = next((r for r in rows if r["eta"] == default_eta), None)
+    if base is None:
+        return {}
+    return {f"{r['eta']:g}": {m: (100 * (r[m] - base[m]) / base[m] if m.startswith("ppl") else 100 * (r[m] - base[m]))
+                              for m in metrics}
+            for r in rows if r is not base}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smol-llava")
@@ -50,7 +61,7 @@ def main(argv=None) -> int:
                          "labelled as such; at least two finished trials)")
     args = ap.parse_args(argv)
 
-    from efficientllava.actors.config import RunConfig
+    from efficientllava.actors.config import RunConfig, setting_default
     from efficientllava.actors.tune import NOT_FINISHED, TuneJob, finished_rows, format_rows, run_tune
 
     run = RunConfig.load(preset=args.preset, overrides={
@@ -94,12 +105,18 @@ def main(argv=None) -> int:
     metrics = [m for m in METRICS if all(r.get(m) is not None for r in ok)]
     best = {m: (min if m.startswith("ppl") else max)(ok, key=lambda r: r[m])["eta"] for m in metrics}
     tied = [m for m in metrics if len({r[m] for r in ok}) == 1]
+    default_eta = setting_default("search.eta", args.preset)
+    vs_default = against_default(ok, metrics, default_eta)
     policies = {tuple(json.loads(Path(r["run_dir"], "policy.json").read_text())["levels"]) for r in ok}
     partial = (f"PARTIAL SWEEP: the trials eta = {', '.join(f'{e:g}' for e in unfinished)} did not finish and are "
                "left out (written with --finished-only). " if unfinished else "")
     notes = (partial + "Validation split only (test data never read). Best eta by "
              + "; by ".join(f"validation {m}: {best[m]:g}" for m in metrics)
              + (f" (all {len(ok)} trials tie on {', '.join(tied)}: the first is named)" if tied else "")
+             + (f". Against the default eta {default_eta:g}: " + "; ".join(
+                 f"eta {e}: " + ", ".join(f"{m} {d:+.1f}{'%' if m.startswith('ppl') else ' points'}"
+                                          for m, d in diffs.items()) for e, diffs in vs_default.items())
+                if vs_default else "")
              + f". Distinct best policies over the trials: {len(policies)}. Settings: {args.model}, target {args.target}, "
              f"preset {args.preset} ({run.search.population} x {run.search.generations} generations, "
              + (f"screening sized to a {args.time_budget:g} s search budget (at most {run.search.offspring} children; "
@@ -112,7 +129,8 @@ def main(argv=None) -> int:
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)
     write_results("eta_sweep", f"eta sweep on {args.model} (Ray Tune)", table,
-                  {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best, "unfinished": unfinished,
+                  {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best, "vs_default": vs_default,
+                   "unfinished": unfinished,
                    "seconds": time.perf_counter() - t0}, notes)
     return 0 if len(ok) == len(rows) else 1
 

@@ -105,6 +105,9 @@ def test_finished_only_writes_a_partial_sweep_labelled_as_such(monkeypatch, tmp_
     (name, _, table, data, notes), = written
     assert name == "eta_sweep" and data["unfinished"] == [1.0] and [r["eta"] for r in data["rows"]] == [0.0, 0.5]
     assert notes.startswith("PARTIAL SWEEP: the trials eta = 1 did not finish") and "validation ppl: 0.5" in notes
+    # the other trial against the default eta (0.5): perplexity in % (300 against 250), accuracies in points
+    assert data["vs_default"]["0"]["ppl"] == pytest.approx(20.0) and data["vs_default"]["0"]["easy_vqa"] == 0.0
+    assert "Against the default eta 0.5: eta 0: ppl +20.0%" in notes
     written.clear()
     monkeypatch.setattr(tune_module, "finished_rows", lambda job: rows[1:])
     assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only"]) == 1
