@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import (EVO_BASE, EVO_PARTS, LABELS, METRICS, SEARCHES, SPACE_VARIANTS, Settings, lower_is_better, over_seeds,  # noqa: E402
+from benchmarks.variants import (EVO_BASE, EVO_PARTS, LABELS, METRICS, SEARCHES, ON_REQUEST, Settings, lower_is_better, over_seeds,  # noqa: E402
                                  paired, ray_started, run_variant)
 
 VARIANTS = ["uniform", "owl", *SEARCHES, *EVO_PARTS]  # the order they run in (EVO_PARTS re-prune Full's run)
@@ -183,8 +183,8 @@ def ordering(target: float, first: dict, full: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="0.5,0.7")
-    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in SPACE_VARIANTS),
-                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: all but {', '.join(SPACE_VARIANTS)})")
+    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in ON_REQUEST),
+                    help=f"comma-separated, from {', '.join(VARIANTS)} (default: all but {', '.join(ON_REQUEST)})")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of uniform and Full")
     ap.add_argument("--name", default="ablation",
                     help="results file benchmarks/results/<name>.md|json (another name for an experiment beside the table)")

@@ -14,6 +14,8 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     evo_wo_ub     search with eta = 0.5, projector update with all c_m equal
     full_ce_projector  Full, but the projector trained on answer cross-entropy (the fitness ranks by KL)
     full_ce_fitness    Full, with cross-entropy to the labels as the fitness's loss (the paper's) instead of KL
+    preset             the search exactly as the benchmark's preset sets it (no override: with `--preset quality`,
+                       the quality preset; benchmarks/quality.py compares it with uniform and the default's Full)
     matrix, wide, matrix_wide, full_long, matrix_wide_long
                        Full with a level per matrix, levels p0 +- 0.2 (9, not 5), both, 10 generations (not 3),
                        and all three (issue 26: which part of a wider search's gain comes from where)
@@ -49,6 +51,8 @@ SEARCHES = {
     # Full with the paper's task loss: cross-entropy to the labels for the fitness (text and image-text) and hence for
     # the projector (one objective), where the default ranks by KL to the dense model (issue 23: KL vs CE on val)
     "full_ce_fitness": {"search.eta": 0.5, "engine.loss": "ce"},
+    # the preset as it is (no override of its eta or anything else): another preset against the default's Full
+    "preset": {},
     # what buys what (issue 26): the search space (granularity x span) and the budget, each beside Full
     "matrix": {"search.eta": 0.5, "search.granularity": "matrix"},
     "wide": {"search.eta": 0.5, "search.span": 0.2},
@@ -75,6 +79,8 @@ EVO_BASE = "evo_both"
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long")
+#: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
+ON_REQUEST = (*SPACE_VARIANTS, "preset")
 
 
 def search_overrides(variant: str) -> dict | None:
@@ -85,7 +91,7 @@ def search_overrides(variant: str) -> dict | None:
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
           "evo_wo_ub": "Evo w/o UB (c_m equal)", "full_ce_projector": "Full, projector on cross-entropy",
-          "full_ce_fitness": "Full, cross-entropy fitness",
+          "full_ce_fitness": "Full, cross-entropy fitness", "preset": "the preset as it is",
           "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
           "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
