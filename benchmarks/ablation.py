@@ -34,10 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import (EVO_BASE, EVO_PARTS, LABELS, METRICS, SEARCHES, ON_REQUEST, Settings, lower_is_better, over_seeds,  # noqa: E402
+from benchmarks.variants import (DATABASE_EXPORTS, EVO_BASE, EVO_PARTS, LABELS, METRICS, SEARCHES, ON_REQUEST, Settings, lower_is_better, over_seeds,  # noqa: E402
                                  paired, ray_started, run_variant)
 
-VARIANTS = ["uniform", "owl", *SEARCHES, *EVO_PARTS]  # the order they run in (EVO_PARTS re-prune Full's run)
+#: the order they run in (full_database and EVO_PARTS reuse Full's run)
+VARIANTS = ["uniform", "owl", *SEARCHES, *DATABASE_EXPORTS, *EVO_PARTS]
 PAIRED = ("uniform", "full")  # compared seed by seed (and cross-task)
 SEEDED = (*PAIRED, *EVO_PARTS)  # run for every calibration seed
 #: cross-task: the image-text proxy from one set only, accuracy on the other set (as generated and rephrased)
@@ -211,6 +212,8 @@ def main(argv=None) -> int:
         variants = list(dict.fromkeys([*variants, "full"]))
     if set(variants) & set(EVO_PARTS):  # the parts re-prune Full's run and are compared with evo_both
         variants = list(dict.fromkeys([*variants, "full", EVO_BASE]))
+    # a database export is compared with the sequential prune of the same policy (Full's: its run is reused)
+    variants = list(dict.fromkeys([*variants, *(DATABASE_EXPORTS[v] for v in variants if v in DATABASE_EXPORTS)]))
     variants.sort(key=VARIANTS.index)  # Full before the variants that re-prune its run
     settings = settings_from_args(args)
     if args.restore_cache:
@@ -276,8 +279,16 @@ def main(argv=None) -> int:
                    if v in by_variant and "full" in by_variant and len(by_variant[v]["per_seed"]) > 1}
                for v in SEARCHES if v != "full"}
     vs_full = {v: p for v, p in vs_full.items() if p}
+    vs_sequential: dict = {}
     for v, p in vs_full.items():
         table += "\n\n" + paired_table(p, "Full", v)
+    # the model database mode scores against the sequentially pruned one of the same policy and calibration draw
+    for v, sequential in DATABASE_EXPORTS.items():
+        p = {t: paired(by_variant[v]["per_seed"], by_variant[sequential]["per_seed"])
+             for t, by_variant in results.items() if v in by_variant and sequential in by_variant}
+        if p:
+            vs_sequential[v] = p
+            table += "\n\n" + paired_table(p, LABELS[sequential], LABELS[v])
     evo_rounding = {t: paired(by_variant[EVO_BASE]["per_seed"], by_variant["full"]["per_seed"])
                     for t, by_variant in results.items() if EVO_BASE in by_variant and "full" in by_variant}
     if evo_rounding:
@@ -330,6 +341,9 @@ def main(argv=None) -> int:
                    **({"vs_full": {v: {str(t): x for t, x in p.items()} for v, p in vs_full.items()}}
                       if vs_full else {}),
                    **({"evo_rounding": {str(t): x for t, x in evo_rounding.items()}} if evo_rounding else {}),
+                   # vs_sequential: the sequential prune − its database (stitched) model, per seed
+                   **({"vs_sequential": {v: {str(t): x for t, x in p.items()} for v, p in vs_sequential.items()}}
+                      if vs_sequential else {}),
                    "cross_task": {str(t): c for t, c in cross.items()}, "seconds": time.perf_counter() - t0},
                   notes)
     return 0

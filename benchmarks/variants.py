@@ -19,6 +19,10 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     matrix, wide, matrix_wide, full_long, matrix_wide_long
                        Full with a level per matrix, levels p0 +- 0.2 (9, not 5), both, 10 generations (not 3),
                        and all three (issue 26: which part of a wider search's gain comes from where)
+    uniform_database   uniform SparseGPT as database mode scores it: every block pruned at the target from the dense
+                       model's inputs, stitched (not layer-sequential), saved as it is
+    full_database      Full's best policy stitched from the level database with the evolved projector: the model the
+                       search scored, where Full's export re-prunes it sequentially (needs Full's run, as below)
     evo_masks_only     Full's policy re-pruned with the evolved projector, saved with the dense projector
     evo_answers_only   Full's policy re-pruned with the dense projector, saved with the evolved projector
     evo_both           Full's policy re-pruned with the evolved projector, saved with it (Full's recipe, re-run)
@@ -75,17 +79,19 @@ EVO_PARTS = {"evo_both": ("evolved", "evolved"), "evo_masks_only": ("evolved", "
              "evo_answers_only": ("dense", "evolved"), "evo_neither": ("dense", "dense")}
 #: the base the parts are paired with
 EVO_BASE = "evo_both"
+#: the model database mode scores against the sequential prune a run exports: {variant: the sequential variant}
+DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
-ON_REQUEST = (*SPACE_VARIANTS, "preset")
+ON_REQUEST = (*SPACE_VARIANTS, "preset", *DATABASE_EXPORTS)
 
 
 def search_overrides(variant: str) -> dict | None:
-    """The search settings a variant runs under (EVO_PARTS re-prune Full's run: Full's)."""
-    return SEARCHES["full"] if variant in EVO_PARTS else SEARCHES.get(variant)
+    """The search settings a variant runs under (EVO_PARTS and full_database reuse Full's run: Full's)."""
+    return SEARCHES["full"] if variant in EVO_PARTS or variant == "full_database" else SEARCHES.get(variant)
 
 
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
@@ -95,6 +101,8 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
           "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
+          "uniform_database": "Uniform, stitched from the level database",
+          "full_database": "Full's policy stitched from the level database",
           "evo_masks_only": "Full, evolved projector for the masks only",
           "evo_answers_only": "Full, evolved projector for the answers only",
           "evo_both": "Full's policy re-pruned, evolved projector for both",
@@ -189,6 +197,14 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
                    evaluated=summary["stats"].get("candidates"), screened=summary["stats"].get("screened"))
+    elif variant in DATABASE_EXPORTS:
+        if variant == "full_database":
+            ratios, projector = full_outcome(work / settings.key("full", target))
+        else:
+            ratios, projector = None, None
+        run = settings.run_config(target, search_overrides(variant))
+        ratios, report = stitch_from_database(run.engine, run.data, target, ratios, projector, out)
+        model_dir, row["ratios"], row["calibration_loss"] = str(out), ratios, report.loss
     elif variant in EVO_PARTS:
         ratios, evolved = full_outcome(work / settings.key("full", target))
         run = settings.run_config(target, search_overrides(variant))
@@ -227,6 +243,31 @@ def full_outcome(run_dir: Path):
                          f"(version {state['projector_version']} vs policy.json's {doc['projector_version']})")
     ratios = np.asarray(doc["levels"], dtype=np.int64)
     return np.asarray(doc["level_values"], dtype=np.float64)[ratios], deserialise(projector)["params"]
+
+
+def stitch_from_database(engine, data, target: float, ratios, projector: dict | None, out: Path):
+    """A policy's model as database mode scores it, saved at `out`: the dense model's blocks pruned at the policy's
+    ratios from the dense inputs (a level database of exactly those ratios, the dense projector's image-text
+    activations, as the search builds it), stitched, run with `projector` (None: the dense one; the image-text
+    inputs are then recomputed through it, as after a projector step), saved with it. `ratios` None: uniform at
+    `target`. Returns (ratios, the stitched model's report on all the proxy data)."""
+    import numpy as np
+
+    from efficientllava.prune_engine.pipeline import round_ratio
+    from efficientllava.prune_engine.scoring import CandidateScorer
+
+    scorer = CandidateScorer(engine.model_copy(update={"mode": "database"}), data, build_database=False)
+    per_block = 1 if engine.granularity == "block" else len(scorer.adapter.linears(0))
+    ratios = (np.full(scorer.adapter.num_blocks * per_block, target) if ratios is None
+              else np.asarray(ratios, dtype=np.float64))
+    scorer.pruner.build_database(sorted({round_ratio(r) for r in ratios}))  # with the dense projector, as a search
+    if projector is not None:
+        scorer.set_projector(projector, 1)
+    policy = scorer.policy(ratios)
+    report = scorer.pruner.stitch(policy)  # installs the stitched weights, measured on every proxy batch
+    scorer.save(out, report, {"ratios": [float(r) for r in ratios], "export": "database (stitched)",
+                              "projector": "dense" if projector is None else "evolved"})
+    return [float(r) for r in ratios], report
 
 
 def prune_with_projectors(engine, data, ratios, evolved: dict, masks: str, answers: str, out: Path,

@@ -5,19 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from benchmarks.variants import EVO_PARTS, full_outcome, prune_with_projectors
-from efficientllava.prune_engine.config import DataConfig, EngineConfig
-
-PROJECTOR = "multi_modal_projector."
+from tiny_models import projector_experiment, saved_llava_parts
 
 
-def _split(weights: dict) -> tuple[dict, dict]:
+def _split(model_dir) -> tuple[dict, dict]:
     """(projector tensors by the projector's own names, language-model linear weights) of a saved LLaVA."""
-    projector = {k.split(PROJECTOR, 1)[1]: v for k, v in weights.items() if PROJECTOR in k}
-    lm = {k: v for k, v in weights.items()
-          if "language_model." in k and ".layers." in k and k.endswith("proj.weight")}
+    projector, lm = saved_llava_parts(model_dir)
     assert projector and len(lm) == 3 * 7
     return projector, lm
 
@@ -25,23 +20,19 @@ def _split(weights: dict) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def parts(tiny_llava_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evo-parts")
-    engine = EngineConfig(model=str(tiny_llava_dir), loss="ce")
-    data = DataConfig(nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
-    dense, _ = _split(load_file(str(tiny_llava_dir / "model.safetensors")))
-    g = torch.Generator().manual_seed(0)
-    evolved = {k: v + 0.5 * max(float(v.std()), 0.05) * torch.randn(v.shape, generator=g) for k, v in dense.items()}
+    engine, data, dense, evolved = projector_experiment(tiny_llava_dir)
     ratios = np.array([0.4, 0.6, 0.5])
     models = {}
     for variant, (masks, answers) in EVO_PARTS.items():
         prune_with_projectors(engine, data, ratios, evolved, masks, answers, out / variant)
-        models[variant] = _split(load_file(str(out / variant / "model.safetensors")))
+        models[variant] = _split(out / variant)
     # the independent reference for masks chosen under the dense projector: the prune command, same policy and data
     from efficientllava.prune_engine.prune import PruneJob, run_prune
 
     (out / "policy.json").write_text(json.dumps({"ratios": ratios.tolist()}))
     run_prune(PruneJob(model=str(tiny_llava_dir), out=out / "reference", policy=out / "policy.json", data=data,
                        progress=False), log=lambda m: None)
-    reference = _split(load_file(str(out / "reference" / "model.safetensors")))
+    reference = _split(out / "reference")
     return {"dense": dense, "evolved": evolved, "models": models, "reference": reference}
 
 

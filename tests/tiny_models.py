@@ -45,3 +45,32 @@ def make_tiny_llava(out: Path, llama_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     build_processor(arch=TINY_VISION, lm_dir=llama_dir).save_pretrained(out)
     return out
+
+
+def saved_llava_parts(model_dir: Path) -> tuple[dict, dict]:
+    """(projector tensors by the projector's own names, language-model linear weights by full name) of a LLaVA
+    saved with save_pretrained or our export."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    marker = "multi_modal_projector."
+    projector = {k.split(marker, 1)[1]: v for k, v in weights.items() if marker in k}
+    lm = {k: v for k, v in weights.items() if "language_model." in k and ".layers." in k and k.endswith("proj.weight")}
+    return projector, lm
+
+
+def perturbed_projector(dense: dict, seed: int = 0) -> dict:
+    """A projector state far enough from `dense` to change the image-text activations (a stand-in evolved one)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.5 * max(float(v.std()), 0.05) * torch.randn(v.shape, generator=g) for k, v in dense.items()}
+
+
+def projector_experiment(tiny_llava_dir: Path):
+    """What a test of a projector-dependent prune of the tiny LLaVA needs: its engine (cross-entropy loss), a small
+    calibration set with image-text samples, its dense projector and a perturbed (stand-in evolved) one."""
+    from efficientllava.prune_engine.config import DataConfig, EngineConfig
+
+    engine = EngineConfig(model=str(tiny_llava_dir), loss="ce")
+    data = DataConfig(nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4)
+    dense, _ = saved_llava_parts(tiny_llava_dir)
+    return engine, data, dense, perturbed_projector(dense)
