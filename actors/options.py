@@ -91,6 +91,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             + VQA_HELP),
     Setting("data.mm_samples", int, "Image-text calibration / proxy samples."),
     Setting("data.mm_balance", bool, "Draw the image-text samples evenly over their answers."),
+    Setting("data.mm_rephrase", float, "Share of the image-text samples asked in other wordings (the train "
+            "templates of prune_engine/data/rephrase.py): paraphrase augmentation of the proxy questions."),
     Setting("data.batch_size", int, "Calibration batch size (default: all at once)."),
     Setting("data.allow_eval_split", bool, "Calibrate on an evaluation split anyway (it leaks into the model; "
             "refused by default).", flag="--allow-eval-split"),

@@ -14,6 +14,8 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     evo_wo_ub     search with eta = 0.5, projector update with all c_m equal
     full_ce_projector  Full, but the projector trained on answer cross-entropy (the fitness ranks by KL)
     full_ce_fitness    Full, with cross-entropy to the labels as the fitness's loss (the paper's) instead of KL
+    full_rephrase      Full with half the image-text proxy questions asked in other wordings (the train templates):
+                       paraphrase augmentation (issue 25)
     preset             the search exactly as the benchmark's preset sets it (no override: with `--preset quality`,
                        the quality preset; benchmarks/quality.py compares it with uniform and the default's Full)
     matrix, wide, matrix_wide, full_long, matrix_wide_long
@@ -57,6 +59,8 @@ SEARCHES = {
     "full_ce_fitness": {"search.eta": 0.5, "engine.loss": "ce"},
     # the preset as it is (no override of its eta or anything else): another preset against the default's Full
     "preset": {},
+    # paraphrase augmentation (issue 25): half the image-text proxy questions asked in the train templates' wordings
+    "full_rephrase": {"search.eta": 0.5, "data.mm_rephrase": 0.5},
     # what buys what (issue 26): the search space (granularity x span) and the budget, each beside Full
     "matrix": {"search.eta": 0.5, "search.granularity": "matrix"},
     "wide": {"search.eta": 0.5, "search.span": 0.2},
@@ -86,7 +90,7 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
-ON_REQUEST = (*SPACE_VARIANTS, "preset", *DATABASE_EXPORTS)
+ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", *DATABASE_EXPORTS)
 
 
 def search_overrides(variant: str) -> dict | None:
@@ -97,7 +101,8 @@ def search_overrides(variant: str) -> dict | None:
 LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios + SparseGPT",
           "auto_wo_gen": "Auto w/o Gen (eta = 0)", "full": "Full (eta = 0.5)", "no_evo": "No Evo",
           "evo_wo_ub": "Evo w/o UB (c_m equal)", "full_ce_projector": "Full, projector on cross-entropy",
-          "full_ce_fitness": "Full, cross-entropy fitness", "preset": "the preset as it is",
+          "full_ce_fitness": "Full, cross-entropy fitness",
+          "full_rephrase": "Full, half the image-text proxy reworded", "preset": "the preset as it is",
           "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
           "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
@@ -111,7 +116,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 
 #: settings added after results were cached: at their default they change no result, so they enter a
 #: cache key only when set (the finished runs of earlier commits stay valid)
-ADDED_SETTINGS = (("data", "mm_balance", False),)
+ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0))
 
 
 class Settings(BaseModel):

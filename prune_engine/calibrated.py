@@ -59,7 +59,8 @@ def proxy_data(processor, data: DataConfig, engine: EngineConfig) -> ProxyData:
     text_stage, fit_rest = _split_text({k: v[screen_text:fit_text] for k, v in text.items()},
                                        stage_text - screen_text, data.batch_size)
     _, text_calib = _split_text(text, fit_text, data.batch_size)
-    samples = calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance) if data.mm_calib else []
+    samples = (calibration_vqa(data.mm_calib, data.mm_samples, data.seed, data.mm_balance, data.mm_rephrase)
+               if data.mm_calib else [])
     screen_mm = min(engine.screen_mm_samples, len(samples)) if engine.screen_mm_samples else 0
     stage_mm = min(engine.stage_mm_samples, len(samples)) if engine.stage_mm_samples else screen_mm
     mm_screen = vqa_batches(processor, samples[:screen_mm], data.batch_size)

@@ -44,6 +44,10 @@ class DataConfig(BaseModel):
                             "easy-vqa: benchmarks/results/calibration_data.md)")
     mm_balance: bool = Field(False, description="draw the image-text samples evenly over their answers "
                              "(default: a plain random draw)")
+    mm_rephrase: float = Field(0.0, ge=0.0, le=1.0,
+                               description="share of the image-text samples asked in wordings of the train templates "
+                               "(prune_engine.data.rephrase), not the generator's: paraphrase augmentation of the "
+                               "proxy questions (easy-vqa and fashion-mnist; the same images and answers)")
     seed: int = Field(0, description="seed of the draw")
     batch_size: int | None = Field(None, description="calibration batch size (None: all at once)")
     allow_eval_split: bool = Field(False, description="calibrate on an evaluation split anyway (leaks it into "
@@ -70,6 +74,16 @@ class DataConfig(BaseModel):
         if self.mm_balance and not self.mm_calib:
             raise ValueError("mm_balance (--mm-balance) balances the image-text calibration draw: "
                              "it needs mm_calib (--mm-calib)")
+        if self.mm_rephrase:
+            from efficientllava.prune_engine.data.calibration import mm_specs
+            from efficientllava.prune_engine.data.rephrase import REPHRASED
+
+            if not self.mm_calib:
+                raise ValueError("mm_rephrase (--mm-rephrase) rewords image-text calibration samples: "
+                                 "it needs mm_calib (--mm-calib)")
+            if other := [p for p in mm_specs(self.mm_calib) if p.partition(":")[0] not in REPHRASED.values()]:
+                raise ValueError(f"mm_rephrase: rephrased questions exist for {' and '.join(REPHRASED.values())} "
+                                 f"only, not {', '.join(other)}")
         return self
 
     @model_validator(mode="after")

@@ -133,6 +133,7 @@ class CandidateScorer:
         return {**model_identity(self.adapter, s.model), "calib": d.calib, "nsamples": d.nsamples,
                 "seqlen": d.seqlen, "mm_calib": d.mm_calib, "mm_samples": d.mm_samples, "seed": d.seed,
                 **({"mm_balance": True} if d.mm_balance else {}),  # absent when off: older checkpoints resume
+                **({"mm_rephrase": d.mm_rephrase} if d.mm_rephrase else {}),
                 "pattern": str(self.pattern), "granularity": s.granularity, "loss": s.loss,
                 "screen": [s.screen_nsamples, s.screen_mm_samples], "projector_batch": s.projector_batch,
                 # absent without a stage slice: older checkpoints resume

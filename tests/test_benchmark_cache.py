@@ -27,6 +27,9 @@ def test_key_follows_the_resolved_settings(monkeypatch):
     assert Settings(data={**base.data, "mm_balance": False}).key("full", 0.7) == key
     assert Settings(data={**base.data, "mm_balance": True}).key("full", 0.7) != key
     assert Settings(data={**base.data, "mm_balance": True}).key("uniform", 0.7) != uniform_key
+    assert Settings(data={**base.data, "mm_rephrase": 0.0}).key("full", 0.7) == key
+    assert Settings(data={**base.data, "mm_rephrase": 0.5}).key("full", 0.7) != key
+    assert base.key("full_rephrase", 0.7) == Settings(data={**base.data, "mm_rephrase": 0.5}).key("full_rephrase", 0.7)
     # a changed preset default (no override anywhere) must not hit the old cache entry
     monkeypatch.setitem(config.PRESETS, "default", {**config.PRESETS["default"], "data.mm_samples": mm + 1})
     assert Settings().run_config(0.7).data.mm_samples == mm + 1

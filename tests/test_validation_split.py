@@ -1,6 +1,7 @@
 """The validation split and the shifted sets: proxy, validation and test data disjoint; template sets disjoint."""
 import itertools
 import json
+import re
 
 import pytest
 
@@ -134,3 +135,37 @@ def test_reports_leave_out_the_test_data_earlier_choices_were_made_on():
     assert (fresh == whole[64:]).all()  # the first 64x256 tokens are left out
     assert (heldout_text(tok, "pydoc:test", HeldoutConfig(segments=2, seqlen=256))
             == heldout_text(tok, "pydoc:test", HeldoutConfig(segments=2, seqlen=256, exclude_used=False))).all()
+
+
+def test_paraphrase_augmentation_rewords_a_share_of_the_proxy_in_train_wordings():
+    """data.mm_rephrase: the same draw (images, answers, order), a seeded share of its questions asked with the
+    train templates, none with a validation or test wording."""
+    spec = "easy-vqa:train,fashion-mnist:train"
+    plain = calibration_vqa(spec, 64, seed=2)
+    mixed = calibration_vqa(spec, 64, seed=2, rephrase_share=0.5)
+    assert [(s.id, s.image, s.answer, s.choices) for s in mixed] == [(s.id, s.image, s.answer, s.choices)
+                                                                      for s in plain]
+    reworded = [m for m, p in zip(mixed, plain) if m.question != p.question]
+    assert len(reworded) == 32 and all(m.meta.get("rephrased") for m in reworded)
+    assert {m.meta["dataset"] for m in reworded} == {"easy-vqa", "fashion-mnist"}
+    assert all(m == rephrase(p, "train") for m, p in zip(mixed, plain) if m.question != p.question)
+    def pattern(template):  # a template with its slots as wildcards
+        return re.compile("".join(".+" if i % 2 else re.escape(part)
+                                  for i, part in enumerate(re.split(r"\{(\w+)\}", template))))
+
+    held_out = [pattern(t) for split in ("val", "test") for kind in TEMPLATES[split].values() for t in kind]
+    train = [pattern(t) for kind in TEMPLATES["train"].values() for t in kind]
+    assert all(any(t.fullmatch(m.question) for t in train) for m in reworded)
+    assert not any(t.fullmatch(m.question) for m in reworded for t in held_out)
+    assert calibration_vqa(spec, 64, seed=2, rephrase_share=0.5) == mixed  # seeded
+    assert all(m.question != p.question for m, p in zip(calibration_vqa(spec, 64, seed=2, rephrase_share=1.0), plain))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"mm_rephrase": 0.5}, "needs mm_calib"),
+    ({"mm_rephrase": 0.5, "mm_calib": "easy-vqa:train,scienceqa"}, "not scienceqa"),
+    ({"mm_rephrase": 1.5, "mm_calib": "easy-vqa:train"}, "less than or equal to 1"),
+])
+def test_paraphrase_augmentation_needs_data_it_can_reword(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**settings)

@@ -84,10 +84,13 @@ def mm_specs(spec: str | None) -> list[str]:
     return [p.strip() for p in (spec or "").split(",") if p.strip()]
 
 
-def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False) -> list[VQASample]:
+def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False,
+                    rephrase_share: float = 0.0) -> list[VQASample]:
     """Image-text calibration samples: a seeded draw of `limit` samples from the training split of
     each part of `spec` (a comma-separated mix gets an even share per part), interleaved; `balance`
-    draws each part evenly over its answers."""
+    draws each part evenly over its answers; `rephrase_share` of them (a seeded choice, rounded) are asked
+    in a wording of the train templates instead of the generator's (`rephrase.rephrase(s, "train")`:
+    the same image, answer and choices)."""
     parts = mm_specs(spec)
     shares = [limit // len(parts) + (1 if i < limit % len(parts) else 0) for i in range(len(parts))]
     drawn = []
@@ -99,6 +102,14 @@ def calibration_vqa(spec: str, limit: int, seed: int = 0, balance: bool = False)
     if len(drawn) > 1:  # the longer groups' tails
         shortest = min(len(g) for g in drawn)
         mixed += [s for g in drawn for s in g[shortest:]]
+    if rephrase_share:
+        import numpy as np
+
+        from efficientllava.prune_engine.data.rephrase import rephrase
+
+        n = round(rephrase_share * len(mixed))
+        chosen = set(np.random.default_rng([seed, 0x4EF4]).choice(len(mixed), size=n, replace=False).tolist())
+        mixed = [rephrase(s, "train") if i in chosen else s for i, s in enumerate(mixed)]
     return mixed
 
 
