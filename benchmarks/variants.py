@@ -180,7 +180,13 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         log(f"  {variant} at {target} (seed {settings.seed}): not run yet")
         return None
     out = work / key
-    shutil.rmtree(out, ignore_errors=True)
+    from efficientllava.search.checkpoint import RunStore
+
+    # a search interrupted here (its directory is named by every setting that decides it) goes on from its last
+    # checkpoint; anything else half-written starts again
+    resuming = variant in SEARCHES and RunStore(str(out)).exists()
+    if not resuming:
+        shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     row: dict = {"variant": variant, "target": target, "seed": settings.seed}
     if variant == "dense":
@@ -194,10 +200,14 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
                             log=lambda m: None)
         model_dir, row["ratios"] = str(out), summary["ratios"]
     elif variant in SEARCHES:
-        from efficientllava.actors.run import run_search
+        from efficientllava.actors.run import resume_search, run_search
 
-        summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
-                             log=lambda m: None)
+        if resuming:
+            log(f"  {variant} at {target} (seed {settings.seed}): resuming the search in {out}")
+            summary = resume_search(str(out), progress=False, log=lambda m: None)
+        else:
+            summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
+                                 log=lambda m: None)
         doc = summary["policy"]
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],

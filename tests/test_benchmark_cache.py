@@ -68,3 +68,33 @@ def test_cached_only_runs_nothing(tmp_path):
     assert run_variant("full", 0.7, s, tmp_path, log=lambda m: None, cached_only=True) == row
     assert run_variant("full", 0.7, s.model_copy(update={"seed": 1}), tmp_path, log=lambda m: None,
                        cached_only=True) is None
+
+
+def test_an_interrupted_search_is_resumed_and_a_fresh_one_started(tmp_path, monkeypatch):
+    """A search variant whose run directory holds a checkpoint (an interrupted benchmark) goes on from it; without
+    one the directory is cleared and the search starts; the row is cached either way."""
+    import json
+
+    from benchmarks import variants
+    from efficientllava.actors import run as run_module
+    from efficientllava.prune_engine.evaluation import heldout
+    from efficientllava.search.checkpoint import STATE
+
+    calls = []
+    summary = {"policy": {"ratios": [0.7], "fitness": 1.0, "l_proxy": 1.0, "g": 0.0}, "model_dir": str(tmp_path),
+               "stats": {"candidates": 3, "screened": 2}}
+    monkeypatch.setattr(run_module, "run_search", lambda run, out, **k: calls.append(("run", out)) or summary)
+    monkeypatch.setattr(run_module, "resume_search", lambda out, **k: calls.append(("resume", out)) or summary)
+    monkeypatch.setattr(heldout, "heldout_metrics", lambda model, h: {"ppl": 2.0, "sparsity": 0.7})
+    s = Settings()
+    out = tmp_path / s.key("full", 0.7)
+    out.mkdir()
+    (out / STATE).write_text("{}")  # a checkpoint's state file: the search was interrupted
+    row = variants.run_variant("full", 0.7, s, tmp_path, log=lambda m: None)
+    assert calls == [("resume", str(out))] and row["ppl"] == 2.0
+    assert json.loads((tmp_path / f"{s.key('full', 0.7)}.json").read_text())["evaluated"] == 3
+    stale = tmp_path / s.key("no_evo", 0.7)
+    stale.mkdir()
+    (stale / "half-written").write_text("")  # no checkpoint: cleared, started again
+    variants.run_variant("no_evo", 0.7, s, tmp_path, log=lambda m: None)
+    assert calls[-1] == ("run", str(stale)) and not (stale / "half-written").exists()
