@@ -11,7 +11,7 @@ One trial = one search run, scored on the validation split (wiki:val perplexity,
 Fashion-MNIST validation accuracy, and the shifted validation sets: Python-docs perplexity, the
 validation wordings); test data is never read. Interrupted? Run the same command again: Tune restores the experiment
 (finished trials kept, an unfinished search resumed from its checkpoint). Writes
-benchmarks/results/eta_sweep.md and .json.
+benchmarks/results/eta_sweep.md and .json (--results: another name, e.g. for another calibration seed).
 """
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--actors", type=int, default=None, help="evaluator actors per trial (default: one per CPU)")
     ap.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
     ap.add_argument("--storage", default="runs/tune")
-    ap.add_argument("--name", default="eta-sweep-benchmark")
+    ap.add_argument("--name", default="eta-sweep-benchmark", help="Tune experiment name (under --storage)")
+    ap.add_argument("--results", default="eta_sweep",
+                    help="results file benchmarks/results/<results>.md|json (another name for another seed's sweep)")
     ap.add_argument("--finished-only", action="store_true",
                     help="run nothing: write the trials of the experiment that have finished (a partial sweep, "
                          "labelled as such; at least two finished trials)")
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
              f"{args.eval_segments}x256 tokens per text set and {args.eval_vqa} questions per VQA set, seed {args.seed}. "
              f"Tune experiment: {job.experiment_dir} (restore: run the same command again).")
     print(notes)
-    write_results("eta_sweep", f"eta sweep on {args.model} (Ray Tune)", table,
+    write_results(args.results, f"eta sweep on {args.model} (Ray Tune)", table,
                   {"seed": args.seed, "settings": vars(args), "rows": rows, "best": best, "vs_default": vs_default,
                    "unfinished": unfinished,
                    "seconds": time.perf_counter() - t0}, notes)

@@ -109,6 +109,10 @@ def test_finished_only_writes_a_partial_sweep_labelled_as_such(monkeypatch, tmp_
     assert data["vs_default"]["0"]["ppl"] == pytest.approx(20.0) and data["vs_default"]["0"]["easy_vqa"] == 0.0
     assert "Against the default eta 0.5: eta 0: ppl +20.0%" in notes
     written.clear()
+    assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only",
+                           "--results", "eta_sweep_s1"]) == 0
+    assert written[0][0] == "eta_sweep_s1"
+    written.clear()
     monkeypatch.setattr(tune_module, "finished_rows", lambda job: rows[1:])
     assert eta_sweep.main(["--eta", "0,0.5,1", "--storage", str(tmp_path / "tune"), "--finished-only"]) == 1
     assert written == []
