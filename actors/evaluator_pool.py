@@ -340,7 +340,7 @@ class EvaluatorPool:
                 if what == "candidate":
                     self.stats["candidates"] += 1
                     self.stats["blocks_run"] += results[m].blocks_run
-                    if results[m].fidelity != "full":  # a screened child or a survivor on the stage slice
+                    if results[m].fidelity in ("screen", "stage"):  # a screened child or a survivor on the stage slice
                         self.stats["screened"] += 1
                     if self.on_candidate is not None:
                         self.on_candidate(results[m])

@@ -17,10 +17,11 @@ _actor_seconds_per_candidate, tagged with the actor index.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from efficientllava.search.events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted,
-                                          OffspringSized, ProjectorStepped, SearchFinished)
+                                          OffspringSized, ProjectorStepped, Reranked, SearchFinished)
 from efficientllava.search.protocol import Evaluation
 
 METRIC_NAMES = ("efficientllava_generation", "efficientllava_best_fitness", "efficientllava_candidates_evaluated",
@@ -115,7 +116,7 @@ class ConsoleProgress:
         self.progress.stop()
 
     def on_candidate(self, e: Evaluation) -> None:
-        if e.fidelity != "full":  # scored on a slice: screened, or a survivor ranked on the stage slice
+        if e.fidelity in ("screen", "stage"):  # scored on a slice: screened, or a survivor ranked on the stage slice
             self._screened += 1
         else:
             self._full += 1
@@ -155,6 +156,16 @@ class ConsoleProgress:
                      f"evaluator(s), a generation {e.seconds_per_generation:.0f} s without screening, "
                      f"{e.budget_left_s:.0f} s of the time budget left: {e.children} children per generation "
                      f"({why})")
+        elif isinstance(e, Reranked):
+            what = {"search": "the search's own best", "population": "another policy of its population",
+                    "uniform": "the uniform policy"}[e.chosen]
+            if not math.isfinite(e.fitness):
+                self.log(f"re-rank: every one of the {e.candidates} policies pruned as the final model is scored "
+                         "non-finite; the search's own best is kept")
+            else:
+                self.log(f"re-rank of generation {e.generation}'s best and uniform, {e.candidates} policies pruned as "
+                         f"the final model is: {what} (F {e.fitness:.4f}; the search scored its best "
+                         f"{e.search_fitness:.4f}; uniform pruned so {e.uniform_fitness:.4f})")
         elif isinstance(e, SearchFinished):
             self.log(f"search finished after {e.generations} generation(s) ({e.reason}): best F {e.best_fitness:.4f}")
 

@@ -65,6 +65,10 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("search.survivors", int, "Multi-step selection: the best screened children ranked again on a larger "
             "slice (engine.stage_nsamples text segments, engine.stage_mm_samples image-text samples; unset: all the "
             "fitness data) before the best fill the population (0: one screening stage)."),
+    Setting("search.rerank", int, "After the last generation, prune its best N policies and the uniform policy as "
+            "the final model is pruned (sequentially, from the dense model) and export the best of them on all proxy "
+            "data: the search ranks stitched candidates, the user gets the sequential prune (0: off; N + 1 "
+            "sequential prunes, spread over the evaluators)."),
     Setting("search.time_budget_s", float, "Wall-clock seconds of the search, counted once the actors are up: it "
             "stops between generations when they are spent; with search.offspring_budget (the default preset) the "
             "screened children per generation are sized to end within them.", flag="--time-budget", metavar="S"),

@@ -309,6 +309,8 @@ def policy_document(driver, result, run: RunConfig) -> dict:
         "granularity": cfg.granularity, "mean_sparsity": space.mean_sparsity(result.policy),
         "target": cfg.target, "tolerance": cfg.tolerance, "fitness": result.fitness, "l_proxy": result.l_proxy,
         "g": result.g, "srm_scale": driver.srm_scale, "eta": cfg.eta, "generations": result.generations, "stopped_by": result.stopped_by,
+        # with search.rerank: fitness, l_proxy and g are then the exported policy's as pruned for export
+        "rerank": cfg.rerank, "scored_as": "export" if (driver.best or {}).get("fidelity") == "export" else "search",
         "projector_version": result.projector_version, "projector_mode": cfg.projector_mode,
         "model": run.engine.model, "mode": run.engine.mode, "seed": cfg.seed,
     }

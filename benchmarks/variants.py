@@ -116,7 +116,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 
 #: settings added after results were cached: at their default they change no result, so they enter a
 #: cache key only when set (the finished runs of earlier commits stay valid)
-ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0))
+ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), ("search", "rerank", 0))
 
 
 class Settings(BaseModel):

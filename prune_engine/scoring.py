@@ -159,11 +159,17 @@ class CandidateScorer:
         """L_text, L_mm and the log-norm ratios of a candidate; `fidelity="screen"` scores it on the
         screening slice only, `"stage"` on the stage slice (both in the screening precision; a slice that is
         not set is the full set), `modalities=("mm",)` on the image-text batches only (database mode;
-        sequential pruning always needs all the data)."""
+        sequential pruning always needs all the data); `"export"` pruned as the final model is (sequentially
+        from the dense model, whatever the mode: the search's re-rank), the dense weights put back after."""
         start = time.perf_counter()
         before = self.pruner.blocks_run
         policy = self.policy(ratios)
-        if self.engine.mode == "database":
+        if fidelity == "export":
+            try:
+                report = self.prune_from_dense(ratios)
+            finally:
+                self.pruner.restore_dense()
+        elif self.engine.mode == "database":
             selecting = fidelity in ("screen", "stage")
             chosen = {"screen": self.screen, "stage": self.stage}.get(fidelity)
             batches = [i for i in (chosen if chosen is not None else self.scored) if self.kinds[i] in modalities]

@@ -7,7 +7,7 @@ from .driver import SearchDriver, SearchResult
 from .rundir import RunDir
 from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate
 from .events import (CandidateEvaluated, GenerationFinished, GenerationStarted, OffspringSized, ProjectorStepped,
-                     SearchFinished)
+                     Reranked, SearchFinished)
 from .fitness import FitnessError, fitness, norm_term, proxy_loss, srm_scale
 from .neighbours import effective_candidates, neighbour_weights
 from .policy import PolicySpace, feasible_space
@@ -16,6 +16,6 @@ __all__ = [
     "CandidateEvaluated", "CheckpointError", "ConfigError", "Evaluation", "EvaluationProtocol", "FitnessError",
     "GenerationFinished",
     "GenerationStarted", "PolicySpace", "ProjectorStepped", "ProjectorUpdate", "RunDir", "RunStore", "SearchConfig",
-    "OffspringSized", "SearchDriver", "SearchFinished", "SearchResult", "effective_candidates", "feasible_space", "fitness",
+    "OffspringSized", "Reranked", "SearchDriver", "SearchFinished", "SearchResult", "effective_candidates", "feasible_space", "fitness",
     "neighbour_weights", "norm_term", "proxy_loss", "read_config", "read_history", "srm_scale",
 ]

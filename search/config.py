@@ -82,6 +82,10 @@ class SearchConfig(BaseModel):
                                    "child and a generation cost here and draw as many children per generation (at "
                                    "most `offspring`, at least population - elites) as let the search end within "
                                    "the budget; decided once, checkpointed")
+    rerank: int = Field(0, ge=0, description="after the last generation, the best `rerank` distinct policies of its "
+                        "population and the uniform policy are pruned as the final model is (sequentially from the "
+                        "dense model, under the final projector) and scored again on all proxy data; the best of "
+                        "them is the result (0: off, the search's own best)")
     # fitness (§3)
     eta: float = Field(0.5, ge=0.0, description="SRM weight; 0 = 'Auto w/o Gen'")
     mm_weight: float = Field(0.5, ge=0.0, le=1.0,

@@ -12,7 +12,10 @@
     checkpoint (state after the variation step)
 
 until tau generations are done or the wall-clock budget is spent. The result is the best
-policy of the last evaluated generation. The SRM scale s (F = -L - eta s G) is fixed from
+policy of the last evaluated generation; with `rerank`, the best of its `rerank` best policies and the
+uniform policy once each is pruned as the final model is (sequentially, fidelity "export") and scored
+again: the search ranks candidates as its evaluator scores them (database mode: stitched from blocks
+pruned on dense inputs), the user gets the sequential prune, and the two can disagree. The SRM scale s (F = -L - eta s G) is fixed from
 generation 0's spreads and checkpointed. The driver never holds a model.
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .checkpoint import HISTORY_SCHEMA, CheckpointError, RunStore, check_compati
 from .config import SearchConfig
 from .protocol import Evaluation, EvaluationProtocol, ProjectorUpdate, has_projector, text_independent_of_projector
 from .events import (CandidateEvaluated, Event, GenerationFinished, GenerationStarted, OffspringSized, ProjectorStepped,
-                     SearchFinished)
+                     Reranked, SearchFinished)
 from .fitness import FitnessError, fitness, infeasible_reason, norm_term, proxy_loss, srm_scale
 from .neighbours import effective_candidates, neighbour_weights
 from .operators import initial_population, next_generation, select_elites
@@ -80,6 +83,7 @@ class SearchDriver:
         self.elapsed_s = 0.0
         self.srm_scale: float | None = config.srm_scale
         self.best: dict | None = None
+        self.reranked: int | None = None  # the generation count when the re-rank (rerank) last ran
         self.rows: list[dict] = []  # the history, one row per candidate per generation
         self._memo: dict[tuple[bytes, int, str], Evaluation] = {}
         # text losses and norms, kept across projector versions where they cannot depend on the projector
@@ -120,6 +124,7 @@ class SearchDriver:
         driver.elapsed_s = state["elapsed_s"]
         driver.srm_scale = state["srm_scale"]
         driver.best = state["best"]
+        driver.reranked = state.get("reranked")
         driver.rows = history.to_pylist()
         if driver.use_projector:
             if projector is None:
@@ -150,6 +155,10 @@ class SearchDriver:
             self._started = True
         while (reason := self._stop_reason(clock())) is None:
             self._generation(clock)
+        if self.config.rerank and self.reranked != self.generation:
+            self._rerank()
+            self.elapsed_s = clock()
+            self._checkpoint()
         result = self.result(reason)
         self._emit(SearchFinished(result.generations, result.fitness, result.policy, reason))
         return result
@@ -333,6 +342,46 @@ class SearchDriver:
         except FitnessError as exc:
             raise FitnessError(f"{where}: {exc}") from None
 
+    def _rerank(self) -> None:
+        """The best `rerank` distinct feasible policies of the last generation with a feasible one, and the uniform
+        policy, pruned as the final model is (fidelity "export") under the current projector and scored on all
+        proxy data with the run's fitness; the best becomes the result (ties: the search's order, its own best
+        first). Recorded in the history as that generation's "export" rows (candidate -1: uniform, when the
+        population did not hold it). A broken prune (a non-finite score) is never chosen; if every one is
+        broken the search's own best stays."""
+        cfg, version = self.config, self.projector_version
+        last = self._last_feasible()["generation"]
+        rows = sorted((r for r in self.rows if r["fidelity"] == "full" and r["generation"] == last
+                       and r["infeasible"] is None), key=lambda r: -r["fitness"])  # stable: the search's order
+        picked, index, seen = [], [], set()
+        for r in rows:
+            key = np.array(r["policy"], dtype=np.int64).tobytes()
+            if key not in seen and len(picked) < cfg.rerank:
+                seen.add(key)
+                picked.append(np.array(r["policy"], dtype=np.int64))
+                index.append(int(r["candidate"]))
+        uniform = self.space.uniform()
+        u = next((i for i, p in enumerate(picked) if np.array_equal(p, uniform)), None)
+        if u is None:
+            picked.append(uniform)
+            index.append(-1)
+            u = len(picked) - 1
+        evals, cached = self._evaluate(picked, version, "export")
+        losses = np.array([self._loss(e) for e in evals])
+        f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
+        for i, (p, e) in enumerate(zip(picked, evals)):
+            self._record(last, index[i], p, version, "export", e, losses[i], f[i], math.nan, cached[i])
+        search_best = self._last_feasible()
+        b = int(np.argmax(f))  # the first of ties
+        self.reranked = self.generation
+        if not np.isfinite(f[b]):
+            self._emit(Reranked(last, len(picked), "search", search_best["fitness"], -math.inf, float(f[u])))
+            return
+        chosen = "search" if b == 0 else ("uniform" if b == u else "population")
+        self.best = dict(generation=last, policy=picked[b].tolist(), fitness=float(f[b]), l_proxy=float(losses[b]),
+                         g=norm_term(evals[b].log_norm_ratio), fidelity="export")
+        self._emit(Reranked(last, len(picked), chosen, search_best["fitness"], float(f[b]), float(f[u])))
+
     def _loss(self, e: Evaluation) -> float:
         """L_proxy; non-finite when a measured loss is (never L_text alone: the candidate is infeasible)."""
         return proxy_loss(e.l_text, e.l_mm, self.config.mm_weight)
@@ -361,7 +410,8 @@ class SearchDriver:
                 seen.add(k)
                 todo.append(m)
         # text scores are reused across projector versions only where they cannot depend on the projector
-        reuse = text_independent_of_projector(self.evaluator)
+        # ("export" prunes sequentially: its text scores depend on the projector whatever the mode)
+        reuse = text_independent_of_projector(self.evaluator) and fidelity != "export"
         known = [m for m in todo if reuse and (keys[m][0], fidelity) in self._text_memo]
         unknown = [m for m in todo if not (reuse and (keys[m][0], fidelity) in self._text_memo)]
         for subset, modalities in ((unknown, ("text", "mm")), (known, ("mm",))):
@@ -395,6 +445,7 @@ class SearchDriver:
             elapsed_s=self.elapsed_s,
             srm_scale=self.srm_scale,
             best=self.best,
+            reranked=self.reranked,
             config=self._config_record,
             app=self.app,
             identity=normalise(self.evaluator.identity),

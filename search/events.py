@@ -63,6 +63,19 @@ class OffspringSized:
 
 
 @dataclass(frozen=True)
+class Reranked:
+    """The re-rank (SearchConfig.rerank): the best policies of the last generation and the uniform policy, pruned
+    as the final model is and scored again on all proxy data; the best of them is the result."""
+
+    generation: int  # the generation whose population was re-ranked
+    candidates: int  # policies pruned (the best `rerank` distinct ones, and uniform when it is not among them)
+    chosen: str  # "search" (the search's own best), "population" (another of its population) or "uniform"
+    search_fitness: float  # the search's best, as the search scored it
+    fitness: float  # the chosen one, pruned as the final model is (-inf: every one broken, the search's best kept)
+    uniform_fitness: float  # the uniform policy, pruned the same way
+
+
+@dataclass(frozen=True)
 class SearchFinished:
     generations: int
     best_fitness: float
@@ -71,4 +84,4 @@ class SearchFinished:
 
 
 Event = (GenerationStarted | CandidateEvaluated | ProjectorStepped | GenerationFinished | OffspringSized
-         | SearchFinished)
+         | Reranked | SearchFinished)

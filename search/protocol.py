@@ -11,8 +11,9 @@ import numpy as np
 from .fitness import norm_term
 
 #: all proxy data; the screening slice (multi-fidelity selection); the larger stage slice that the survivors of the
-#: screening are ranked on (multi-step selection, search.survivors)
-FIDELITIES = ("full", "screen", "stage")
+#: screening are ranked on (multi-step selection, search.survivors); all proxy data, the candidate pruned as the final
+#: model is (sequentially from the dense model, whatever the search mode: the re-rank, search.rerank)
+FIDELITIES = ("full", "screen", "stage", "export")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Evaluation:
     l_mm: float | None = None  # the same on the answer tokens of the image-text proxy samples (None: none)
     mean_sparsity: float = math.nan  # the parameter-weighted sparsity the pruning achieved
     blocks_run: int = 0  # decoder blocks actually pruned or run (prefix reuse skips the rest)
-    fidelity: str = "full"  # "full", "screen" or "stage" (FIDELITIES)
+    fidelity: str = "full"  # "full", "screen", "stage" or "export" (FIDELITIES)
     # where it ran, set by an evaluator actor (None where it was scored in process)
     cpu_seconds: float | None = None
     projector_version: int | None = None

@@ -184,6 +184,28 @@ def test_screened_search_on_ray_in_either_precision(cluster, tiny_llava_dir, tmp
     assert [k for k in exported if not torch.equal(exported[k], again[k])] == []
 
 
+def test_rerank_on_ray_exports_the_best_of_the_sequential_prunes(cluster, tiny_llava_dir, tmp_path):
+    """search.rerank on two actors: the last generation's best 2 policies and uniform pruned as the final model is
+    (fidelity "export", never counted as screened), the exported policy the best of them."""
+    out = tmp_path / "run"
+    run = tiny_run(tiny_llava_dir, search={"generations": 2, "rerank": 2}, engine={"mode": "database"})
+    summary = run_search(run, str(out), progress=False, log=lambda m: None)
+    history = outcome(out)["history"].to_pylist()
+    export = [r for r in history if r["fidelity"] == "export"]
+    last = [r for r in history if r["fidelity"] == "full" and r["generation"] == 1]
+    best2 = sorted({tuple(r["policy"]) for r in last}, key=lambda p: -max(r["fitness"] for r in last
+                                                                         if tuple(r["policy"]) == p))[:2]
+    uniform = (2,) * len(best2[0])
+    assert [tuple(r["policy"]) for r in export][:2] == best2
+    assert {tuple(r["policy"]) for r in export} == {*best2, uniform}
+    assert all(r["generation"] == 1 and r["infeasible"] is None and not r["cached"] for r in export)
+    doc = json.loads((out / "policy.json").read_text())
+    chosen = max(export, key=lambda r: r["fitness"])
+    assert doc["levels"] == chosen["policy"] and doc["fitness"] == chosen["fitness"]
+    assert doc["rerank"] == 2 and doc["scored_as"] == "export"
+    assert summary["stats"]["screened"] == 0
+
+
 def test_dashboard_shows_named_actors_and_custom_metrics(reference):
     """(e) during the run: the named actors through the state API, the custom metrics on the
     node's Prometheus endpoint (driver metrics tagged with the run, actor metrics per actor)."""

@@ -191,6 +191,24 @@ def test_screening_scores_a_slice_and_shares_work_with_full(database_evaluator, 
     assert (fresh.l_text, fresh.l_mm) == pytest.approx((full.l_text, full.l_mm), rel=1e-6)
 
 
+def test_export_fidelity_scores_the_sequential_prune_and_leaves_the_database_usable(database_evaluator):
+    """The re-rank's "export" fidelity: the candidate pruned as the final model is (sequentially from the dense
+    model), scored like a sequential-mode scorer scores it; stitched scores before and after are the same."""
+    ev = database_evaluator
+    policy = np.array([0.6, 0.4, 0.5])
+    stitched = ev.evaluate(policy, "full")
+    export = ev.evaluate(policy, "export")
+    assert export.fidelity == "export" and export.mean_sparsity == pytest.approx(stitched.mean_sparsity, abs=1e-6)
+    assert (export.l_text, export.l_mm) != (stitched.l_text, stitched.l_mm)  # not the stitched model
+    sequential = CandidateScorer(ev.engine.model_copy(update={"mode": "sequential"}), ev.data)
+    sequential.set_projector(ev.projector_state_dict(), ev.projector_version)
+    ref = sequential.evaluate(policy, "full")
+    assert (export.l_text, export.l_mm) == pytest.approx((ref.l_text, ref.l_mm), rel=1e-5)
+    assert np.allclose(export.log_norm_ratio, ref.log_norm_ratio, rtol=0, atol=1e-6)
+    again = ev.evaluate(policy, "full")  # the dense weights are back: stitching gives what it gave
+    assert (again.l_text, again.l_mm) == (stitched.l_text, stitched.l_mm)
+
+
 def test_kl_to_dense_is_zero_for_the_dense_model(tiny_llava_dir):
     spec = _configs(model=str(tiny_llava_dir), nsamples=4, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
                       loss="kl")

@@ -26,7 +26,7 @@ class SyntheticEvaluator:
     The projector is a vector that each step moves with the weighted ratios."""
 
     def __init__(self, n_blocks=10, seed=1, granularity="block", projector=True, sleep=0.0, base_loss=2.0,
-                 mm=False, screen_noise=0.0, text_independent=False, stage_noise=0.0):
+                 mm=False, screen_noise=0.0, text_independent=False, stage_noise=0.0, export=None):
         rng = np.random.default_rng(seed)
         self.per_block = 7 if granularity == "matrix" else 1
         size = n_blocks * self.per_block
@@ -43,6 +43,7 @@ class SyntheticEvaluator:
         self.mm = mm  # also report an image-text loss (it prefers low sparsity in the first blocks)
         self.screen_noise = screen_noise  # sd of the (deterministic) error of a screening evaluation
         self.stage_noise = stage_noise  # the same at the stage (multi-step selection): another fixed error
+        self.export = export  # ratios -> what pruning as the final model adds to L_text (fidelity "export"; NaN: broken)
         # True: L_text has no projector term (like database mode), so the driver may reuse it across versions
         self.text_independent_of_projector = text_independent
         self.evaluated: list[np.ndarray] = []  # every ratio vector sent to evaluate()
@@ -77,6 +78,8 @@ class SyntheticEvaluator:
                 key = abs(hash(np.round(np.asarray(r), 6).tobytes())) % 2**32
                 noise = np.random.default_rng([key, 0 if fidelity == "screen" else 1])
                 l_text += float(noise.normal(0.0, sd))
+            if fidelity == "export" and self.export is not None:
+                l_text += float(self.export(np.asarray(r)))
             out.append(Evaluation(l_text, lnr.reshape(self.n_blocks, self.per_block).mean(axis=1),
                                   seconds=0.001 * (i + 1), l_mm=self.mm_loss(r) if self.mm else None))
             if "text" not in modalities:
