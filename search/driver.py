@@ -15,8 +15,8 @@ until tau generations are done or the wall-clock budget is spent. The result is 
 policy of the last evaluated generation; with `rerank`, the best of its `rerank` best policies and the
 uniform policy once each is pruned as the final model is (sequentially, fidelity "export") and scored
 again: the search ranks candidates as its evaluator scores them (database mode: stitched from blocks
-pruned on dense inputs), the user gets the sequential prune, and the two can disagree. The SRM scale s (F = -L - eta s G) is fixed from
-generation 0's spreads and checkpointed. The driver never holds a model.
+pruned on dense inputs), the user gets the sequential prune, and the two can disagree. The SRM scale
+s (F = -L - eta s G) is fixed from generation 0's spreads and checkpointed. The driver never holds a model.
 """
 from __future__ import annotations
 
@@ -350,13 +350,16 @@ class SearchDriver:
         population did not hold it). A broken prune (a non-finite score) is never chosen; if every one is
         broken the search's own best stays."""
         cfg, version = self.config, self.projector_version
-        last = self._last_feasible()["generation"]
+        search_best = self._last_feasible()
+        last = search_best["generation"]
         rows = sorted((r for r in self.rows if r["fidelity"] == "full" and r["generation"] == last
                        and r["infeasible"] is None), key=lambda r: -r["fitness"])  # stable: the search's order
         picked, index, seen = [], [], set()
         for r in rows:
             key = np.array(r["policy"], dtype=np.int64).tobytes()
-            if key not in seen and len(picked) < cfg.rerank:
+            if len(picked) == cfg.rerank:
+                break
+            if key not in seen:
                 seen.add(key)
                 picked.append(np.array(r["policy"], dtype=np.int64))
                 index.append(int(r["candidate"]))
@@ -371,7 +374,6 @@ class SearchDriver:
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         for i, (p, e) in enumerate(zip(picked, evals)):
             self._record(last, index[i], p, version, "export", e, losses[i], f[i], math.nan, cached[i])
-        search_best = self._last_feasible()
         b = int(np.argmax(f))  # the first of ties
         self.reranked = self.generation
         if not np.isfinite(f[b]):
