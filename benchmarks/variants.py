@@ -21,6 +21,10 @@ interrupted benchmark run continues where it stopped and two benchmarks share id
     matrix, wide, matrix_wide, full_long, matrix_wide_long
                        Full with a level per matrix, levels p0 +- 0.2 (9, not 5), both, 10 generations (not 3),
                        and all three (issue 26: which part of a wider search's gain comes from where)
+    wide_eta0, matrix_wide_eta0
+                       wide and matrix_wide without the generalisation term (eta = 0)
+    full_rerank        Full with --rerank 3: its best 3 policies and uniform pruned as the export prunes, re-scored
+                       with the run's fitness, the best exported (issue 25)
     uniform_database   uniform SparseGPT as database mode scores it: every block pruned at the target from the dense
                        model's inputs, stitched (not layer-sequential), saved as it is
     full_database      Full's best policy stitched from the level database with the evolved projector: the model the
@@ -68,6 +72,11 @@ SEARCHES = {
     "full_long": {"search.eta": 0.5, "search.generations": 10},
     "matrix_wide_long": {"search.eta": 0.5, "search.granularity": "matrix", "search.span": 0.2,
                          "search.generations": 10},
+    # the wider spans without the SRM term: at eta 0.5 it bought the extreme levels with proxy loss (space_val_07_wide)
+    "wide_eta0": {"search.eta": 0.0, "search.span": 0.2},
+    "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
+    # Full, its best 3 policies and uniform re-pruned as the export prunes and re-scored: the best exported (issue 25)
+    "full_rerank": {"search.eta": 0.5, "search.rerank": 3},
 }
 #: the evolved projector's two effects on Full's model apart, a 2 x 2 design: Full's policy re-pruned from the
 #: dense model with (the projector the masks are computed under, the projector the saved model answers with),
@@ -88,9 +97,9 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
-SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long")
+SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "wide_eta0", "matrix_wide_eta0")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
-ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", *DATABASE_EXPORTS)
+ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
 
 
 def search_overrides(variant: str) -> dict | None:
@@ -106,6 +115,8 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
           "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
+          "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
+          "full_rerank": "Full, best 3 re-pruned and re-ranked",
           "uniform_database": "Uniform, stitched from the level database",
           "full_database": "Full's policy stitched from the level database",
           "evo_masks_only": "Full, evolved projector for the masks only",
