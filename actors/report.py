@@ -78,6 +78,30 @@ def _per_generation(history: dict) -> dict:
     return out
 
 
+def _rerank_rows(history: dict, policy: dict) -> list[list]:
+    """The re-rank (search.rerank) of a run, one row per policy it re-pruned: the candidate (its number in the last
+    generation; "uniform" for the added uniform policy), the search's fitness of it (stitched or screened as the
+    search scored it), the fitness, L_proxy and G of its export prune, its mean sparsity, and which was exported."""
+    fidelity = history.get("fidelity") or []
+    export = [i for i, f in enumerate(fidelity) if f == "export"]
+    if not export:
+        return []
+    searched = {(history["generation"][i], history["candidate"][i]): history["fitness"][i]
+                for i, f in enumerate(fidelity) if f == "full"}
+    fit = np.asarray([history["fitness"][i] for i in export], dtype=float)
+    chosen = (int(np.argmax(np.where(np.isfinite(fit), fit, -np.inf)))
+              if policy.get("scored_as") == "export" and np.isfinite(fit).any() else None)
+    rows = []
+    for k, i in enumerate(export):
+        m, t = history["candidate"][i], history["generation"][i]
+        rows.append([f"generation {t}, candidate {m}" if m >= 0 else "uniform",
+                     float(searched.get((t, m), float("nan"))), float(fit[k]), float(history["l_proxy"][i]),
+                     float(history["g"][i]), float(history["mean_sparsity"][i]), "yes" if k == chosen else ""])
+    if chosen is None:
+        rows.append(["(none chosen: the search's own best was kept)", "", "", "", "", "", ""])
+    return rows
+
+
 def _plots(out_dir: Path, policy: dict, history: dict, per_gen: dict) -> dict[str, str]:
     import matplotlib
 
@@ -186,6 +210,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                ["eta", policy.get("eta")], ["generations", policy.get("generations")],
                ["projector mode / versions", f"{policy.get('projector_mode')} / {policy.get('projector_version')}"],
                ["candidates evaluated", int(np.sum(~np.asarray(history["cached"])))]]
+    if policy.get("rerank"):
+        summary.append(["re-rank / exported policy scored as", f"{policy['rerank']} / {policy.get('scored_as')}"])
     gen_rows = [list(r) for r in zip(per_gen["generation"], per_gen["best"], per_gen["mean"], per_gen["best_l_proxy"],
                                      per_gen["best_g"], per_gen["screened"], per_gen["effective"],
                                      per_gen["loss_before"], per_gen["loss_after"], per_gen["scale"],
@@ -205,6 +231,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                 ("Neighbour weights", "Each candidate's neighbour weight c_m (softmax of minus the summed squared "
                  "distance, in level steps, to its nearest other candidates) against its fitness.\n\n"
                  f"![neighbour weights]({plots['neighbour_weights']})")]
+    rerank = _rerank_rows(history, policy)
+    if rerank:
+        sections.insert(2, ("Re-rank of the final candidates", _md_table(
+            ["policy", "search's F", "export F", "export L_proxy", "export G", "mean sparsity", "exported"], rerank)
+            + "\n\nThe last generation's best distinct policies and the uniform policy, each pruned as the final "
+            "model is (layer-sequential from the dense model under the final projector) and scored with the run's "
+            "fitness on all proxy data (`--rerank`); the best of them is exported. The search's F is the score it "
+            "ranked the policy by (in database mode, its blocks pruned from dense inputs and stitched)."))
     demo = run_dir / "demo.json"
     if demo.exists():
         from efficientllava.actors.demo import COLUMNS

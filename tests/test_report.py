@@ -81,3 +81,37 @@ def test_report_errors_are_one_line(tmp_path):
     with pytest.raises(ReportError) as exc:
         write_report(run)
     assert "\n" not in str(exc.value)
+
+
+def add_rerank(run, export_fitness, scored_as):
+    """Mark the synthetic run's rows as the search's ("full") and add a re-rank of generation 2's candidates 3 and 2
+    and the uniform policy (candidate -1) with the given export fitnesses."""
+    rows = pq.read_table(run / "history.parquet").to_pylist()
+    for r in rows:
+        r["fidelity"] = "full"
+    for m, f in zip((3, 2, -1), export_fitness):
+        rows.append(dict(rows[-1], candidate=m, fidelity="export", fitness=f, l_proxy=-f - 0.01, g=-0.02,
+                         policy=[2] * 5 if m < 0 else rows[8 + m]["policy"]))
+    pq.write_table(pa.Table.from_pylist(rows), run / "history.parquet")
+    policy = json.loads((run / "policy.json").read_text())
+    (run / "policy.json").write_text(json.dumps(dict(policy, rerank=2, scored_as=scored_as)))
+
+
+def test_report_shows_the_rerank(tmp_path):
+    run = make_run(tmp_path / "run")
+    add_rerank(run, (-2.9, -2.8, -3.1), "export")
+    md = (write_report(run) / "report.md").read_text()
+    assert "## Re-rank of the final candidates" in md and "| re-rank / exported policy scored as | 2 / export |" in md
+    # the search's F of generation 2's candidate 2 is -3 + 0.2 + 0.02 + 0.01; its export prune scored best: exported
+    assert "| generation 2, candidate 2 | -2.7700 | -2.8000 | 2.7900 | -0.0200 | 0.5000 | yes |" in md
+    assert "| generation 2, candidate 3 | -2.7600 | -2.9000 | 2.8900 | -0.0200 | 0.5000 |  |" in md
+    assert "| uniform | nan | -3.1000 |" in md
+    # the per-generation table still reads the search's rows only (the export rows are not a generation's)
+    assert "| 2 | -2.7600 |" in md
+
+
+def test_report_rerank_with_every_prune_broken_says_none_was_chosen(tmp_path):
+    run = make_run(tmp_path / "run")
+    add_rerank(run, (float("nan"),) * 3, "search")
+    md = (write_report(run) / "report.md").read_text()
+    assert "(none chosen: the search's own best was kept)" in md and "| yes |" not in md
