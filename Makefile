@@ -42,7 +42,7 @@ demo: install
 	$(BIN)/efficientllava demo --overwrite
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist
