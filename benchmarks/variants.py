@@ -223,6 +223,8 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
                    evaluated=summary["stats"].get("candidates"), screened=summary["stats"].get("screened"))
+        if doc.get("rerank"):
+            row.update(scored_as=doc.get("scored_as"), rerank=rerank_record(out))
     elif variant in DATABASE_EXPORTS:
         if variant == "full_database":
             ratios, projector = full_outcome(work / settings.key("full", target))
@@ -250,6 +252,19 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         + ", ".join(f"{m} {row[m]:.{2 if lower_is_better(m) else 3}f}" for m in METRICS if m in row)
         + f" ({row['prune_seconds']:.0f} s + {row['eval_seconds']:.0f} s eval)")
     return row
+
+
+def rerank_record(run_dir: Path) -> list[dict]:
+    """The re-rank of a finished search (search.rerank): per re-pruned policy, in the search's order, its candidate
+    number in the last generation (-1: the uniform policy), the search's fitness of it (None for an added uniform),
+    and its export prune's fitness, L_proxy, G, L_text and L_mm (from history.parquet's "export" rows)."""
+    import pyarrow.parquet as pq
+
+    h = pq.read_table(run_dir / "history.parquet").to_pylist()
+    searched = {(r["generation"], r["candidate"]): r["fitness"] for r in h if r["fidelity"] == "full"}
+    return [{"candidate": r["candidate"], "search_fitness": searched.get((r["generation"], r["candidate"])),
+             **{k: r[k] for k in ("fitness", "l_proxy", "g", "l_text", "l_mm")}}
+            for r in h if r["fidelity"] == "export"]
 
 
 def full_outcome(run_dir: Path):
