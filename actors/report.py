@@ -78,25 +78,34 @@ def _per_generation(history: dict) -> dict:
     return out
 
 
-def _rerank_rows(history: dict, policy: dict) -> list[list]:
-    """The re-rank (search.rerank) of a run, one row per policy it re-pruned: the candidate (its number in the last
-    generation; "uniform" for the added uniform policy), the search's fitness of it (stitched or screened as the
-    search scored it), the fitness, L_proxy and G of its export prune, its mean sparsity, and which was exported."""
+def rerank_records(history: dict) -> list[dict]:
+    """The re-rank (search.rerank) of a run from its history columns: per re-pruned policy ("export" rows, in the
+    search's order) its generation and candidate number (-1: the added uniform policy), the search's fitness of it
+    (None when the search did not score it), and its export prune's fitness, L_proxy, G, L_text, L_mm and mean
+    sparsity."""
     fidelity = history.get("fidelity") or []
-    export = [i for i, f in enumerate(fidelity) if f == "export"]
-    if not export:
-        return []
     searched = {(history["generation"][i], history["candidate"][i]): history["fitness"][i]
                 for i, f in enumerate(fidelity) if f == "full"}
-    fit = np.asarray([history["fitness"][i] for i in export], dtype=float)
+    column = lambda k: history.get(k) or [None] * len(fidelity)  # noqa: E731  (a column an older history lacks)
+    return [{"generation": history["generation"][i], "candidate": history["candidate"][i],
+             "search_fitness": searched.get((history["generation"][i], history["candidate"][i])),
+             **{k: column(k)[i] for k in ("fitness", "l_proxy", "g", "l_text", "l_mm", "mean_sparsity")}}
+            for i, f in enumerate(fidelity) if f == "export"]
+
+
+def _rerank_rows(history: dict, policy: dict) -> list[list]:
+    """The report's table of the re-rank: a row per re-pruned policy and which was exported (the driver's choice:
+    the first best finite export fitness, when policy.json says the result was scored as exported)."""
+    records = rerank_records(history)
+    if not records:
+        return []
+    fit = np.asarray([r["fitness"] for r in records], dtype=float)
     chosen = (int(np.argmax(np.where(np.isfinite(fit), fit, -np.inf)))
               if policy.get("scored_as") == "export" and np.isfinite(fit).any() else None)
-    rows = []
-    for k, i in enumerate(export):
-        m, t = history["candidate"][i], history["generation"][i]
-        rows.append([f"generation {t}, candidate {m}" if m >= 0 else "uniform",
-                     float(searched.get((t, m), float("nan"))), float(fit[k]), float(history["l_proxy"][i]),
-                     float(history["g"][i]), float(history["mean_sparsity"][i]), "yes" if k == chosen else ""])
+    rows = [[f"generation {r['generation']}, candidate {r['candidate']}" if r["candidate"] >= 0 else "uniform",
+             float("nan") if r["search_fitness"] is None else float(r["search_fitness"]), float(r["fitness"]),
+             float(r["l_proxy"]), float(r["g"]), float(r["mean_sparsity"]), "yes" if k == chosen else ""]
+            for k, r in enumerate(records)]
     if chosen is None:
         rows.append(["(none chosen: the search's own best was kept)", "", "", "", "", "", ""])
     return rows

@@ -255,16 +255,13 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
 
 
 def rerank_record(run_dir: Path) -> list[dict]:
-    """The re-rank of a finished search (search.rerank): per re-pruned policy, in the search's order, its candidate
-    number in the last generation (-1: the uniform policy), the search's fitness of it (None for an added uniform),
-    and its export prune's fitness, L_proxy, G, L_text and L_mm (from history.parquet's "export" rows)."""
+    """The re-rank of a finished search (search.rerank) as its history.parquet holds it
+    (efficientllava.actors.report.rerank_records: each re-pruned policy's search and export scores)."""
     import pyarrow.parquet as pq
 
-    h = pq.read_table(run_dir / "history.parquet").to_pylist()
-    searched = {(r["generation"], r["candidate"]): r["fitness"] for r in h if r["fidelity"] == "full"}
-    return [{"candidate": r["candidate"], "search_fitness": searched.get((r["generation"], r["candidate"])),
-             **{k: r[k] for k in ("fitness", "l_proxy", "g", "l_text", "l_mm")}}
-            for r in h if r["fidelity"] == "export"]
+    from efficientllava.actors.report import rerank_records
+
+    return rerank_records(pq.read_table(run_dir / "history.parquet").to_pydict())
 
 
 def full_outcome(run_dir: Path):
