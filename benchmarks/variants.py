@@ -72,6 +72,11 @@ SEARCHES = {
     "full_long": {"search.eta": 0.5, "search.generations": 10},
     "matrix_wide_long": {"search.eta": 0.5, "search.granularity": "matrix", "search.span": 0.2,
                          "search.generations": 10},
+    # the budget as wall time (a quality preset's candidate: what one hour of the machine at hand buys): Full's
+    # 250 children a generation, generations until the hour is spent (the search stops between generations, so the
+    # last may end past it); a count of generations means 20 minutes on one CPU and two hours on another
+    "full_hour": {"search.eta": 0.5, "search.generations": 50, "search.time_budget_s": 3600.0,
+                  "search.offspring_budget": False},
     # the wider spans without the SRM term: at eta 0.5 it bought the extreme levels with proxy loss (space_val_07_wide)
     "wide_eta0": {"search.eta": 0.0, "search.span": 0.2},
     "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
@@ -97,7 +102,8 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
-SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "wide_eta0", "matrix_wide_eta0")
+SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "full_hour", "wide_eta0",
+                  "matrix_wide_eta0")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
 ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
 
@@ -115,6 +121,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "matrix": "Full, a level per matrix", "wide": "Full, levels p0 +- 0.2",
           "matrix_wide": "Full, per matrix, p0 +- 0.2", "full_long": "Full, 10 generations",
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
+          "full_hour": "Full, one hour of search",
           "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
           "full_rerank": "Full, best 3 re-pruned and re-ranked",
           "uniform_database": "Uniform, stitched from the level database",
