@@ -220,12 +220,15 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     elif variant in SEARCHES:
         from efficientllava.actors.run import resume_search, run_search
 
+        def search_log(message: str) -> None:  # the search's own lines (a generation each), in the benchmark's log
+            log(f"    {variant} at {target} (seed {settings.seed}): {message}")
+
         if resuming:
             log(f"  {variant} at {target} (seed {settings.seed}): resuming the search in {out}")
-            summary = resume_search(str(out), progress=False, log=lambda m: None)
+            summary = resume_search(str(out), progress=False, log=search_log)
         else:
             summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
-                                 log=lambda m: None)
+                                 log=search_log)
         doc = summary["policy"]
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],

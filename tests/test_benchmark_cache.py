@@ -98,3 +98,33 @@ def test_an_interrupted_search_is_resumed_and_a_fresh_one_started(tmp_path, monk
     (stale / "half-written").write_text("")  # no checkpoint: cleared, started again
     variants.run_variant("no_evo", 0.7, s, tmp_path, log=lambda m: None)
     assert calls[-1] == ("run", str(stale)) and not (stale / "half-written").exists()
+
+
+def test_a_search_variant_logs_its_generations_into_the_benchmark_log(tmp_path, monkeypatch):
+    """A search variant runs for up to an hour: its own lines (one a generation) reach the benchmark's log,
+    named by variant, target and seed, whether it starts or resumes."""
+    from benchmarks import variants
+    from efficientllava.actors import run as run_module
+    from efficientllava.prune_engine.evaluation import heldout
+    from efficientllava.search.checkpoint import STATE
+
+    summary = {"policy": {"ratios": [0.7], "fitness": 1.0, "l_proxy": 1.0, "g": 0.0}, "model_dir": str(tmp_path),
+               "stats": {"candidates": 3, "screened": 2}}
+
+    def search(*args, log, **kwargs):
+        log("generation 1/3: best F -1.0")
+        return summary
+
+    monkeypatch.setattr(run_module, "run_search", search)
+    monkeypatch.setattr(run_module, "resume_search", search)
+    monkeypatch.setattr(heldout, "heldout_metrics", lambda model, h: {"ppl": 2.0, "sparsity": 0.7})
+    s = Settings()
+    lines = []
+    variants.run_variant("full", 0.7, s, tmp_path, log=lines.append)
+    assert "    full at 0.7 (seed 0): generation 1/3: best F -1.0" in lines
+    resumed = tmp_path / s.key("no_evo", 0.7)
+    resumed.mkdir()
+    (resumed / STATE).write_text("{}")
+    lines.clear()
+    variants.run_variant("no_evo", 0.7, s, tmp_path, log=lines.append)
+    assert "    no_evo at 0.7 (seed 0): generation 1/3: best F -1.0" in lines
