@@ -93,6 +93,31 @@ def rerank_records(history: dict) -> list[dict]:
             for i, f in enumerate(fidelity) if f == "export"]
 
 
+def ranking_records(history: dict, eta: float | None) -> list[dict]:
+    """Per generation, what ranked its population (full-fidelity candidates) by F = -L - eta*s*G
+    (`search.fitness.ranking_terms`: the spread of L and of eta*s*G, and the share of pairs -L alone and -G
+    alone order as F does), with the best candidate's L and the lowest L among them. [] when the history
+    lacks the SRM scale (an older run) or eta is unknown."""
+    from efficientllava.search.fitness import ranking_terms
+
+    rows = _full_rows(history)
+    scales = rows.get("srm_scale") or []
+    if eta is None or not scales or any(v is None for v in scales):
+        return []
+    gens = np.asarray(rows["generation"])
+    loss, g, fit = (np.asarray(rows[k], dtype=float) for k in ("l_proxy", "g", "fitness"))
+    out = []
+    for t in sorted(set(gens.tolist())):
+        idx = np.flatnonzero(gens == t)
+        finite = idx[np.isfinite(fit[idx])]
+        if not finite.size:
+            continue
+        terms = ranking_terms(loss[idx], g[idx], float(eta), float(scales[int(idx[0])]))
+        out.append({"generation": int(t), **terms, "best_l": float(loss[finite[np.argmax(fit[finite])]]),
+                    "lowest_l": float(loss[finite].min())})
+    return out
+
+
 def _rerank_rows(history: dict, policy: dict) -> list[list]:
     """The report's table of the re-rank: a row per re-pruned policy and which was exported (the driver's choice:
     the first best finite export fitness, when policy.json says the result was scored as exported)."""
@@ -240,6 +265,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                 ("Neighbour weights", "Each candidate's neighbour weight c_m (softmax of minus the summed squared "
                  "distance, in level steps, to its nearest other candidates) against its fitness.\n\n"
                  f"![neighbour weights]({plots['neighbour_weights']})")]
+    ranking = ranking_records(history, policy.get("eta"))
+    if ranking:
+        sections.insert(2, ("What ranked the candidates", _md_table(
+            ["generation", "candidates", "spread of L_proxy", "spread of eta s G", "pairs -L orders as F",
+             "pairs -G orders as F", "best's L_proxy", "lowest L_proxy"],
+            [[r["generation"], r["candidates"], r["l_spread"], r["srm_spread"], r["by_l"], r["by_g"], r["best_l"],
+              r["lowest_l"]] for r in ranking])
+            + "\n\nF = -L_proxy - eta s G. A pair column is the share of candidate pairs that the term alone "
+            "orders as F does (1: it alone gives F's ranking; 1/2: it says nothing about it). When eta s G spreads "
+            "far wider than L_proxy, the SRM term decides which policies survive and the proxy loss hardly counts "
+            "(s is fixed once, from generation 0's candidates unless search.srm_sample is set)."))
     rerank = _rerank_rows(history, policy)
     if rerank:
         sections.insert(2, ("Re-rank of the final candidates", _md_table(

@@ -65,3 +65,30 @@ def srm_scale(losses: np.ndarray, g_terms: np.ndarray) -> float:
     if not (math.isfinite(sl) and math.isfinite(sg)) or sl <= 0.0 or sg <= 0.0:
         return 1.0
     return sl / sg
+
+
+def pair_agreement(score: np.ndarray, key: np.ndarray) -> float:
+    """The share of candidate pairs that `key` orders as `score` does (both higher-is-better): over the pairs
+    whose scores differ, 1 for the same order, 1/2 for a tie in `key`, 0 for the opposite order. NaN when no
+    two scores differ. 1 means `key` alone gives F's ranking; 1/2, that it says nothing about it."""
+    score, key = np.asarray(score, dtype=np.float64), np.asarray(key, dtype=np.float64)
+    ds = np.sign(score[:, None] - score[None, :])
+    dk = np.sign(key[:, None] - key[None, :])
+    pairs = np.triu(ds != 0, k=1)
+    if not pairs.any():
+        return math.nan
+    agree = np.where(dk == ds, 1.0, np.where(dk == 0, 0.5, 0.0))
+    return float(agree[pairs].mean())
+
+
+def ranking_terms(l_proxy: np.ndarray, g: np.ndarray, eta: float, scale: float) -> dict:
+    """What ranked a set of candidates by F = -L - eta*s*G (finite ones): the spread (max - min) of L and of
+    eta*s*G, and the share of pairs that -L alone and -G alone order as F does (`pair_agreement`)."""
+    loss, g = np.asarray(l_proxy, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    ok = np.isfinite(loss) & np.isfinite(g)
+    loss, g = loss[ok], g[ok]
+    srm = float(eta) * float(scale) * g
+    f = -loss - srm
+    spread = (lambda x: float(x.max() - x.min()) if x.size else math.nan)
+    return {"candidates": int(ok.sum()), "l_spread": spread(loss), "srm_spread": spread(srm),
+            "by_l": pair_agreement(f, -loss), "by_g": pair_agreement(f, -g)}

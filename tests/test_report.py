@@ -115,3 +115,20 @@ def test_report_rerank_with_every_prune_broken_says_none_was_chosen(tmp_path):
     add_rerank(run, (float("nan"),) * 3, "search")
     md = (write_report(run) / "report.md").read_text()
     assert "(none chosen: the search's own best was kept)" in md and "| yes |" not in md
+
+
+def test_report_says_what_ranked_the_candidates(tmp_path):
+    """Per generation: the spreads of L and eta s G and the share of pairs each term alone orders as F does;
+    a history without the SRM scale (an older run) has no such section."""
+    run = make_run(tmp_path / "run", generations=1, population=3, blocks=1)
+    assert "What ranked the candidates" not in (write_report(run) / "report.md").read_text()
+    # L 1.9 / 1.7 / 2.0, G -2.60 / -2.56 / -2.63 at eta 0.5, s 32
+    rows = [dict(generation=0, candidate=m, policy=[m], mean_sparsity=0.5, projector_version=0, l_proxy=l_,
+                 g=g_, fitness=-l_ - 0.5 * 32.0 * g_, srm_scale=32.0, c_m=1 / 3, seconds=1.0, cached=False,
+                 log_norm_ratio=[g_]) for m, (l_, g_) in enumerate(((1.9, -2.60), (1.7, -2.56), (2.0, -2.63)))]
+    pq.write_table(pa.Table.from_pylist(rows), run / "history.parquet")
+    md = (write_report(run) / "report.md").read_text()
+    assert "## What ranked the candidates" in md
+    # spread of L 0.3, of eta s G 0.5 * 32 * 0.07 = 1.12; F orders 2 > 0 > 1, exactly as -G and against -L on
+    # every pair; the best (G -2.63) has the highest L, 2.0
+    assert "| 0 | 3 | 0.3000 | 1.1200 | 0.0000 | 1.0000 | 2.0000 | 1.7000 |" in md

@@ -208,6 +208,47 @@ def test_a_non_finite_score_makes_the_candidate_infeasible(l_text, l_mm, lnr, re
     assert select_elites(np.array([fitness(loss, np.array(lnr), 0.5, 2.0), healthy]), 1).tolist() == [1]
 
 
+def _pair_agreement_by_loops(score, key):
+    """The reference: every pair by hand."""
+    total = agree = 0.0
+    for i in range(len(score)):
+        for j in range(i + 1, len(score)):
+            if score[i] == score[j]:
+                continue
+            total += 1
+            same = (score[i] - score[j]) * (key[i] - key[j])
+            agree += 1.0 if same > 0 else (0.5 if key[i] == key[j] else 0.0)
+    return agree / total if total else float("nan")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pair_agreement_matches_a_loop_over_pairs(seed):
+    from efficientllava.search.fitness import pair_agreement
+
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 6, size=12).astype(float)  # ties in both
+    key = rng.integers(0, 4, size=12).astype(float)
+    assert pair_agreement(score, key) == pytest.approx(_pair_agreement_by_loops(score, key))
+    assert pair_agreement(score, score) == 1.0 and pair_agreement(score, -score) == 0.0
+    assert np.isnan(pair_agreement(np.ones(4), key[:4]))
+
+
+def test_ranking_terms_say_which_term_orders_f():
+    """With G's term spread far wider than L's, F's order is G's (the default's s measured around uniform);
+    at eta 0 it is L's, by definition."""
+    from efficientllava.search.fitness import fitness, ranking_terms
+
+    loss = np.array([1.9, 1.7, 2.0, 1.8])
+    g = np.array([-2.60, -2.56, -2.63, -2.50])
+    terms = ranking_terms(loss, g, eta=0.5, scale=32.0)
+    f = [fitness(l_, np.array([g_]), 0.5, 32.0) for l_, g_ in zip(loss, g)]
+    assert terms["by_g"] == 1.0 and terms["by_l"] == pytest.approx(_pair_agreement_by_loops(f, -loss))
+    assert terms["l_spread"] == pytest.approx(0.3) and terms["srm_spread"] == pytest.approx(0.5 * 32.0 * 0.13)
+    assert ranking_terms(loss, g, eta=0.0, scale=32.0)["by_l"] == 1.0
+    with_broken = ranking_terms(np.append(loss, np.nan), np.append(g, -9.0), eta=0.5, scale=32.0)
+    assert with_broken == terms  # a non-finite candidate is left out
+
+
 def test_select_elites_never_picks_an_infeasible_candidate_over_a_feasible_one():
     f = np.array([-np.inf, -50.0, np.nan, -np.inf, -60.0])
     assert select_elites(f, 2).tolist() == [1, 4]
