@@ -119,7 +119,9 @@ class RayOptions(BaseModel):
                                 "directory name + job id of the first start, kept across resumes)")
     metrics_export_port: Optional[int] = Field(None, ge=1, le=65535,
                                                description="local cluster only: fixed Prometheus metrics port")
-    ready_timeout_s: float = Field(600.0, gt=0, description="wait this long for the placement group")
+    ready_timeout_s: float = Field(600.0, gt=0, description="wait this long for the placement group, and for each "
+                                   "evaluator actor to load the model and its proxy data (the level database is "
+                                   "built after, without a limit; raise it on a busy node)")
 
     @model_validator(mode="after")
     def _check(self) -> "RayOptions":
