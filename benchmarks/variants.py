@@ -80,6 +80,9 @@ SEARCHES = {
     # Auto w/o Gen searched as long as full_hour's hour bought on the AVX2 EPYC (8 generations): with the SRM term a
     # longer search kept lowering G and gave back proxy loss (benchmarks/results/fitness_terms.md); without it, F is -L
     "auto_wo_gen_long": {"search.eta": 0.0, "search.generations": 8},
+    # ... and with the SRM term kept but its scale s measured on 16 random feasible policies (spread over the whole
+    # span) instead of generation 0 (uniform and its mutations, where G hardly varies and s comes out large)
+    "full_long_srm_sample": {"search.eta": 0.5, "search.generations": 8, "search.srm_sample": 16},
     # the wider spans without the SRM term: at eta 0.5 it bought the extreme levels with proxy loss (space_val_07_wide)
     "wide_eta0": {"search.eta": 0.0, "search.span": 0.2},
     "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
@@ -106,7 +109,7 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "full_hour", "auto_wo_gen_long",
-                  "wide_eta0", "matrix_wide_eta0")
+                  "full_long_srm_sample", "wide_eta0", "matrix_wide_eta0")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
 ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
 
@@ -126,6 +129,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "matrix_wide_long": "Full, per matrix, p0 +- 0.2, 10 generations",
           "full_hour": "Full, one hour of search",
           "auto_wo_gen_long": "Auto w/o Gen (eta = 0), 8 generations",
+          "full_long_srm_sample": "Full, 8 generations, s from 16 random policies",
           "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
           "full_rerank": "Full, best 3 re-pruned and re-ranked",
           "uniform_database": "Uniform, stitched from the level database",
