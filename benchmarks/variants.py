@@ -83,6 +83,8 @@ SEARCHES = {
     # ... and with the SRM term kept but its scale s measured on 16 random feasible policies (spread over the whole
     # span) instead of generation 0 (uniform and its mutations, where G hardly varies and s comes out large)
     "full_long_srm_sample": {"search.eta": 0.5, "search.generations": 8, "search.srm_sample": 16},
+    # ... or measured again on every generation's population (search.srm_rescale)
+    "full_long_rescale": {"search.eta": 0.5, "search.generations": 8, "search.srm_rescale": True},
     # the wider spans without the SRM term: at eta 0.5 it bought the extreme levels with proxy loss (space_val_07_wide)
     "wide_eta0": {"search.eta": 0.0, "search.span": 0.2},
     "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
@@ -109,7 +111,7 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "full_hour", "auto_wo_gen_long",
-                  "full_long_srm_sample", "wide_eta0", "matrix_wide_eta0")
+                  "full_long_srm_sample", "full_long_rescale", "wide_eta0", "matrix_wide_eta0")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
 ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
 
@@ -130,6 +132,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "full_hour": "Full, one hour of search",
           "auto_wo_gen_long": "Auto w/o Gen (eta = 0), 8 generations",
           "full_long_srm_sample": "Full, 8 generations, s from 16 random policies",
+          "full_long_rescale": "Full, 8 generations, s measured every generation",
           "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
           "full_rerank": "Full, best 3 re-pruned and re-ranked",
           "uniform_database": "Uniform, stitched from the level database",
@@ -142,7 +145,8 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 
 #: settings added after results were cached: at their default they change no result, so they enter a
 #: cache key only when set (the finished runs of earlier commits stay valid)
-ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), ("search", "rerank", 0))
+ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), ("search", "rerank", 0),
+                  ("search", "srm_rescale", False))
 
 
 class Settings(BaseModel):

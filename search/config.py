@@ -92,6 +92,9 @@ class SearchConfig(BaseModel):
                              description="w: L = (1 - w) L_text + w L_mm when image-text proxy samples exist")
     srm_scale: Optional[float] = Field(None, gt=0.0,
                                        description="factor putting G on L's scale (None: sd(L)/sd(G), measured once)")
+    srm_rescale: bool = Field(False, description="measure s again on every generation's population (its F, and the "
+                              "screening of the next generation's children, use that generation's s), so eta s G "
+                              "keeps eta times L's spread as the population leaves uniform; off: s is fixed once")
     srm_sample: int = Field(0, ge=0, description="random feasible policies scored once on all proxy data to measure "
                             "sd(L)/sd(G) (0: generation 0's candidates; a start around uniform has too little spread)")
     # neighbour weights and search-space evolution (§4 steps 4-5)
@@ -140,6 +143,10 @@ class SearchConfig(BaseModel):
         if self.survivors and self.survivors < self.population - self.elites:
             raise ValueError(f"survivors ({self.survivors}) must be at least population - elites "
                              f"({self.population - self.elites}): the stage fills the population")
+        if self.srm_rescale and self.srm_scale is not None:
+            raise ValueError("srm_rescale measures s on every generation: it cannot be combined with a fixed srm_scale")
+        if self.srm_rescale and self.srm_sample:
+            raise ValueError("srm_rescale measures s on every generation's population: srm_sample is not used with it")
         lo, hi = self.mutation_switches
         if not 0 <= lo <= hi:
             raise ValueError(f"mutation_switches must be (lo, hi) with 0 <= lo <= hi, got {self.mutation_switches}")

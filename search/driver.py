@@ -183,8 +183,13 @@ class SearchDriver:
         started = clock()
         evals, cached = self._evaluate(pop, version, "full")
         losses = np.array([self._loss(e) for e in evals])
-        if self.srm_scale is None:  # fixed once per run
+        if self.srm_scale is None:  # fixed once per run (the first measurement, with srm_rescale)
             self._fix_srm_scale(losses, evals, version)
+        elif cfg.srm_rescale:  # measured again on this generation's population; kept when it cannot be
+            try:
+                self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+            except FitnessError:
+                pass
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])
         c = neighbour_weights(np.stack(pop), cfg.neighbours, cfg.temperature)
         first_row = len(self.rows)

@@ -143,3 +143,10 @@ def test_a_setting_added_since_a_config_was_saved_counts_as_its_default():
     assert SearchConfig(population=6, elites=2, offspring=20, survivors=8).differences(old) == ["offspring",
                                                                                              "survivors"]
     assert cfg.differences({**old, "eta": 0.1}) == ["eta"]
+
+
+@pytest.mark.parametrize("extra, words", [({"srm_scale": 2.0}, "fixed srm_scale"), ({"srm_sample": 4}, "srm_sample")])
+def test_srm_rescale_excludes_a_fixed_or_sampled_scale(extra, words):
+    with pytest.raises(ConfigError, match=f"^invalid search config: .*srm_rescale.*{words}"):
+        SearchConfig(srm_rescale=True, **extra)
+    assert SearchConfig(srm_rescale=True).srm_rescale and not SearchConfig().srm_rescale

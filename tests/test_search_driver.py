@@ -472,6 +472,29 @@ def test_srm_scale_from_a_random_sample_when_the_start_is_around_uniform(tmp_pat
     assert [p for p, f in zip(h["policy"], h["fidelity"]) if f != "scale"] == plain["policy"]
 
 
+def test_srm_rescale_measures_s_on_every_generations_population(tmp_path):
+    """srm_rescale: each generation's rows carry s = sd(L) / sd(G) over that generation's population and F from
+    it; generation 0's s is the fixed-scale run's; a run stopped after 2 generations and resumed to 4 equals
+    the uninterrupted one."""
+    result, _, _, h = _run(tmp_path / "rescaled", init="uniform", offspring=20, srm_rescale=True)
+    fixed = _run(tmp_path / "fixed", init="uniform", offspring=20)[3]
+    scales = []
+    for t in range(4):
+        rows = [i for i, (g, f) in enumerate(zip(h["generation"], h["fidelity"])) if g == t and f == "full"]
+        s = srm_scale([h["l_proxy"][i] for i in rows], [h["g"][i] for i in rows])
+        assert {h["srm_scale"][i] for i in rows} == {s}
+        for i in rows:
+            assert h["fitness"][i] == pytest.approx(-h["l_proxy"][i] - 0.5 * s * h["g"][i], rel=1e-12, abs=1e-12)
+        scales.append(s)
+    assert scales[0] == fixed["srm_scale"][0] and len(set(scales)) == 4  # measured again, and it moved
+    first = _run(tmp_path / "stopped", init="uniform", offspring=20, srm_rescale=True, generations=2)[1]
+    resumed = SearchDriver.resume(str(tmp_path / "stopped" / "run"), first,
+                                  config=SearchConfig(population=8, elites=2, generations=4, seed=1, init="uniform",
+                                                      offspring=20, srm_rescale=True)).run()
+    assert resumed.history.drop(["seconds"]).equals(result.history.drop(["seconds"]))
+    assert np.array_equal(resumed.policy, result.policy) and resumed.fitness == result.fitness
+
+
 class _FakeTime:
     """A clock that only the evaluator advances: `cost` seconds per candidate and fidelity."""
 
