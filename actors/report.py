@@ -275,7 +275,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
             + "\n\nF = -L_proxy - eta s G. A pair column is the share of candidate pairs that the term alone "
             "orders as F does (1: it alone gives F's ranking; 1/2: it says nothing about it). When eta s G spreads "
             "far wider than L_proxy, the SRM term decides which policies survive and the proxy loss hardly counts "
-            "(s is fixed once, from generation 0's candidates, unless search.srm_sample or search.srm_rescale is set)."))
+            "(s is fixed once, from generation 0's candidates, unless search.srm_sample or search.srm_rescale is "
+            "set)."))
     rerank = _rerank_rows(history, policy)
     if rerank:
         sections.insert(2, ("Re-rank of the final candidates", _md_table(
