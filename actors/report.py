@@ -96,8 +96,8 @@ def rerank_records(history: dict) -> list[dict]:
 def ranking_records(history: dict, eta: float | None) -> list[dict]:
     """Per generation, what ranked its population (full-fidelity candidates) by F = -L - eta*s*G
     (`search.fitness.ranking_terms`: the spread of L and of eta*s*G, and the share of pairs -L alone and -G
-    alone order as F does), with the best candidate's L and the lowest L among them. [] when the history
-    lacks the SRM scale (an older run) or eta is unknown."""
+    alone order as F does), with the best candidate's L and L_text and the lowest of each among them (L_text None
+    when the history lacks it). [] when the history lacks the SRM scale (an older run) or eta is unknown."""
     from efficientllava.search.fitness import ranking_terms
 
     rows = _full_rows(history)
@@ -106,6 +106,7 @@ def ranking_records(history: dict, eta: float | None) -> list[dict]:
         return []
     gens = np.asarray(rows["generation"])
     loss, g, fit = (np.asarray(rows[k], dtype=float) for k in ("l_proxy", "g", "fitness"))
+    text = np.asarray([np.nan if v is None else v for v in rows.get("l_text") or [None] * len(gens)], dtype=float)
     out = []
     for t in sorted(set(gens.tolist())):
         idx = np.flatnonzero(gens == t)
@@ -113,8 +114,11 @@ def ranking_records(history: dict, eta: float | None) -> list[dict]:
         if not finite.size:
             continue
         terms = ranking_terms(loss[idx], g[idx], float(eta), float(scales[int(idx[0])]))
-        out.append({"generation": int(t), **terms, "best_l": float(loss[finite[np.argmax(fit[finite])]]),
-                    "lowest_l": float(loss[finite].min())})
+        best = finite[np.argmax(fit[finite])]
+        has_text = bool(np.isfinite(text[finite]).any())
+        out.append({"generation": int(t), **terms, "best_l": float(loss[best]), "lowest_l": float(loss[finite].min()),
+                    "best_l_text": float(text[best]) if has_text else None,
+                    "lowest_l_text": float(np.nanmin(text[finite])) if has_text else None})
     return out
 
 

@@ -15,31 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 
 def run_terms(run_dir: Path) -> dict:
-    """One run's eta, SRM scale and per-generation ranking records (actors.report.ranking_records), each with
-    the best candidate's and the lowest L_text of its generation."""
-    from efficientllava.actors.report import _full_rows, ranking_records
+    """One run's eta, SRM scale and per-generation ranking records (actors.report.ranking_records)."""
+    from efficientllava.actors.report import ranking_records
     from efficientllava.search.checkpoint import RunStore
 
     state, table, _ = RunStore(str(run_dir)).load()
-    history = table.to_pydict()
     eta = float(state["config"]["eta"])
-    records = ranking_records(history, eta)
-    rows = _full_rows(history)
-    gens, fit, text = (np.asarray(rows[k], dtype=float) for k in ("generation", "fitness", "l_text"))
-    for r in records:
-        idx = np.flatnonzero(gens == r["generation"])
-        idx = idx[np.isfinite(fit[idx])]
-        r["best_l_text"] = float(text[idx[np.argmax(fit[idx])]])
-        r["lowest_l_text"] = float(np.nanmin(text[idx]))
     return {"run": run_dir.name, "eta": eta, "srm_scale": state.get("srm_scale"), "generations": state["generation"],
-            "elapsed_s": state.get("elapsed_s"), "records": records}
+            "elapsed_s": state.get("elapsed_s"), "records": ranking_records(table.to_pydict(), eta)}
 
 
 def main(argv=None) -> int:
@@ -57,8 +45,8 @@ def main(argv=None) -> int:
                "lowest L_text"]
     rows = [[run["run"], run["eta"], round(run["srm_scale"], 3) if run["srm_scale"] else "-", r["generation"],
              r["candidates"], round(r["l_spread"], 4), round(r["srm_spread"], 4), round(r["by_l"], 3),
-             round(r["by_g"], 3), round(r["best_l"], 4), round(r["lowest_l"], 4), round(r["best_l_text"], 4),
-             round(r["lowest_l_text"], 4)] for run in runs for r in run["records"]]
+             round(r["by_g"], 3), round(r["best_l"], 4), round(r["lowest_l"], 4), *("-" if r[k] is None else round(r[k], 4)
+                                                                 for k in ("best_l_text", "lowest_l_text"))] for run in runs for r in run["records"]]
     table = markdown_table(headers, rows)
     notes = ("F = -L_proxy - eta s G, L_proxy = (1 - w) L_text + w L_mm; one row per generation's population "
              "(full-fidelity candidates). A pair column: the share of candidate pairs the term alone orders as F "

@@ -187,7 +187,7 @@ class SearchDriver:
             self._fix_srm_scale(losses, evals, version)
         elif cfg.srm_rescale:  # measured again on this generation's population; kept when it cannot be
             try:
-                self.srm_scale = srm_scale(losses, [norm_term(e.log_norm_ratio) for e in evals])
+                self.srm_scale = self._measured_srm_scale(losses, evals, f"generation {t}")
             except FitnessError:
                 pass
         f = np.array([fitness(l, e.log_norm_ratio, cfg.eta, self.srm_scale) for l, e in zip(losses, evals)])

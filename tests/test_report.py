@@ -132,3 +132,17 @@ def test_report_says_what_ranked_the_candidates(tmp_path):
     # spread of L 0.3, of eta s G 0.5 * 32 * 0.07 = 1.12; F orders 2 > 0 > 1, exactly as -G and against -L on
     # every pair; the best (G -2.63) has the highest L, 2.0
     assert "| 0 | 3 | 0.3000 | 1.1200 | 0.0000 | 1.0000 | 2.0000 | 1.7000 |" in md
+
+
+def test_ranking_records_carry_l_text_when_the_history_has_it():
+    """The best candidate's (by F) L_text and the lowest one, per generation; None without the column."""
+    from efficientllava.actors.report import ranking_records
+
+    history = {"generation": [0, 0, 0], "fidelity": ["full"] * 3, "l_proxy": [1.9, 1.7, 2.0],
+               "g": [-2.60, -2.56, -2.63], "srm_scale": [32.0] * 3, "l_text": [2.8, 2.5, 3.1]}
+    history["fitness"] = [-l_ - 0.5 * 32.0 * g_ for l_, g_ in zip(history["l_proxy"], history["g"])]
+    (record,) = ranking_records(history, 0.5)
+    assert (record["best_l"], record["best_l_text"], record["lowest_l_text"]) == (2.0, 3.1, 2.5)
+    del history["l_text"]
+    (record,) = ranking_records(history, 0.5)
+    assert record["best_l_text"] is None and record["lowest_l_text"] is None
