@@ -29,7 +29,8 @@ def _quiet_loading() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import warnings
 
-    # transformers' own deprecation notice about its LLaVA forward: not actionable by a user
+    # a deprecation notice of transformers about an argument name (our calls use the installed name:
+    # prune_engine/models/kv_cache.py): not actionable by a user
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     from transformers.utils import logging
 

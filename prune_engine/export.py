@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from efficientllava.prune_engine.models.kv_cache import cache_kwarg, output_cache
+
 OPSET = 17
 
 
@@ -89,8 +91,8 @@ class _Wrapper(nn.Module):
         position_embeddings = self.decoder.rotary_emb(hidden, position_ids=position_ids)
         with eager_attention(self.config):
             for layer in self.layers:
-                out = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                            use_cache=cache is not None, position_embeddings=position_embeddings)
+                out = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                            position_embeddings=position_embeddings, **{cache_kwarg(layer): cache})
                 hidden = out[0] if isinstance(out, tuple) else out
         last = self.decoder.norm(hidden[:, -1])  # RMSNorm is per position: normalise the last one only
         return self.lm_head(last)  # (batch, vocab)
@@ -181,7 +183,7 @@ def prefill_with_cache(model_or_adapter, input_ids: torch.Tensor) -> tuple[torch
     """
     decoder, lm_head = _parts(model_or_adapter)
     out = decoder(input_ids=input_ids, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     tensors = []
     for layer in cache.layers:
         tensors += [layer.keys, layer.values]

@@ -72,6 +72,19 @@ def test_choice_logliks_match_brute_force(tiny, samples):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-4)
 
 
+def test_choice_scoring_passes_the_cache_under_the_name_transformers_takes(tiny, samples):
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40): the cached
+    continuation must use the installed version's name, so no deprecation notice about it may appear."""
+    import warnings
+
+    model, processor = tiny
+    assert any(len(c) > 1 for s in samples for c in s.choices)  # the continuation forward runs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        choice_logliks(model, processor, samples)
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_vqa_accuracy_matches_reference_and_is_json(tiny, samples):
     model, processor = tiny
     result = vqa_accuracy(model, processor, samples, batch_size=5, progress=False, return_predictions=True)

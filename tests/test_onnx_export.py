@@ -45,6 +45,22 @@ def test_wrappers_match_the_model(pruned):
     assert torch.equal(decode[1][:, :, :T], past[0])  # present = past + the new token's key
 
 
+def test_wrappers_pass_the_cache_under_the_name_transformers_takes(pruned):
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    import warnings
+
+    from efficientllava.prune_engine.models.kv_cache import output_cache
+
+    adapter, ids, nxt = pruned
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        _, past = prefill_with_cache(adapter, ids)
+        DecodeWrapper(adapter)(nxt, *past)
+        assert output_cache(adapter.decoder(input_ids=ids, use_cache=True)) is not None
+        assert output_cache(adapter.decoder(input_ids=ids, use_cache=False)) is None
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_prefill_export_runs_and_keeps_zeros(pruned, backend, tmp_path):
     adapter, ids, _ = pruned
     path = export_prefill(adapter, tmp_path / "prefill.onnx", T)

@@ -18,6 +18,7 @@ import torch
 
 from efficientllava.prune_engine.data.vqa import VQASample, answer_ids, collate_vqa
 from efficientllava.prune_engine.models.families import family_of
+from efficientllava.prune_engine.models.kv_cache import cache_kwarg, output_cache
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -77,11 +78,11 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
             cont_mask[r, : len(rows[i]) - 1] = 1
         cont, cont_mask = cont.to(device), cont_mask.to(device)
         src = owner[multi].to(device)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.reorder_cache(src)  # one cache row per multi-token (sample, choice)
         step = body(input_ids=cont, attention_mask=torch.cat([mask[src], cont_mask], dim=1),
                     position_ids=prompt_len[src].unsqueeze(1) + torch.arange(width, device=device),
-                    past_key_values=cache, use_cache=False)
+                    use_cache=False, **{cache_kwarg(body): cache})
         keep = cont_mask.bool()  # position j predicts token j+1 of the choice
         targets = torch.zeros_like(cont)
         for r, i in enumerate(multi):
