@@ -59,6 +59,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "engine.fitness_nsamples": 4, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }
+#: quality: the default's search without the SRM term, for 8 generations (about an hour of search on a 2-core CPU).
+#:   Chosen on the validation split (benchmarks/results/budget_val_07_eta.md, docs/method.md "Budget under the SRM
+#:   term"): with the SRM term's scale fixed at generation 0, a longer search minimises G and gives back perplexity;
+#:   without it, the same budget lowered held-out perplexity below the default's and kept VQA above uniform's.
+PRESETS["quality"] = {**PRESETS["default"], "search.eta": 0.0, "search.generations": 8}
 
 
 def preset_layers(preset: str | None, file: dict[str, Any], file_keys: set[str],

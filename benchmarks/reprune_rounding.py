@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.ablation import add_common_args, settings_from_args  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import full_outcome, prune_with_projectors, search_overrides  # noqa: E402
+from benchmarks.variants import full_outcome, prune_with_projectors, search_dir, search_overrides  # noqa: E402
 
 STAGE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     runs = {}
     for s in seeds:  # every run checked before any pruning
         seeded = settings.model_copy(update={"seed": s})
-        run_dir = args.work / seeded.key("full", args.target)
+        run_dir = search_dir(seeded, "full", args.target, args.work)
         if not (run_dir / "policy.json").exists():
             ap.error(f"no finished Full run for seed {s} at {run_dir}: run benchmarks/ablation.py at these settings")
         runs[s] = (seeded, run_dir)

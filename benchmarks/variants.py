@@ -175,15 +175,28 @@ class Settings(BaseModel):
         elif variant in ("uniform", "owl"):  # the model and the calibration data (no search, no engine setting)
             resolved = {"model": self.model, "data": self.run_config(target).data.model_dump()}
         else:
-            resolved = self.run_config(target, search_overrides(variant)).sections()
-            resolved.pop("ray", None)  # runtime only: never changes a result
-        for section, leaf, default in ADDED_SETTINGS:
-            if resolved.get(section, {}).get(leaf, default) == default:
-                resolved.get(section, {}).pop(leaf, None)
+            resolved = self._resolved_search(variant, target)
         data = self.model_dump(include={"owl_lambda", "owl_m", "heldout"})
         blob = json.dumps({"variant": variant, "target": target, "seed": self.seed, **data, "resolved": resolved},
                           sort_keys=True)
         return f"{variant}-{target:g}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def search_key(self, variant: str, target: float) -> str:
+        """A search's run directory: named by what decides the search alone (its resolved settings, target and
+        seed), not by how its model is then evaluated (held-out split and size, OWL's settings) nor by the
+        variant's name. One search so serves a validation and a test evaluation, and a preset that resolves to a
+        variant's settings reuses that variant's run."""
+        blob = json.dumps({"target": target, "seed": self.seed, "resolved": self._resolved_search(variant, target)},
+                          sort_keys=True)
+        return f"search-{target:g}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def _resolved_search(self, variant: str, target: float) -> dict:
+        resolved = self.run_config(target, search_overrides(variant)).sections()
+        resolved.pop("ray", None)  # runtime only: never changes a result
+        for section, leaf, default in ADDED_SETTINGS:
+            if resolved.get(section, {}).get(leaf, default) == default:
+                resolved.get(section, {}).pop(leaf, None)
+        return resolved
 
     def run_config(self, target: float, overrides: dict | None = None):
         from efficientllava.actors.config import RunConfig
@@ -192,6 +205,27 @@ class Settings(BaseModel):
             **{f"search.{k}": v for k, v in self.search.items()}, **{f"engine.{k}": v for k, v in self.engine.items()},
             **{f"data.{k}": v for k, v in self.data.items()}, "search.target": target, "search.seed": self.seed,
             "engine.model": self.model, "ray.actors": self.actors, **(overrides or {})})
+
+
+def search_dir(settings: Settings, variant: str, target: float, work: Path, log=print) -> Path:
+    """Where a search variant's run lives (`Settings.search_key`). A run made before searches were keyed apart from
+    their evaluation (in the directory named by the variant's cache key) is moved there first, so neither a
+    finished search nor an interrupted one is lost."""
+    path = work / settings.search_key(variant, target)
+    legacy = work / settings.key(variant, target)
+    if not path.exists() and legacy.is_dir():
+        log(f"  {variant} at {target} (seed {settings.seed}): its search moves from {legacy.name} to {path.name}")
+        legacy.rename(path)
+    return path
+
+
+def history_counts(run_dir: Path) -> dict:
+    """Candidates a search evaluated, all generations (the run's history; a resumed run's own pool counts only what
+    it evaluated after the resume), and how many of them were screened on a slice."""
+    import pyarrow.parquet as pq
+
+    fidelity = pq.read_table(run_dir / "history.parquet", columns=["fidelity"]).column("fidelity").to_pylist()
+    return {"evaluated": len(fidelity), "screened": fidelity.count("screen")}
 
 
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print,
@@ -209,7 +243,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     if cached_only:
         log(f"  {variant} at {target} (seed {settings.seed}): not run yet")
         return None
-    out = work / key
+    out = search_dir(settings, variant, target, work, log) if variant in SEARCHES else work / key
     from efficientllava.search.checkpoint import RunStore
 
     # a search interrupted here (its directory is named by every setting that decides it) goes on from its last
@@ -244,19 +278,19 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
         doc = summary["policy"]
         model_dir = summary["model_dir"]
         row.update(ratios=doc["ratios"], fitness=doc["fitness"], l_proxy=doc["l_proxy"], g=doc["g"],
-                   evaluated=summary["stats"].get("candidates"), screened=summary["stats"].get("screened"))
+                   **history_counts(out), run=out.name)
         if doc.get("rerank"):
             row.update(scored_as=doc.get("scored_as"), rerank=rerank_record(out))
     elif variant in DATABASE_EXPORTS:
         if variant == "full_database":
-            ratios, projector = full_outcome(work / settings.key("full", target))
+            ratios, projector = full_outcome(search_dir(settings, "full", target, work, log))
         else:
             ratios, projector = None, None
         run = settings.run_config(target, search_overrides(variant))
         ratios, report = stitch_from_database(run.engine, run.data, target, ratios, projector, out)
         model_dir, row["ratios"], row["calibration_loss"] = str(out), ratios, report.loss
     elif variant in EVO_PARTS:
-        ratios, evolved = full_outcome(work / settings.key("full", target))
+        ratios, evolved = full_outcome(search_dir(settings, "full", target, work, log))
         run = settings.run_config(target, search_overrides(variant))
         report = prune_with_projectors(run.engine, run.data, ratios, evolved, *EVO_PARTS[variant], out)
         model_dir, row["ratios"], row["calibration_loss"] = str(out), [float(r) for r in ratios], report.loss
@@ -266,8 +300,10 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     t1 = time.perf_counter()
     row.update(heldout_metrics(model_dir, settings.heldout))  # the same held-out questions for all
     row["eval_seconds"] = time.perf_counter() - t1
-    if variant != "dense":
-        shutil.rmtree(out / "model" if (out / "model").exists() else out, ignore_errors=True)  # weights: GBs
+    if variant in SEARCHES:  # the run stays (a later evaluation of the same search re-exports from it)
+        shutil.rmtree(out / "model", ignore_errors=True)  # weights: GBs
+    elif variant != "dense":
+        shutil.rmtree(out, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(row, indent=2))
     log(f"  {variant} at {target} (seed {settings.seed}): sparsity {row['sparsity']:.4f}, "

@@ -2,6 +2,8 @@
 settings that decide its result."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.variants import Settings
@@ -70,61 +72,120 @@ def test_cached_only_runs_nothing(tmp_path):
                        cached_only=True) is None
 
 
-def test_an_interrupted_search_is_resumed_and_a_fresh_one_started(tmp_path, monkeypatch):
-    """A search variant whose run directory holds a checkpoint (an interrupted benchmark) goes on from it; without
-    one the directory is cleared and the search starts; the row is cached either way."""
-    import json
+def fake_search(monkeypatch, calls: list, fidelity=("full", "screen", "screen")):
+    """run_search / resume_search stand-ins: they record the call and leave what a real run leaves in its
+    directory (a checkpoint's state file and the history); held-out metrics are a constant."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from benchmarks import variants
     from efficientllava.actors import run as run_module
     from efficientllava.prune_engine.evaluation import heldout
     from efficientllava.search.checkpoint import STATE
 
-    calls = []
-    summary = {"policy": {"ratios": [0.7], "fitness": 1.0, "l_proxy": 1.0, "g": 0.0}, "model_dir": str(tmp_path),
-               "stats": {"candidates": 3, "screened": 2}}
-    monkeypatch.setattr(run_module, "run_search", lambda run, out, **k: calls.append(("run", out)) or summary)
-    monkeypatch.setattr(run_module, "resume_search", lambda out, **k: calls.append(("resume", out)) or summary)
+    def search(kind):
+        def call(*args, **kwargs):
+            out = Path(args[1] if kind == "run" else args[0])
+            calls.append((kind, str(out)))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / STATE).write_text("{}")
+            pq.write_table(pa.table({"fidelity": list(fidelity)}), out / "history.parquet")
+            if "log" in kwargs:
+                kwargs["log"]("generation 1/3: best F -1.0")
+            return {"policy": {"ratios": [0.7], "fitness": 1.0, "l_proxy": 1.0, "g": 0.0}, "model_dir": str(out),
+                    "stats": {"candidates": 1, "screened": 0}}  # a resumed pool's own count: not the row's
+        return call
+
+    monkeypatch.setattr(run_module, "run_search", search("run"))
+    monkeypatch.setattr(run_module, "resume_search", search("resume"))
     monkeypatch.setattr(heldout, "heldout_metrics", lambda model, h: {"ppl": 2.0, "sparsity": 0.7})
+
+
+def test_an_interrupted_search_is_resumed_and_a_fresh_one_started(tmp_path, monkeypatch):
+    """A search variant whose run directory holds a checkpoint (an interrupted benchmark) goes on from it; without
+    one the directory is cleared and the search starts; the row is cached either way, and counts every candidate
+    of the run's history (the resumed pool's own count would miss the generations before the resume)."""
+    import json
+
+    from benchmarks import variants
+    from efficientllava.search.checkpoint import STATE
+
+    calls = []
+    fake_search(monkeypatch, calls)
     s = Settings()
-    out = tmp_path / s.key("full", 0.7)
+    out = tmp_path / s.search_key("full", 0.7)
     out.mkdir()
     (out / STATE).write_text("{}")  # a checkpoint's state file: the search was interrupted
     row = variants.run_variant("full", 0.7, s, tmp_path, log=lambda m: None)
     assert calls == [("resume", str(out))] and row["ppl"] == 2.0
-    assert json.loads((tmp_path / f"{s.key('full', 0.7)}.json").read_text())["evaluated"] == 3
-    stale = tmp_path / s.key("no_evo", 0.7)
+    cached = json.loads((tmp_path / f"{s.key('full', 0.7)}.json").read_text())
+    assert (cached["evaluated"], cached["screened"], cached["run"]) == (3, 2, out.name)
+    stale = tmp_path / s.search_key("no_evo", 0.7)
     stale.mkdir()
     (stale / "half-written").write_text("")  # no checkpoint: cleared, started again
     variants.run_variant("no_evo", 0.7, s, tmp_path, log=lambda m: None)
     assert calls[-1] == ("run", str(stale)) and not (stale / "half-written").exists()
 
 
+def test_one_search_serves_every_evaluation_of_it(tmp_path, monkeypatch):
+    """The run directory is named by the search alone: evaluated on validation and then on test, a search runs once
+    (the second evaluation re-exports from the finished run); each evaluation has its own cached row."""
+    from benchmarks import variants
+
+    calls = []
+    fake_search(monkeypatch, calls)
+    val = Settings(heldout=Settings().heldout.model_copy(update={"split": "val"}))
+    test = Settings(heldout=Settings().heldout.model_copy(update={"split": "test"}))
+    assert val.search_key("full", 0.7) == test.search_key("full", 0.7) and val.key("full", 0.7) != test.key("full", 0.7)
+    assert Settings(owl_lambda=0.1).search_key("full", 0.7) == val.search_key("full", 0.7)
+    assert val.search_key("full", 0.5) != val.search_key("full", 0.7)
+    assert val.model_copy(update={"seed": 1}).search_key("full", 0.7) != val.search_key("full", 0.7)
+    assert val.search_key("no_evo", 0.7) != val.search_key("full", 0.7)
+    variants.run_variant("full", 0.7, val, tmp_path, log=lambda m: None)
+    variants.run_variant("full", 0.7, test, tmp_path, log=lambda m: None)
+    run = str(tmp_path / val.search_key("full", 0.7))
+    assert calls == [("run", run), ("resume", run)]
+    assert (tmp_path / f"{val.key('full', 0.7)}.json").exists() and (tmp_path / f"{test.key('full', 0.7)}.json").exists()
+    assert (tmp_path / val.search_key("full", 0.7) / "history.parquet").exists()  # the run stays, its model goes
+
+
+def test_a_run_in_its_old_directory_is_moved_not_lost(tmp_path, monkeypatch):
+    """Runs made while a search's directory was named by its evaluation's cache key are found and moved."""
+    from benchmarks import variants
+    from efficientllava.search.checkpoint import STATE
+
+    calls = []
+    fake_search(monkeypatch, calls)
+    s = Settings()
+    legacy = tmp_path / s.key("full", 0.7)
+    legacy.mkdir()
+    (legacy / STATE).write_text("{}")
+    lines = []
+    variants.run_variant("full", 0.7, s, tmp_path, log=lines.append)
+    assert calls == [("resume", str(tmp_path / s.search_key("full", 0.7)))] and not legacy.exists()
+    assert any("moves from" in line for line in lines)
+
+
+def test_a_preset_resolving_to_a_variant_reuses_its_search():
+    """`quality` is auto_wo_gen_long's settings under the default preset: one search serves both."""
+    assert Settings(preset="quality").search_key("preset", 0.7) == Settings().search_key("auto_wo_gen_long", 0.7)
+    assert Settings(preset="quality").key("preset", 0.7) != Settings().key("auto_wo_gen_long", 0.7)
+
+
 def test_a_search_variant_logs_its_generations_into_the_benchmark_log(tmp_path, monkeypatch):
     """A search variant runs for up to an hour: its own lines (one a generation) reach the benchmark's log,
     named by variant, target and seed, whether it starts or resumes."""
     from benchmarks import variants
-    from efficientllava.actors import run as run_module
-    from efficientllava.prune_engine.evaluation import heldout
     from efficientllava.search.checkpoint import STATE
 
-    summary = {"policy": {"ratios": [0.7], "fitness": 1.0, "l_proxy": 1.0, "g": 0.0}, "model_dir": str(tmp_path),
-               "stats": {"candidates": 3, "screened": 2}}
-
-    def search(*args, log, **kwargs):
-        log("generation 1/3: best F -1.0")
-        return summary
-
-    monkeypatch.setattr(run_module, "run_search", search)
-    monkeypatch.setattr(run_module, "resume_search", search)
-    monkeypatch.setattr(heldout, "heldout_metrics", lambda model, h: {"ppl": 2.0, "sparsity": 0.7})
+    fake_search(monkeypatch, [])
     s = Settings()
     lines = []
     variants.run_variant("full", 0.7, s, tmp_path, log=lines.append)
     assert "    full at 0.7 (seed 0): generation 1/3: best F -1.0" in lines
-    resumed = tmp_path / s.key("no_evo", 0.7)
+    resumed = tmp_path / s.search_key("no_evo", 0.7)
     resumed.mkdir()
     (resumed / STATE).write_text("{}")
     lines.clear()
     variants.run_variant("no_evo", 0.7, s, tmp_path, log=lines.append)
+    assert "  no_evo at 0.7 (seed 0): resuming the search in " + str(resumed) in lines
     assert "    no_evo at 0.7 (seed 0): generation 1/3: best F -1.0" in lines
