@@ -15,7 +15,7 @@ means over the seeds (per-seed values in the JSON):
 * at every target, the shifted columns (Python-docs perplexity, rephrased questions) not worse than uniform's
   (a harder search must not buy proxy fit with generalisation).
 
-The preset's wall time per run (search, export and actor start-up: the row's prune_seconds) is reported beside.
+The search's own wall time per run (its generations) and what producing each row took here are reported beside.
 Writes benchmarks/results/<name>.md|json.
 """
 from __future__ import annotations
@@ -33,6 +33,13 @@ from benchmarks.variants import METRICS, lower_is_better, over_seeds, paired, ra
 
 IN_DISTRIBUTION_VQA = ("easy_vqa", "fashion_mnist")
 SHIFTED = ("ppl_pydoc", "easy_vqa_rephrased", "fashion_mnist_rephrased")
+
+
+def minutes(seconds: list | None) -> str:
+    """Per-seed minutes, '-' where unknown (a row cached before the search's own time was recorded)."""
+    if not seconds or all(x is None for x in seconds):
+        return "-"
+    return ", ".join("-" if x is None else f"{x / 60:.0f}" for x in seconds)
 
 
 def checks(target: float, first: bool, rows: dict, ppl_ratio: float, slack: float) -> list[dict]:
@@ -101,19 +108,22 @@ def main(argv=None) -> int:
         results[t] = {**rows, "vs_uniform": paired(runs["uniform"], runs["preset"]),
                       "vs_default": paired(runs["default"], runs["preset"]),
                       "wall_s": [r["prune_seconds"] for r in runs["preset"]],
-                      "default_wall_s": [r["prune_seconds"] for r in runs["default"]]}
+                      "search_s": [r.get("search_seconds") for r in runs["preset"]],
+                      "default_wall_s": [r["prune_seconds"] for r in runs["default"]],
+                      "default_search_s": [r.get("search_seconds") for r in runs["default"]]}
         all_checks += checks(t, i == 0, rows, args.ppl_ratio, args.slack)
     shown = [m for m in METRICS if all(m in results[t]["preset"] for t in targets)]
-    headers = ["target", "model", *(HEADS[m] for m in shown), "per-seed ppl", "wall min per run"]
+    headers = ["target", "model", *(HEADS[m] for m in shown), "per-seed ppl", "search min per run",
+               "wall min per run here"]
     labels = {"uniform": "Uniform SparseGPT", "default": "Full, `default` preset", "preset": f"`{args.preset}` preset"}
     table_rows = []
     for t in targets:
         for name, label in labels.items():
             r = results[t][name]
             wall = {"preset": results[t]["wall_s"], "default": results[t]["default_wall_s"]}.get(name)
+            search = {"preset": results[t]["search_s"], "default": results[t]["default_search_s"]}.get(name)
             table_rows.append([t, label, *(f"{r[m]:.4g} ± {r[f'{m}_sd']:.2g}" for m in shown),
-                               ", ".join(f"{x['ppl']:.1f}" for x in r["per_seed"]),
-                               "-" if wall is None else ", ".join(f"{w / 60:.0f}" for w in wall)])
+                               ", ".join(f"{x['ppl']:.1f}" for x in r["per_seed"]), minutes(search), minutes(wall)])
     table = markdown_table(headers, table_rows)
     table += "\n\nChecks (means over seeds " + ",".join(map(str, seeds)) + "):\n\n" + markdown_table(
         ["target", "check", "value", "bound", "holds"],
@@ -125,8 +135,10 @@ def main(argv=None) -> int:
              + (f"{len(failed)} of {len(all_checks)} checks fail: " + "; ".join(f"{c['check']} at {c['target']}"
                                                                           for c in failed)
                 + "." if failed else f"All {len(all_checks)} checks hold.")
-             + " Wall time: one search run end to end on this machine (actor start-up, level database, search, "
-               "export).")
+             + " Search min: the search's generations (the checkpoint's elapsed time over all its sessions; "
+               "actor start-up, level database and export add to it). Wall min here: what producing the row took in "
+               "the session that evaluated it (start-up, database, the search when it ran then, export): a search "
+               "made for an earlier evaluation (e.g. on validation) is re-exported, not re-run.")
     print("\n" + table + "\n\n" + notes)
     write_results(args.name, f"The `{args.preset}` preset against uniform SparseGPT and the default preset", table,
                   {"seed": seeds[0], "seeds": seeds, "preset": args.preset, "settings": json.loads(preset.model_dump_json()),

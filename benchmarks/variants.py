@@ -221,11 +221,17 @@ def search_dir(settings: Settings, variant: str, target: float, work: Path, log=
 
 def history_counts(run_dir: Path) -> dict:
     """Candidates a search evaluated, all generations (the run's history; a resumed run's own pool counts only what
-    it evaluated after the resume), and how many of them were screened on a slice."""
+    it evaluated after the resume), how many of them were screened on a slice, and the search's own wall time
+    over all its generations (the checkpoint's elapsed_s, summed over resumes: actor start-up, the level database
+    and the export are not in it; the row's prune_seconds is what this evaluation spent, search included if it
+    ran here)."""
     import pyarrow.parquet as pq
 
+    from efficientllava.search.checkpoint import STATE
+
     fidelity = pq.read_table(run_dir / "history.parquet", columns=["fidelity"]).column("fidelity").to_pylist()
-    return {"evaluated": len(fidelity), "screened": fidelity.count("screen")}
+    state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).exists() else {}
+    return {"evaluated": len(fidelity), "screened": fidelity.count("screen"), "search_seconds": state.get("elapsed_s")}
 
 
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print,

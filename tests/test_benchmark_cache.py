@@ -87,7 +87,7 @@ def fake_search(monkeypatch, calls: list, fidelity=("full", "screen", "screen"))
             out = Path(args[1] if kind == "run" else args[0])
             calls.append((kind, str(out)))
             out.mkdir(parents=True, exist_ok=True)
-            (out / STATE).write_text("{}")
+            (out / STATE).write_text('{"elapsed_s": 12.5}')  # the search's generations, over all its sessions
             pq.write_table(pa.table({"fidelity": list(fidelity)}), out / "history.parquet")
             if "log" in kwargs:
                 kwargs["log"]("generation 1/3: best F -1.0")
@@ -118,7 +118,7 @@ def test_an_interrupted_search_is_resumed_and_a_fresh_one_started(tmp_path, monk
     row = variants.run_variant("full", 0.7, s, tmp_path, log=lambda m: None)
     assert calls == [("resume", str(out))] and row["ppl"] == 2.0
     cached = json.loads((tmp_path / f"{s.key('full', 0.7)}.json").read_text())
-    assert (cached["evaluated"], cached["screened"], cached["run"]) == (3, 2, out.name)
+    assert (cached["evaluated"], cached["screened"], cached["run"], cached["search_seconds"]) == (3, 2, out.name, 12.5)
     stale = tmp_path / s.search_key("no_evo", 0.7)
     stale.mkdir()
     (stale / "half-written").write_text("")  # no checkpoint: cleared, started again

@@ -26,6 +26,8 @@ def _fake(preset_rows: dict, calls: list):
         # seeds move every number a little (the means stay the stand-in's)
         shift = {0: -0.01, 1: 0.0, 2: 0.01}[settings.seed]
         row = {m: v * (1 + shift) if m.startswith("ppl") else v + shift for m, v in base.items()}
+        if name == "preset":  # the search's generations took an hour; producing the row here a minute
+            row["search_seconds"] = 3600.0
         return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target, "prune_seconds": 60.0,
                 **row}
     return run
@@ -63,6 +65,10 @@ def test_a_preset_that_meets_every_check(harness):
                                                                    "ppl_pydoc (shifted) not worse than uniform"}
     assert written["data"]["results"]["0.7"]["vs_uniform"]["ppl"]["wins"] == 3
     assert written["data"]["results"]["0.7"]["wall_s"] == [60.0, 60.0, 60.0]
+    assert written["data"]["results"]["0.7"]["search_s"] == [3600.0, 3600.0, 3600.0]
+    preset_line = next(line for line in written["table"].splitlines() if "`paper` preset" in line)
+    default_line = next(line for line in written["table"].splitlines() if "`default` preset" in line)
+    assert preset_line.endswith("| 60, 60, 60 | 1, 1, 1 |") and default_line.endswith("| - | 1, 1, 1 |")
 
 
 def test_each_failed_check_is_named_and_the_run_fails(harness):
