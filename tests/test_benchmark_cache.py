@@ -189,3 +189,22 @@ def test_a_search_variant_logs_its_generations_into_the_benchmark_log(tmp_path, 
     variants.run_variant("no_evo", 0.7, s, tmp_path, log=lines.append)
     assert "  no_evo at 0.7 (seed 0): resuming the search in " + str(resumed) in lines
     assert "    no_evo at 0.7 (seed 0): generation 1/3: best F -1.0" in lines
+
+
+def test_every_search_variant_resolves_and_is_labelled():
+    """A variant's overrides are real settings with valid values (a misspelt key or a bad value is a config error
+    here, not an hour into a benchmark), every variant has a label for the tables, and no two variants make the
+    same search (their runs would be one directory)."""
+    from benchmarks.variants import LABELS, SEARCHES
+
+    s = Settings()
+    keys = {}
+    for variant, overrides in SEARCHES.items():
+        run = s.run_config(0.7, overrides)
+        for dotted, value in overrides.items():
+            section, leaf = dotted.split(".")
+            assert getattr(getattr(run, section), leaf) == value, (variant, dotted)
+        assert variant in LABELS, variant
+        keys.setdefault(s.search_key(variant, 0.7), []).append(variant)
+    # one search each, but `preset`: under the default preset it is Full's search, and shares its run
+    assert sorted(sorted(v) for v in keys.values() if len(v) > 1) == [["full", "preset"]]
