@@ -7,6 +7,7 @@ import torch
 from efficientllava.prune_engine.data.calibration import text_batches
 from efficientllava.prune_engine.export import (DecodeWrapper, OnnxRunner, PrefillWrapper, compare_logits, export_decode,
                                  export_prefill, initializer_sparsity, kv_shape, prefill_with_cache)
+from efficientllava.prune_engine.models.kv_cache import cache_kwarg, output_cache
 from efficientllava.prune_engine.models.loading import load_model
 from efficientllava.prune_engine.pipeline import LayerwisePruner
 
@@ -49,8 +50,6 @@ def test_wrappers_pass_the_cache_under_the_name_transformers_takes(pruned):
     """transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
     import warnings
 
-    from efficientllava.prune_engine.models.kv_cache import output_cache
-
     adapter, ids, nxt = pruned
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
@@ -84,7 +83,7 @@ def test_decode_export_matches_the_cached_forward(pruned, backend, tmp_path):
     path = export_decode(adapter, tmp_path / "decode.onnx", T)
     _, past = prefill_with_cache(adapter, ids)
     with torch.no_grad():
-        ref = adapter.model(nxt, past_key_values=_hf_cache(adapter, ids)).logits[:, -1]  # HF's own cache path
+        ref = adapter.model(nxt, **{cache_kwarg(adapter.model): _hf_cache(adapter, ids)}).logits[:, -1]  # HF's own cache
     out = OnnxRunner(path, backend, num_cores=1).run([nxt.numpy()] + [t.numpy() for t in past])
     agree = compare_logits(out[0], ref)
     assert agree.ok(ATOL), agree
@@ -106,4 +105,4 @@ def test_onnxruntime_agrees_when_installed(pruned, tmp_path):
 
 def _hf_cache(adapter, ids):
     with torch.no_grad():
-        return adapter.model(ids, use_cache=True).past_key_values
+        return output_cache(adapter.model(ids, use_cache=True))
