@@ -1,6 +1,6 @@
 """Anytime curves: held-out quality of the best policy so far against the search's wall time (issue 26).
 
-    .venv/bin/python -m benchmarks.anytime [--presets default,paper --targets 0.5,0.7 --eval-split val]
+    .venv/bin/python -m benchmarks.anytime [--presets default,quality,paper --targets 0.5,0.7 --eval-split val]
 
 For each preset and target one search runs generation by generation: it is resumed with one more
 generation each time (search.generations is a setting a resumed run may change; the search is then
@@ -91,7 +91,7 @@ def value(row: dict, metric: str) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="default,paper")
+    ap.add_argument("--presets", default="default,quality,paper", help="search presets (actors.config.PRESETS)")
     ap.add_argument("--targets", default="0.5,0.7")
     ap.add_argument("--at", default=None,
                     help="generations to measure, e.g. 1,2,3,5,10 (default: every generation of the preset)")
