@@ -153,6 +153,14 @@ ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), (
                   ("search", "srm_rescale", False))
 
 
+def drop_added_settings(resolved: dict) -> dict:
+    """`resolved` ({section: {leaf: value}}) without the ADDED_SETTINGS that are at their default."""
+    for section, leaf, default in ADDED_SETTINGS:
+        if resolved.get(section, {}).get(leaf, default) == default:
+            resolved.get(section, {}).pop(leaf, None)
+    return resolved
+
+
 class Settings(BaseModel):
     """One set of settings shared by every variant of a benchmark (hashed into the cache key). The
     search settings are a preset's (actors.config.PRESETS) plus `search`/`engine`/`data` overrides;
@@ -177,7 +185,7 @@ class Settings(BaseModel):
         if variant == "dense":  # nothing but the model decides it
             resolved: dict = {"model": self.model}
         elif variant in ("uniform", "owl"):  # the model and the calibration data (no search, no engine setting)
-            resolved = {"model": self.model, "data": self.run_config(target).data.model_dump()}
+            resolved = drop_added_settings({"model": self.model, "data": self.run_config(target).data.model_dump()})
         else:
             resolved = self._resolved_search(variant, target)
         data = self.model_dump(include={"owl_lambda", "owl_m", "heldout"})
@@ -197,10 +205,7 @@ class Settings(BaseModel):
     def _resolved_search(self, variant: str, target: float) -> dict:
         resolved = self.run_config(target, search_overrides(variant)).sections()
         resolved.pop("ray", None)  # runtime only: never changes a result
-        for section, leaf, default in ADDED_SETTINGS:
-            if resolved.get(section, {}).get(leaf, default) == default:
-                resolved.get(section, {}).pop(leaf, None)
-        return resolved
+        return drop_added_settings(resolved)
 
     def run_config(self, target: float, overrides: dict | None = None):
         from efficientllava.actors.config import RunConfig

@@ -32,6 +32,10 @@ def test_key_follows_the_resolved_settings(monkeypatch):
     assert Settings(data={**base.data, "mm_rephrase": 0.0}).key("full", 0.7) == key
     assert Settings(data={**base.data, "mm_rephrase": 0.5}).key("full", 0.7) != key
     assert base.key("full_rephrase", 0.7) == Settings(data={**base.data, "mm_rephrase": 0.5}).key("full_rephrase", 0.7)
+    # keys name cached rows and finished runs on disk: a refactor must not move them (these two name the rows that
+    # benchmarks/results/ablation_val_07.json was made from; a deliberate change of what decides a result updates them)
+    val = Settings(heldout=base.heldout.model_copy(update={"split": "val"}))
+    assert (val.key("uniform", 0.7), val.key("full", 0.7)) == ("uniform-0.7-s0-54813dc273", "full-0.7-s0-e3977810be")
     # a changed preset default (no override anywhere) must not hit the old cache entry
     monkeypatch.setitem(config.PRESETS, "default", {**config.PRESETS["default"], "data.mm_samples": mm + 1})
     assert Settings().run_config(0.7).data.mm_samples == mm + 1
