@@ -241,6 +241,9 @@ class RunConfig(BaseModel):
         if Pattern.parse(engine.pattern).structured:
             raise setting_error(f"an N:M pattern ({engine.pattern}) fixes the sparsity of every matrix; the search "
                                 "needs unstructured pruning", "engine")
+        if engine.fitness_held_aside and engine.fitness_nsamples >= self.data.nsamples:
+            raise setting_error(f"engine.fitness_held_aside: fitness_nsamples ({engine.fitness_nsamples}) leaves none "
+                                f"of the {self.data.nsamples} text segments (data.nsamples) to calibrate on", "run")
         return self
 
     @model_validator(mode="after")

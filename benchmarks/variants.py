@@ -88,6 +88,10 @@ SEARCHES = {
     # ... and with the text's share of the fitness raised (w 0.25 instead of 0.5): held-out perplexity follows the
     # best's L_text, which an eta-0 search leaves near 2.49 while its image-text loss keeps falling (fitness_terms.md)
     "auto_text_long": {"search.eta": 0.0, "search.generations": 8, "search.mm_weight": 0.25},
+    # the fitness's 4 text segments held aside from calibration (engine.fitness_held_aside): by default L_text is
+    # measured on text SparseGPT fit, which flatters the levels whose reconstruction overfits it most
+    "full_heldout": {"search.eta": 0.5, "engine.fitness_held_aside": True},
+    "auto_heldout_long": {"search.eta": 0.0, "search.generations": 8, "engine.fitness_held_aside": True},
     # the wider spans without the SRM term: at eta 0.5 it bought the extreme levels with proxy loss (space_val_07_wide)
     "wide_eta0": {"search.eta": 0.0, "search.span": 0.2},
     "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
@@ -114,7 +118,8 @@ DATABASE_EXPORTS = {"uniform_database": "uniform", "full_database": "full"}
 
 #: the search-space and budget variants: run when asked for (--variants), not by default
 SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_long", "full_hour", "auto_wo_gen_long",
-                  "auto_text_long", "full_long_srm_sample", "full_long_rescale", "wide_eta0", "matrix_wide_eta0")
+                  "auto_text_long", "full_long_srm_sample", "full_long_rescale", "wide_eta0", "matrix_wide_eta0",
+                  "full_heldout", "auto_heldout_long")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
 ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
 
@@ -135,6 +140,8 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "full_hour": "Full, one hour of search",
           "auto_wo_gen_long": "Auto w/o Gen (eta = 0), 8 generations",
           "auto_text_long": "Auto w/o Gen, 8 generations, w = 0.25",
+          "full_heldout": "Full, fitness text held aside from calibration",
+          "auto_heldout_long": "Auto w/o Gen, 8 generations, fitness text held aside",
           "full_long_srm_sample": "Full, 8 generations, s from 16 random policies",
           "full_long_rescale": "Full, 8 generations, s measured every generation",
           "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
@@ -150,7 +157,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 #: settings added after results were cached: at their default they change no result, so they enter a
 #: cache key only when set (the finished runs of earlier commits stay valid)
 ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), ("search", "rerank", 0),
-                  ("search", "srm_rescale", False))
+                  ("search", "srm_rescale", False), ("engine", "fitness_held_aside", False))
 
 
 def drop_added_settings(resolved: dict) -> dict:

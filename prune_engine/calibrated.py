@@ -3,7 +3,8 @@
 The proxy (= calibration) data (`proxy_data`) is text segments, plus image-text samples for a LLaVA model.
 Each kind is cut into a screening slice, the rest of a larger stage slice that holds it, and the rest (multi-fidelity
 and multi-step selection, `EngineConfig.screen_*`, `EngineConfig.stage_*`),
-and text past the fitness set (`EngineConfig.fitness_nsamples`) only calibrates; with none of these set
+and text past the fitness set (`EngineConfig.fitness_nsamples`) only calibrates (with `fitness_held_aside` the fitness's
+own text does not calibrate: it only scores); with none of these set
 (the prune job) the batches are simply the text then the image-text batches of `DataConfig.batch_size`.
 `build_pruner` loads the model onto its device and builds the pruner on these batches.
 """
@@ -32,6 +33,7 @@ class ProxyData:
     screen: list[int] | None  # the screening slice (None: screening uses the full set)
     samples: list  # the image-text samples drawn (their batches follow the text batches)
     stage: list[int] | None = None  # the stage slice (multi-step selection; None: the stage uses the full set)
+    calibrating: list[int] | None = None  # the batches whose activations build the Hessians (None: all)
 
     @property
     def mm_indices(self) -> list[int]:
@@ -83,7 +85,13 @@ def proxy_data(processor, data: DataConfig, engine: EngineConfig) -> ProxyData:
     screen = first(len(text_screen), len(mm_screen), bool(screen_text), bool(screen_mm))
     stage = first(len(text_screen) + len(text_stage), len(mm_screen) + len(mm_stage),
                   bool(engine.stage_nsamples), bool(engine.stage_mm_samples))
-    return ProxyData(batches, kinds, list(range(n_fit)) + mm, screen, samples, stage)
+    calibrating = None
+    if engine.fitness_held_aside:  # the fitness's text only scores; the rest of the text and all image-text calibrate
+        if fit_text >= data.nsamples:
+            raise ValueError(f"fitness_held_aside: fitness_nsamples ({engine.fitness_nsamples}) leaves none of the "
+                             f"{data.nsamples} text segments to calibrate on; set it below data.nsamples")
+        calibrating = list(range(n_fit, len(batches)))
+    return ProxyData(batches, kinds, list(range(n_fit)) + mm, screen, samples, stage, calibrating)
 
 
 @dataclass
@@ -117,7 +125,7 @@ def build_pruner(engine: EngineConfig, data: DataConfig, *, processor=None, stat
     check_token_ids(proxy.batches, adapter.model.get_input_embeddings().num_embeddings)
     pruner = LayerwisePruner(adapter, proxy.batches, Pattern.parse(engine.pattern), blocksize, percdamp,
                              progress=progress, reuse_prefix=engine.prefix_reuse, kinds=proxy.kinds, loss=engine.loss,
-                             scored=proxy.scored, offload_dir=engine.offload_dir,
+                             scored=proxy.scored, calibrating=proxy.calibrating, offload_dir=engine.offload_dir,
                              cache_bytes=None if engine.prefix_cache_gb is None
                              else int(engine.prefix_cache_gb * 2**30))
     return CalibratedPruner(adapter, processor, proxy, pruner)

@@ -127,6 +127,9 @@ class EngineConfig(BaseModel):
     # objective: KL to the dense model's answers when loss is kl), or "ce", answer cross-entropy whatever the fitness
     projector_objective: Literal["fitness", "ce"] = "fitness"
     fitness_nsamples: int = 0  # text segments the fitness is measured on (0: all); the rest only calibrate
+    # the fitness's text segments held aside from calibration (no Hessian): L_text then measures text the pruning never
+    # fit, as held-out text is; needs fitness_nsamples below data.nsamples (the rest and every image-text sample calibrate)
+    fitness_held_aside: bool = False
     screen_nsamples: int = 0  # text segments of the screening slice (0: screening uses all proxy data)
     screen_mm_samples: int = 0  # image-text samples of the screening slice (these three: 0 or more)
     # multi-step selection (search.survivors): the stage slice the screening's survivors are ranked on, the first
@@ -166,6 +169,13 @@ class EngineConfig(BaseModel):
         if v < 0:
             raise setting_error(f"{info.field_name} must be 0 or a positive integer")
         return v
+
+    @model_validator(mode="after")
+    def _held_aside_fitness_is_a_slice(self) -> "EngineConfig":
+        if self.fitness_held_aside and not self.fitness_nsamples:
+            raise setting_error("fitness_held_aside needs fitness_nsamples (the text segments held aside from "
+                                "calibration to measure the fitness on)")
+        return self
 
     @model_validator(mode="after")
     def _stage_holds_the_screen(self) -> "EngineConfig":

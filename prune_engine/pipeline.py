@@ -152,7 +152,8 @@ class LayerwisePruner:
     def __init__(self, adapter: ModelAdapter, batches: list[dict], pattern: Pattern = Pattern(),
                  blocksize: int = 128, percdamp: float = 0.01, progress: bool = True, reuse_prefix: bool = False,
                  kinds: list[str] | None = None, loss: str = "ce", scored: list[int] | None = None,
-                 offload_dir: str | None = None, cache_bytes: int | None = None):
+                 calibrating: list[int] | None = None, offload_dir: str | None = None,
+                 cache_bytes: int | None = None):
         if loss not in LOSS_KINDS:
             raise ValueError(f"loss must be one of {', '.join(LOSS_KINDS)}, got '{loss}'")
         self.adapter, self.pattern = adapter, pattern
@@ -164,6 +165,10 @@ class LayerwisePruner:
         self.loss_kind = loss
         # the batches whose loss is reported (the others only calibrate: Hessians)
         self.scored = list(range(len(batches))) if scored is None else sorted(scored)
+        # the batches whose activations build the Hessians (the others only run forward: a held-aside fitness)
+        self.calibrating = set(range(len(batches)) if calibrating is None else calibrating)
+        if not self.calibrating or not self.calibrating <= set(range(len(batches))):
+            raise ValueError(f"calibrating batches must be a non-empty subset of the {len(batches)} batches")
         linears = [adapter.linears(i) for i in range(adapter.num_blocks)]
         self.dense = DenseWeights([{n: m.weight for n, m in block.items()} for block in linears], offload_dir)
         self.dtype = next(iter(linears[0].values())).weight.dtype  # the model's own (pruning, full scores)
@@ -371,7 +376,7 @@ class LayerwisePruner:
     def _prune_block(self, b: int, hidden: list[torch.Tensor], ratios: Ratios, levels) -> BlockResult:
         """Prune block b, whose inputs are `hidden` (one per batch), stage by stage: see the module docstring."""
         self._load_dense(b)
-        if len(hidden) == 1:
+        if len(hidden) == 1:  # (the one batch calibrates: `calibrating` is not empty)
             return self._prune_block_in_one_forward(b, hidden[0], self.inputs[0], ratios, levels)
         result = BlockResult()
         for stage in self.adapter.stages(b):
@@ -409,8 +414,9 @@ class LayerwisePruner:
         """The stage's Hessian from the input its linears receive on every batch, with block b's
         weights as they are now. The block runs only up to the stage."""
         hessian = _new_hessian(stage)
-        for h, x in zip(hidden, self.inputs):
-            self._add_to_hessian(hessian, self.adapter.linear_input(b, stage[0][1], h, x.kwargs), x.token_mask)
+        for i, (h, x) in enumerate(zip(hidden, self.inputs)):
+            if i in self.calibrating:
+                self._add_to_hessian(hessian, self.adapter.linear_input(b, stage[0][1], h, x.kwargs), x.token_mask)
         return hessian
 
     def _record_all_hessians(self, b: int, hidden: list[torch.Tensor]) -> tuple[list[Hessian], list[torch.Tensor]]:
@@ -420,9 +426,9 @@ class LayerwisePruner:
         stages = self.adapter.stages(b)
         hessians = [_new_hessian(stage) for stage in stages]
         outputs = []
-        for h, x in zip(hidden, self.inputs):
+        for i, (h, x) in enumerate(zip(hidden, self.inputs)):
             record = [(stage[0][1], functools.partial(self._add_to_hessian, hessian, token_mask=x.token_mask))
-                      for stage, hessian in zip(stages, hessians)]
+                      for stage, hessian in zip(stages, hessians)] if i in self.calibrating else []
             with _calls_on_input(record):
                 outputs.append(self.adapter.run_block(b, h, x.kwargs))
         return hessians, outputs

@@ -140,6 +140,7 @@ class CandidateScorer:
                 **({"stage": [s.stage_nsamples, s.stage_mm_samples]}
                    if s.stage_nsamples or s.stage_mm_samples else {}),
                 "fitness_nsamples": s.fitness_nsamples,
+                **({"fitness_held_aside": True} if s.fitness_held_aside else {}),  # absent when off: older runs resume
                 # what the projector trains on differs from cross-entropy only with the KL fitness
                 **({"projector_objective": s.projector_objective} if s.loss == "kl" else {}),
                 "monitor_samples": s.monitor_samples, "mode": s.mode,

@@ -419,3 +419,26 @@ def test_the_stage_slice_holds_the_screening_slice_and_sits_inside_the_fitness_s
 def test_a_stage_slice_smaller_than_the_screening_is_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         EngineConfig(**settings)
+
+
+def test_a_held_aside_fitness_calibrates_on_the_rest(tiny_llava_dir):
+    """engine.fitness_held_aside: the fitness's text batches score but build no Hessian; the text past them and every
+    image-text batch calibrate; the same batches as without it; the scorer's identity says so (a resumed run checks)."""
+    from efficientllava.prune_engine.calibrated import proxy_data
+    from efficientllava.prune_engine.models.loading import load_processor
+
+    base = dict(model=str(tiny_llava_dir), nsamples=6, seqlen=32, mm_calib="easy-vqa:train", mm_samples=4,
+                mode="database", fitness_nsamples=2, loss="ce")
+    processor = load_processor(str(tiny_llava_dir))
+    held = proxy_data(processor, *reversed(_configs(**base, fitness_held_aside=True)))
+    plain = proxy_data(processor, *reversed(_configs(**base)))
+    assert plain.calibrating is None and held.scored == plain.scored
+    fit_text = [i for i in held.scored if held.kinds[i] == "text"]
+    assert fit_text and not set(fit_text) & set(held.calibrating)
+    assert set(held.calibrating) | set(fit_text) == set(range(len(held.batches)))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(held.batches, plain.batches))
+    with pytest.raises(ValueError, match="leaves none of the 6 text segments"):
+        proxy_data(processor, *reversed(_configs(**{**base, "fitness_nsamples": 6}, fitness_held_aside=True)))
+    ev = CandidateScorer(*_configs(**base, fitness_held_aside=True), levels=[0.4, 0.5, 0.6])
+    assert ev.pruner.calibrating == set(held.calibrating) and ev.identity()["fitness_held_aside"] is True
+    assert "fitness_held_aside" not in CandidateScorer(*_configs(**base), levels=[0.4, 0.5, 0.6]).identity()

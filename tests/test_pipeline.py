@@ -106,6 +106,45 @@ def test_layer_sequential_calibration_uses_pruned_outputs(tiny_llama_dir):
     assert not torch.allclose(seen[0], dense, atol=1e-3)
 
 
+def test_batches_held_aside_from_calibration_only_run_forward(tiny_llama_dir):
+    """`calibrating`: the Hessians come from those batches alone, in sequential and in database mode (the pruned
+    weights equal those of a pruner given only them), while every batch runs forward and a held-aside batch's loss
+    is the pruned model's own loss on it."""
+    adapter, tok = load_model(str(tiny_llama_dir))
+    batches = text_batches(tok, TEXT, 8, 64, seed=0, batch_size=2)  # 4 batches
+    calib, policy = [1, 2, 3], [0.7, 0.5, 0.6]
+
+    def weights():
+        return [{n: m.weight.clone() for n, m in adapter.linears(i).items()} for i in range(adapter.num_blocks)]
+
+    held = LayerwisePruner(adapter, batches, progress=False, calibrating=calib, scored=[0])
+    report = held.prune(policy)
+    w_held = weights()
+    with torch.no_grad():
+        ids = batches[0]["input_ids"]
+        direct = adapter.model(input_ids=ids, labels=ids).loss.item()
+    assert report.loss == pytest.approx(direct, rel=1e-4)
+    held.build_database([0.5, 0.6, 0.7])
+    db_held = {k: v.weight.clone() for k, v in held.database.items()}
+    held.restore_dense()
+    alone = LayerwisePruner(adapter, [batches[i] for i in calib], progress=False)
+    alone.prune(policy)
+    for i, block in enumerate(weights()):
+        for n, w in block.items():
+            assert torch.equal(w, w_held[i][n]), (i, n)
+    alone.build_database([0.5, 0.6, 0.7])
+    assert set(db_held) == set(alone.database.keys())
+    assert all(torch.equal(db_held[k], alone.database[k].weight) for k in db_held)
+    # the held-aside batch changes nothing it calibrates; calibrating on it too changes the weights
+    alone.restore_dense()
+    LayerwisePruner(adapter, batches, progress=False).prune(policy)
+    assert any(not torch.equal(w, w_held[i][n]) for i, block in enumerate(weights()) for n, w in block.items())
+    with pytest.raises(ValueError, match="non-empty subset"):
+        LayerwisePruner(adapter, batches, progress=False, calibrating=[])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        LayerwisePruner(adapter, batches, progress=False, calibrating=[4])
+
+
 @pytest.mark.parametrize("spec", ["2:4", "4:8"])
 def test_nm_pipeline(llama, spec):
     adapter, _, batches = llama

@@ -30,6 +30,12 @@ MESSAGES = [
     ({"engine.screen_nsamples": -1}, "invalid engine config: screen_nsamples must be 0 or a positive integer"),
     ({"engine.screen_mm_samples": -2}, "invalid engine config: screen_mm_samples must be 0 or a positive integer"),
     ({"engine.fitness_nsamples": -1}, "invalid engine config: fitness_nsamples must be 0 or a positive integer"),
+    ({"engine.fitness_held_aside": True, "engine.fitness_nsamples": 0},
+     "invalid engine config: fitness_held_aside needs fitness_nsamples (the text segments held aside from "
+     "calibration to measure the fitness on)"),
+    ({"engine.fitness_held_aside": True, "engine.fitness_nsamples": 32, "data.nsamples": 32},
+     "invalid run config: engine.fitness_held_aside: fitness_nsamples (32) leaves none of the 32 text segments "
+     "(data.nsamples) to calibrate on"),
     ({"engine.device": "tpu"}, "invalid engine config: device 'tpu' (use auto, cpu, cuda or cuda:N)"),
     ({"engine.device": "mps"}, "invalid engine config: device 'mps' (use auto, cpu, cuda or cuda:N)"),
     ({"engine.pattern": "5:4"}, "invalid engine config: pattern: N:M pattern '5:4' is invalid: need 0 < N < M"),
