@@ -57,6 +57,27 @@ def _kill_cluster(temp_dir: str, head: subprocess.Popen) -> None:
         time.sleep(1)
 
 
+def _distinct_free_ports(names) -> dict[str, int]:
+    """A free port per name, no two alike (Ray refuses a port two components share)."""
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    return ports
+
+
+def _worker_range_clear_of(ports, width: int) -> int:
+    """The first port of a random worker port range [base, base + width] that holds none of `ports`: Ray refuses
+    a component port inside the worker range, and free ports come from the kernel's ephemeral range (32768-60999
+    on Linux), which a range drawn from 20000-40000 overlapped now and then."""
+    while True:
+        base = 10000 + secrets.randbelow(50000)
+        if not any(base <= p <= base + width for p in ports):
+            return base
+
+
 @pytest.fixture(scope="module")
 def head_node():
     """A head node with token authentication on, on its own ports and temp dir (no other cluster is touched)."""
@@ -67,21 +88,24 @@ def head_node():
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
                RAY_metrics_report_interval_ms="1000")
     env.pop("RAY_ADDRESS", None)
-    ports = {name: free_port() for name in ("port", "dashboard-port", "metrics-export-port", "node-manager-port",
-                                            "object-manager-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "ray-client-server-port")}
-    worker_base = 20000 + secrets.randbelow(20000)
+    ports = _distinct_free_ports(("port", "dashboard-port", "metrics-export-port", "node-manager-port",
+                                  "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                  "runtime-env-agent-port", "ray-client-server-port"))
+    worker_base = _worker_range_clear_of(ports.values(), width=200)
     args = [str(RAY), "start", "--head", "--block", "--num-cpus", "2", f"--temp-dir={temp_dir}",
             "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
             f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + 200}",
             *[f"--{name}={port}" for name, port in ports.items()]]
-    head = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    start_log = Path(temp_dir) / "ray-start.log"
+    with start_log.open("w") as log:
+        head = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            if head.poll() is not None:
+                last = start_log.read_text(errors="replace").strip().splitlines()[-3:]
+                pytest.fail(f"ray start exited with {head.returncode}: {' | '.join(last)}")
             try:
                 if _request(f"{dashboard}/api/version", token)[0] == 200:
                     break
