@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import machine_label, markdown_table, write_results  # noqa: E402
 from benchmarks.variants import (DATABASE_EXPORTS, EVO_BASE, EVO_PARTS, LABELS, METRICS, SEARCHES, ON_REQUEST, Settings, lower_is_better, over_seeds,  # noqa: E402
-                                 paired, ray_started, run_variant)
+                                 paired, provenance, ray_started, run_variant)
 
 #: the order they run in (full_database and EVO_PARTS reuse Full's run)
 VARIANTS = ["uniform", "owl", *SEARCHES, *DATABASE_EXPORTS, *EVO_PARTS]
@@ -328,6 +328,11 @@ def main(argv=None) -> int:
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "
              f"{settings.heldout.text_spec} ({settings.heldout.split} split), {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
+    made = [dense, *(r for by_variant in results.values() for agg in by_variant.values() for r in agg["per_seed"])]
+    made += [r for proxies in cross.values() for cell in proxies.values() for v in PAIRED for r in cell[v]["per_seed"]]
+    elsewhere = provenance(made, machine_label())
+    if elsewhere:
+        notes += "\n\n" + elsewhere
     print("\n" + "\n".join(verdict))
     write_results(args.name, f"Ablation on {settings.model} (Tables 1-2)", table,
                   {"seed": settings.seed, "seeds": seeds,

@@ -38,16 +38,19 @@ def isa_summary(isa: dict) -> str:
     return " + ".join(parts)
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def machine() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -63,6 +66,12 @@ def machine() -> dict:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "load_average_at_start": load, "commit": commit,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def machine_label() -> str:
+    """This machine as a result row records it: the CPU and its instruction sets (what a pruned model at high
+    sparsity depends on through rounding, docs/method.md "Another CPU")."""
+    return f"{cpu_name()}, {isa_summary(cpu_isa())}"
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

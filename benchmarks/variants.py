@@ -50,6 +50,8 @@ from pydantic import BaseModel, ConfigDict
 
 from efficientllava.prune_engine.config import HeldoutConfig
 
+from benchmarks.common import machine_label
+
 SEARCHES = {
     "auto_wo_gen": {"search.eta": 0.0},
     "full": {"search.eta": 0.5},
@@ -254,6 +256,27 @@ def history_counts(run_dir: Path) -> dict:
     return {"evaluated": len(fidelity), "screened": fidelity.count("screen"), "search_seconds": state.get("elapsed_s")}
 
 
+def provenance(rows, here: str) -> str:
+    """A note on the rows (result rows of run_variant) not computed on this machine (`here`, a machine_label):
+    read from a cache another machine wrote, or cached before rows recorded where they were made. Empty when
+    every row is this machine's. Variants compare fairly only on one machine (docs/method.md "Another CPU")."""
+    def name(r: dict) -> str:
+        return r["variant"] + ("" if r.get("target") is None else f" at {r['target']}") + f" (seed {r['seed']})"
+
+    elsewhere: dict[str, list[str]] = {}
+    unknown = []
+    for r in rows:
+        if r.get("computed_on") is None:
+            unknown.append(name(r))
+        elif r["computed_on"] != here:
+            elsewhere.setdefault(r["computed_on"], []).append(name(r))
+    parts = [f"Rows computed on another machine ({where}): {', '.join(names)}." for where, names in elsewhere.items()]
+    if unknown:
+        parts.append("Rows that do not record their machine (cached before rows did; possibly another machine's): "
+                     + ", ".join(unknown) + ".")
+    return " ".join(parts)
+
+
 def run_variant(variant: str, target: float | None, settings: Settings, work: Path, log=print,
                 cached_only: bool = False) -> dict | None:
     """Prune (or search) one variant, evaluate it, cache and return its row (with `cached_only`: the
@@ -331,6 +354,7 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     elif variant != "dense":
         shutil.rmtree(out, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    row["computed_on"] = machine_label()  # a cache can travel (--restore-cache): rows say where they were made
     cached.write_text(json.dumps(row, indent=2))
     log(f"  {variant} at {target} (seed {settings.seed}): sparsity {row['sparsity']:.4f}, "
         + ", ".join(f"{m} {row[m]:.{2 if lower_is_better(m) else 3}f}" for m in METRICS if m in row)

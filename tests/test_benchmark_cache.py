@@ -212,3 +212,20 @@ def test_every_search_variant_resolves_and_is_labelled():
         keys.setdefault(s.search_key(variant, 0.7), []).append(variant)
     # one search each, but `preset`: under the default preset it is Full's search, and shares its run
     assert sorted(sorted(v) for v in keys.values() if len(v) > 1) == [["full", "preset"]]
+
+
+def test_provenance_names_the_rows_another_machine_made():
+    from benchmarks.common import machine_label
+    from benchmarks.variants import provenance
+
+    here = machine_label()
+    assert "," in here and here.split(",")[0].strip()  # the CPU's name, then its instruction sets
+    rows = [{"variant": "dense", "target": None, "seed": 0, "computed_on": here},
+            {"variant": "uniform", "target": 0.7, "seed": 0, "computed_on": "AMD EPYC, AVX2 only"},
+            {"variant": "full", "target": 0.7, "seed": 1, "computed_on": "AMD EPYC, AVX2 only"},
+            {"variant": "full", "target": 0.7, "seed": 0}]
+    note = provenance(rows, here)
+    assert "Rows computed on another machine (AMD EPYC, AVX2 only): uniform at 0.7 (seed 0), full at 0.7 (seed 1)." in note
+    assert "do not record their machine" in note and "full at 0.7 (seed 0)" in note
+    assert "dense" not in note
+    assert provenance(rows[:1], here) == ""
