@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.ablation import HEADS, add_common_args, restore_cache, settings_from_args  # noqa: E402
-from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import METRICS, lower_is_better, over_seeds, paired, ray_started, run_variant  # noqa: E402
+from benchmarks.common import machine_label, markdown_table, write_results  # noqa: E402
+from benchmarks.variants import (METRICS, lower_is_better, over_seeds, paired, provenance, ray_started,  # noqa: E402
+                                 run_variant)
 
 IN_DISTRIBUTION_VQA = ("easy_vqa", "fashion_mnist")
 SHIFTED = ("ppl_pydoc", "easy_vqa_rephrased", "fashion_mnist_rephrased")
@@ -139,6 +140,10 @@ def main(argv=None) -> int:
                "actor start-up, level database and export add to it). Wall min here: what producing the row took in "
                "the session that evaluated it (start-up, database, the search when it ran then, export): a search "
                "made for an earlier evaluation (e.g. on validation) is re-exported, not re-run.")
+    elsewhere = provenance([r for t in targets for name in labels for r in results[t][name]["per_seed"]],
+                           machine_label())
+    if elsewhere:  # a pairing across machines compares CPUs as much as models (docs/method.md "Another CPU")
+        notes += " " + elsewhere
     print("\n" + table + "\n\n" + notes)
     write_results(args.name, f"The `{args.preset}` preset against uniform SparseGPT and the default preset", table,
                   {"seed": seeds[0], "seeds": seeds, "preset": args.preset, "settings": json.loads(preset.model_dump_json()),

@@ -69,6 +69,8 @@ def test_a_preset_that_meets_every_check(harness):
     preset_line = next(line for line in written["table"].splitlines() if "`paper` preset" in line)
     default_line = next(line for line in written["table"].splitlines() if "`default` preset" in line)
     assert preset_line.endswith("| 60, 60, 60 | 1, 1, 1 |") and default_line.endswith("| - | 1, 1, 1 |")
+    # the stand-in rows record no machine: the notes say so, naming each (a real row records where it was made)
+    assert "do not record their machine" in written["notes"] and "preset at 0.5 (seed 2)" in written["notes"]
 
 
 def test_each_failed_check_is_named_and_the_run_fails(harness):
