@@ -91,10 +91,11 @@ def head_node():
     ports = _distinct_free_ports(("port", "dashboard-port", "metrics-export-port", "node-manager-port",
                                   "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                   "runtime-env-agent-port", "ray-client-server-port"))
-    worker_base = _worker_range_clear_of(ports.values(), width=200)
+    worker_ports = 200
+    worker_base = _worker_range_clear_of(ports.values(), width=worker_ports)
     args = [str(RAY), "start", "--head", "--block", "--num-cpus", "2", f"--temp-dir={temp_dir}",
             "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
-            f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + 200}",
+            f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + worker_ports}",
             *[f"--{name}={port}" for name, port in ports.items()]]
     start_log = Path(temp_dir) / "ray-start.log"
     with start_log.open("w") as log:
