@@ -53,7 +53,9 @@ def with_proxy(settings: Settings, proxy: str) -> Settings:
 
 def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
     """Write every row of a results file of this script (`doc`: its JSON) into the cache under `work`, keyed as
-    `run_variant` keys them; rows already cached are kept. Refuses a file made with other settings (its rows
+    `run_variant` keys them; rows already cached are kept. A row that does not record its machine is marked
+    `restored_from` the machine and commit the file was written on (not necessarily the row's: a file may
+    itself have restored it). Refuses a file made with other settings (its rows
     would be filed under keys they do not belong to). Returns how many rows were written."""
     made_with = {k: v for k, v in doc.get("settings", {}).items() if k != "eval_vqa"}
     if made_with != json.loads(settings.model_dump_json()):
@@ -66,8 +68,13 @@ def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
         rows += [(v, float(t), with_proxy(settings, proxy), r)
                  for proxy, cell in proxies.items() for v in PAIRED for r in cell[v]["per_seed"]]
     work.mkdir(parents=True, exist_ok=True)
+    m = doc.get("machine") or {}
+    # a row cached before rows recorded their machine keeps what the file knows: where the file was written
+    written_on = f"{m['cpu']}, {m['isa']} (commit {m.get('commit', '?')})" if m.get("cpu") and m.get("isa") else None
     written = 0
     for variant, target, where, row in rows:
+        if written_on and row.get("computed_on") is None:
+            row = {**row, "restored_from": written_on}
         seeded = where.model_copy(update={"seed": row.get("seed", where.seed)})
         path = work / f"{seeded.key(variant, target if target is not None else 0.0)}.json"
         if not path.exists():

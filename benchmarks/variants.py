@@ -264,13 +264,18 @@ def provenance(rows, here: str) -> str:
         return r["variant"] + ("" if r.get("target") is None else f" at {r['target']}") + f" (seed {r['seed']})"
 
     elsewhere: dict[str, list[str]] = {}
+    restored: dict[str, list[str]] = {}
     unknown = []
     for r in rows:
-        if r.get("computed_on") is None:
+        if r.get("computed_on") is None and r.get("restored_from"):
+            restored.setdefault(r["restored_from"], []).append(name(r))
+        elif r.get("computed_on") is None:
             unknown.append(name(r))
         elif r["computed_on"] != here:
             elsewhere.setdefault(r["computed_on"], []).append(name(r))
     parts = [f"Rows computed on another machine ({where}): {', '.join(names)}." for where, names in elsewhere.items()]
+    parts += [f"Rows that do not record their machine, restored from a results file written on {where} (the "
+              f"file's machine, possibly not the row's): {', '.join(names)}." for where, names in restored.items()]
     if unknown:
         parts.append("Rows that do not record their machine (cached before rows did; possibly another machine's): "
                      + ", ".join(unknown) + ".")

@@ -106,6 +106,27 @@ def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_a
     assert not (tmp_path / "other").exists()
 
 
+def test_a_restored_row_without_its_machine_names_the_machine_its_file_was_written_on(tmp_path):
+    import json
+
+    from benchmarks.ablation import restore_cache
+    from benchmarks.variants import Settings, run_variant
+
+    settings = Settings()
+    doc = {"settings": json.loads(settings.model_dump_json()), "dense": {"variant": "dense", "seed": 0, "ppl": 20.0},
+           "machine": {"cpu": "Intel Xeon", "isa": "AVX-512 + AMX", "commit": "19f252a"},
+           "results": {"0.7": {"uniform": {"per_seed": [
+               {"variant": "uniform", "target": 0.7, "seed": 0, "ppl": 300.0},
+               {"variant": "uniform", "target": 0.7, "seed": 1, "ppl": 310.0, "computed_on": "AMD EPYC, AVX2"}]}}}}
+    assert restore_cache(doc, settings, tmp_path) == 3
+    quiet = lambda m: None  # noqa: E731
+    old = run_variant("uniform", 0.7, settings, tmp_path, log=quiet, cached_only=True)
+    assert old["restored_from"] == "Intel Xeon, AVX-512 + AMX (commit 19f252a)" and old["ppl"] == 300.0
+    recorded = run_variant("uniform", 0.7, settings.model_copy(update={"seed": 1}), tmp_path, log=quiet,
+                           cached_only=True)
+    assert recorded["computed_on"] == "AMD EPYC, AVX2" and "restored_from" not in recorded
+
+
 def test_the_evo_parts_run_after_full_on_every_seed_and_are_paired_with_evo_both(monkeypatch, tmp_path):
     """The Evo parts re-prune Full's run: asked alone and first, Full and evo_both (Full's recipe re-run the same way)
     are added and run before them, on every calibration seed; the JSON's evo_parts key pairs each part with evo_both

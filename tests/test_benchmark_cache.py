@@ -229,3 +229,7 @@ def test_provenance_names_the_rows_another_machine_made():
     assert "do not record their machine" in note and "full at 0.7 (seed 0)" in note
     assert "dense" not in note
     assert provenance(rows[:1], here) == ""
+    restored = [{"variant": "uniform", "target": 0.5, "seed": 2, "restored_from": "Intel Xeon, AMX (commit abc1234)"}]
+    assert provenance(restored, here) == (
+        "Rows that do not record their machine, restored from a results file written on Intel Xeon, AMX "
+        "(commit abc1234) (the file's machine, possibly not the row's): uniform at 0.5 (seed 2).")
