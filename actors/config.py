@@ -59,7 +59,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "engine.fitness_nsamples": 4, "engine.screen_nsamples": 1,
                 "engine.screen_mm_samples": 4},
 }
-#: quality: the default's search without the SRM term, for 8 generations (about an hour of search on a 2-core CPU).
+#: quality: the default's search without the SRM term, for 8 generations (11-14 min of search on a 2-core Xeon with
+#:   AMX, about an hour on a 2-core AVX2-only EPYC). For high sparsity: chosen at 0.7; on test at 0.5 it traded
+#:   easy-vqa for perplexity (benchmarks/results/quality.md).
 #:   Chosen on the validation split (benchmarks/results/budget_val_07_eta.md, docs/method.md "Budget under the SRM
 #:   term"): with the SRM term's scale fixed at generation 0, a longer search minimises G and gives back perplexity;
 #:   without it, the same budget lowered held-out perplexity below the default's and kept VQA above uniform's.
