@@ -197,8 +197,9 @@ SET_HELP = "Any setting as section.key=value, e.g. search.elites=2 or data.nsamp
 PRESET_HELP = ("Starting settings: 'default' (many children screened on a slice of the proxy data per "
                "generation; best held-out quality per minute measured here), 'quality' (the default's search "
                "for 8 generations without the SRM term: 15 min to an hour on 2 CPU cores; for high sparsity "
-               "such as 0.7, where it had the lowest perplexity), 'paper' (16 policies x 10 generations, eta 0.5, k 5, every candidate on all data) "
-               "or 'none' (built-in defaults); --config, --set and flags override it.")
+               "such as 0.7, where it had the lowest perplexity), 'paper' (16 policies x 10 generations, eta "
+               "0.5, k 5, every candidate on all data) or 'none' (built-in defaults); --config, --set and flags "
+               "override it.")
 
 ConfigOption = typer.Option(None, "--config", help=CONFIG_HELP)
 # options of the one-model commands (prune, eval ppl, eval vqa)
