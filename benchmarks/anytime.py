@@ -60,6 +60,25 @@ def search_point(settings, target: float, run_dir: Path, generations: int) -> di
             "ratios": summary["policy"]["ratios"]}
 
 
+def measured_point(settings, target: float, work: Path, generations: int, label: str) -> dict:
+    """The settings' search at `target` resumed to `generations`, its best policy so far exported and scored on
+    held-out data; cached as `anytime-<key>-g<generations>.json` in `work` (the run directory beside it), so an
+    interrupted benchmark continues and benchmarks sharing a work directory share the points of one search."""
+    from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
+
+    key = settings.key("preset", target)  # the preset as it is with the settings' overrides (variants.SEARCHES)
+    cached = work / f"anytime-{key}-g{generations}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    point = search_point(settings, target, work / f"anytime-{key}", generations)
+    point.update(preset=settings.preset, search=settings.search, target=target, seed=settings.seed,
+                 **heldout_metrics(point.pop("model_dir"), settings.heldout))
+    cached.write_text(json.dumps(point, indent=2))
+    print(f"  {label} at {target:g}, generation {generations}: {point['search_s']:.0f} s searched, "
+          f"{point['evaluations']} evaluations, ppl {point['ppl']:.2f}, VQA {value(point, 'vqa'):.3f}", flush=True)
+    return point
+
+
 def plot(points: dict, uniform: dict, path: Path) -> None:
     """One panel per target and metric (held-out perplexity; mean VQA accuracy): a line per preset."""
     import matplotlib
@@ -94,13 +113,13 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", default="default,quality,paper", help="search presets (actors.config.PRESETS)")
     ap.add_argument("--targets", default="0.5,0.7")
     ap.add_argument("--at", default=None,
-                    help="generations to measure, e.g. 1,2,3,5,10 (default: every generation of the preset)")
+                    help="generations to measure, e.g. 1,2,3,5,10, each capped at the preset's own generations "
+                         "(default: every generation of the preset)")
     ap.add_argument("--name", default="anytime", help="results file name")
     add_common_args(ap)
     ap.set_defaults(work=Path("runs/benchmarks/anytime"), eval_split="val")
     args = ap.parse_args(argv)
     from efficientllava.actors.config import PRESETS
-    from efficientllava.prune_engine.evaluation.heldout import heldout_metrics
 
     presets = [p for p in args.presets.split(",") if p]
     if unknown := [p for p in presets if p not in PRESETS]:
@@ -115,25 +134,10 @@ def main(argv=None) -> int:
         ray_started(settings)
         for target in targets:
             uniform.setdefault(target, run_variant("uniform", target, settings, args.work))
-            at = ([int(g) for g in args.at.split(",")] if args.at
-                  else list(range(1, settings.run_config(target).search.generations + 1)))
-            key = settings.key("full", target)
-            run_dir = args.work / f"anytime-{key}"
-            rows = []
-            for g in sorted(set(at)):
-                cached = args.work / f"anytime-{key}-g{g}.json"
-                if cached.exists():
-                    rows.append(json.loads(cached.read_text()))
-                    continue
-                point = search_point(settings, target, run_dir, g)
-                point.update(preset=preset, target=target, seed=settings.seed,
-                             **heldout_metrics(point.pop("model_dir"), settings.heldout))
-                cached.write_text(json.dumps(point, indent=2))
-                rows.append(point)
-                print(f"  {preset} at {target:g}, generation {g}: {point['search_s']:.0f} s searched, "
-                      f"{point['evaluations']} evaluations, ppl {point['ppl']:.2f}, "
-                      f"VQA {value(point, 'vqa'):.3f}", flush=True)
-            points[(preset, target)] = rows
+            last = settings.run_config(target).search.generations  # the preset's own budget: no point past it
+            at = {min(int(g), last) for g in args.at.split(",")} if args.at else range(1, last + 1)
+            points[(preset, target)] = [measured_point(settings, target, args.work, g, preset)
+                                        for g in sorted(set(at))]
     headers = ["preset", "target", "generation", "search min", "evaluations", *METRICS]
     table_rows = [[p, t, r["generation"], round(r["search_s"] / 60, 1), r["evaluations"],
                    *[round(r[m], 2 if lower_is_better(m) else 3) for m in METRICS]]
