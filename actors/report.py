@@ -202,6 +202,9 @@ def _md_table(headers: list[str], rows: list[list]) -> str:
 
 BENCHMARKS = (("ablation", "Ablation (benchmark)"), ("accuracy_vs_sparsity", "Accuracy vs sparsity (benchmark)"),
               ("eta_sweep", "eta sweep on Ray Tune (benchmark)"), ("search_cost", "Search cost (benchmark)"),
+              ("quality", "The quality preset on test (benchmark)"),
+              ("anytime", "Anytime curves: the best policy so far against search time (benchmark)"),
+              ("space_budget", "What buys what: granularity x span x budget (benchmark)"),
               ("deepsparse_speed", "DeepSparse CPU speed (benchmark)"))
 DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

@@ -60,6 +60,8 @@ def test_report_appends_benchmark_tables_and_plots(tmp_path):
     (results / "ablation.md").write_text("# Ablation\n\n| target | variant |\n|---|---|\n| 0.5 | Full |\n\nnote\n")
     (results / "deepsparse_speed.md").write_text("# DS\n\n| sparsity | ms |\n|---|---|\n| 0.5 | 12 |\n")
     (results / "deepsparse_speed.png").write_bytes(b"\x89PNG fake")
+    (results / "anytime.md").write_text("# Anytime\n\n| preset | generation |\n|---|---|\n| quality | 8 |\n")
+    (results / "anytime.png").write_bytes(b"\x89PNG anytime")
     (results / "unrelated.md").write_text("| not | included |")
     out = write_report(run, benchmarks=results)
     md = (out / "report.md").read_text()
@@ -67,7 +69,10 @@ def test_report_appends_benchmark_tables_and_plots(tmp_path):
     assert "not | included" not in md and "# Ablation\n" not in md
     assert md.index("Ablation (benchmark)") < md.index("DeepSparse CPU speed")
     assert (out / "deepsparse_speed.png").read_bytes() == b"\x89PNG fake"
-    assert (out / "report.html").read_text().count("<img") == 4
+    # the anytime plot (issue 26) is one of the report's plots
+    assert "## Anytime curves" in md and "| quality | 8 |" in md and "![anytime](anytime.png)" in md
+    assert (out / "anytime.png").read_bytes() == b"\x89PNG anytime"
+    assert (out / "report.html").read_text().count("<img") == 5
 
 
 def test_report_errors_are_one_line(tmp_path):
