@@ -138,19 +138,21 @@ def main(argv=None) -> int:
             at = {min(int(g), last) for g in args.at.split(",")} if args.at else range(1, last + 1)
             points[(preset, target)] = [measured_point(settings, target, args.work, g, preset)
                                         for g in sorted(set(at))]
-    headers = ["preset", "target", "generation", "search min", "evaluations", *METRICS]
+    headers = ["preset", "target", "generation", "search min", "evaluations", *METRICS, "ppl / uniform"]
     table_rows = [[p, t, r["generation"], round(r["search_s"] / 60, 1), r["evaluations"],
-                   *[round(r[m], 2 if lower_is_better(m) else 3) for m in METRICS]]
+                   *[round(r[m], 2 if lower_is_better(m) else 3) for m in METRICS],
+                   round(r["ppl"] / uniform[t]["ppl"], 3)]
                   for (p, t), rows in sorted(points.items()) for r in rows]
-    table_rows += [["uniform", t, "-", 0, 0, *[round(u[m], 2 if lower_is_better(m) else 3) for m in METRICS]]
+    table_rows += [["uniform", t, "-", 0, 0, *[round(u[m], 2 if lower_is_better(m) else 3) for m in METRICS], 1.0]
                    for t, u in sorted(uniform.items())]
     table = markdown_table(headers, table_rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(points, uniform, RESULTS / f"{args.name}.png")
     notes = (f"Held-out {args.eval_split} split ({args.eval_segments}x{args.eval_seqlen} tokens per text set, "
              f"{args.eval_vqa} questions per VQA set); seed {args.seed}; one search per preset and target, resumed "
-             f"generation by generation; search minutes exclude actor start-up and the level database. "
-             f"Plot: {args.name}.png.")
+             f"generation by generation; search minutes exclude actor start-up and the level database. Generation 1 "
+             f"is the first population alone (the preset's search.init; children are screened from the next "
+             f"generation on). Plot: {args.name}.png.")
     print("\n" + table + "\n\n" + notes)
     write_results(args.name, "Anytime curves: the best policy so far against search wall time", table,
                   {"seed": args.seed, "settings": {k: str(v) for k, v in vars(args).items()},
