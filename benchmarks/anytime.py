@@ -104,6 +104,12 @@ def plot(points: dict, uniform: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def point_cells(row: dict, uniform: dict) -> list:
+    """A row's held-out metrics as table cells (perplexity to 2 decimals, accuracy to 3), then its perplexity as a
+    multiple of uniform SparseGPT's on the same calibration data."""
+    return [*[round(row[m], 2 if lower_is_better(m) else 3) for m in METRICS], round(row["ppl"] / uniform["ppl"], 3)]
+
+
 def value(row: dict, metric: str) -> float:
     return (row["easy_vqa"] + row["fashion_mnist"]) / 2 if metric == "vqa" else row[metric]
 
@@ -139,12 +145,9 @@ def main(argv=None) -> int:
             points[(preset, target)] = [measured_point(settings, target, args.work, g, preset)
                                         for g in sorted(set(at))]
     headers = ["preset", "target", "generation", "search min", "evaluations", *METRICS, "ppl / uniform"]
-    table_rows = [[p, t, r["generation"], round(r["search_s"] / 60, 1), r["evaluations"],
-                   *[round(r[m], 2 if lower_is_better(m) else 3) for m in METRICS],
-                   round(r["ppl"] / uniform[t]["ppl"], 3)]
+    table_rows = [[p, t, r["generation"], round(r["search_s"] / 60, 1), r["evaluations"], *point_cells(r, uniform[t])]
                   for (p, t), rows in sorted(points.items()) for r in rows]
-    table_rows += [["uniform", t, "-", 0, 0, *[round(u[m], 2 if lower_is_better(m) else 3) for m in METRICS], 1.0]
-                   for t, u in sorted(uniform.items())]
+    table_rows += [["uniform", t, "-", 0, 0, *point_cells(u, u)] for t, u in sorted(uniform.items())]
     table = markdown_table(headers, table_rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(points, uniform, RESULTS / f"{args.name}.png")

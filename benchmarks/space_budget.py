@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.ablation import add_common_args, settings_from_args  # noqa: E402
-from benchmarks.anytime import measured_point  # noqa: E402
+from benchmarks.anytime import measured_point, point_cells  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import METRICS, lower_is_better, ray_started, run_variant  # noqa: E402
+from benchmarks.variants import METRICS, ray_started, run_variant  # noqa: E402
 
 GRANULARITIES = ("block", "matrix")
 
@@ -46,13 +46,9 @@ def parse_grid(text: str) -> list[tuple[str, float]]:
 def cell_rows(cells: dict, uniform: dict) -> list[list]:
     """One table row per (cell, budget): granularity, span, generations, evaluations, search minutes, the held-out
     metrics and perplexity as a multiple of uniform's; uniform's own row last."""
-    def fmt(row, m):
-        return round(row[m], 2 if lower_is_better(m) else 3)
-
     rows = [[g, f"+-{span:g}", r["generation"], r["evaluations"], round(r["search_s"] / 60, 1),
-             *[fmt(r, m) for m in METRICS], round(r["ppl"] / uniform["ppl"], 3)]
-            for (g, span), points in cells.items() for r in points]
-    return rows + [["uniform", "-", "-", 0, 0, *[fmt(uniform, m) for m in METRICS], 1.0]]
+             *point_cells(r, uniform)] for (g, span), points in cells.items() for r in points]
+    return rows + [["uniform", "-", "-", 0, 0, *point_cells(uniform, uniform)]]
 
 
 def main(argv=None) -> int:
