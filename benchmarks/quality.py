@@ -139,7 +139,8 @@ def main(argv=None) -> int:
              + " Search min: the search's generations (the checkpoint's elapsed time over all its sessions; "
                "actor start-up, level database and export add to it). Wall min here: what producing the row took in "
                "the session that evaluated it (start-up, database, the search when it ran then, export): a search "
-               "made for an earlier evaluation (e.g. on validation) is re-exported, not re-run.")
+               "made for an earlier evaluation (e.g. on validation) is re-exported, not re-run, and one that a shorter "
+               "run of the same search had begun is grown from it (only its further generations run then).")
     elsewhere = provenance([r for t in targets for name in labels for r in results[t][name]["per_seed"]],
                            machine_label())
     if elsewhere:  # a pairing across machines compares CPUs as much as models (docs/method.md "Another CPU")

@@ -241,6 +241,33 @@ def search_dir(settings: Settings, variant: str, target: float, work: Path, log=
     return path
 
 
+def shorter_run(settings: Settings, variant: str, target: float, work: Path) -> tuple[Path, int] | None:
+    """A run directory in `work` (a search's or an anytime curve's) of exactly this variant's search with at most
+    its generations done (the one with the most), and its generation: resumed with search.generations raised, it
+    goes on as an uninterrupted run of the full length would (search/driver.py; the anytime curve's points equal
+    the uninterrupted runs' rows), so a longer budget need not search its first generations again."""
+    from efficientllava.actors.config import RunConfig
+    from efficientllava.search.checkpoint import STATE, read_saved
+
+    def comparable(run) -> dict:  # every setting that decides the search, its length and where it runs aside
+        sections = run.sections(without=("search.generations",))
+        sections.pop("ray", None)
+        return drop_added_settings(sections)
+
+    want = settings.run_config(target, SEARCHES[variant])
+    mine, found = comparable(want), None
+    for run_dir in sorted(p for p in work.iterdir() if (p / STATE).is_file()) if work.is_dir() else []:
+        try:
+            saved, app, _ = read_saved(str(run_dir))
+            same = comparable(RunConfig.from_saved(saved, app=app)) == mine
+            done = json.loads((run_dir / STATE).read_text())["generation"]
+        except Exception:  # noqa: BLE001 - a directory that is not a readable run is simply not a candidate
+            continue
+        if same and done <= want.search.generations and (found is None or done > found[1]):
+            found = (run_dir, done)
+    return found
+
+
 def history_counts(run_dir: Path) -> dict:
     """Candidates a search evaluated, all generations (the run's history; a resumed run's own pool counts only what
     it evaluated after the resume), how many of them were screened on a slice, and the search's own wall time
@@ -305,6 +332,11 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
     resuming = variant in SEARCHES and RunStore(str(out)).exists()
     if not resuming:
         shutil.rmtree(out, ignore_errors=True)
+    if variant in SEARCHES and not resuming and (shorter := shorter_run(settings, variant, target, work)):
+        log(f"  {variant} at {target} (seed {settings.seed}): grows {shorter[0].name} (the same search, "
+            f"{shorter[1]} generations done)")
+        shutil.copytree(shorter[0], out, ignore=shutil.ignore_patterns("model"))  # the copy's source stays as it is
+        resuming = True
     t0 = time.perf_counter()
     row: dict = {"variant": variant, "target": target, "seed": settings.seed}
     if variant == "dense":
@@ -325,7 +357,8 @@ def run_variant(variant: str, target: float | None, settings: Settings, work: Pa
 
         if resuming:
             log(f"  {variant} at {target} (seed {settings.seed}): resuming the search in {out}")
-            summary = resume_search(str(out), progress=False, log=search_log)
+            summary = resume_search(str(out), progress=False, log=search_log,
+                                    generations=settings.run_config(target, SEARCHES[variant]).search.generations)
         else:
             summary = run_search(settings.run_config(target, SEARCHES[variant]), str(out), progress=False,
                                  log=search_log)

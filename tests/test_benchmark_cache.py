@@ -233,3 +233,42 @@ def test_provenance_names_the_rows_another_machine_made():
     assert provenance(restored, here) == (
         "Rows that do not record their machine, restored from a results file written on Intel Xeon, AMX "
         "(commit abc1234) (the file's machine, possibly not the row's): uniform at 0.5 (seed 2).")
+
+
+def test_a_longer_search_grows_the_same_search_run_for_fewer_generations(tmp_path, monkeypatch):
+    """A search asked for more generations than a run in the work directory has done, at otherwise identical
+    settings, copies that run (the one with the most generations; the source stays) and resumes it to the asked
+    length; another search, another calibration draw, or a run past the asked length is never grown."""
+    from benchmarks import variants
+    from efficientllava.actors import run as run_module
+    from efficientllava.search.checkpoint import HISTORY_SCHEMA, STATE, RunStore
+
+    def checkpoint(name: str, settings: Settings, generation: int) -> None:
+        run = settings.run_config(0.7, variants.SEARCHES["full"])
+        RunStore(str(tmp_path / name)).save({"generation": generation, "config": run.search.to_dict(),
+                                             "app": run.app(), "elapsed_s": 60.0 * generation},
+                                            HISTORY_SCHEMA.empty_table(), None)
+
+    longer = Settings(search={"generations": 6})
+    checkpoint("anytime-full-0.7-s0-a", Settings(), 2)  # the default's 3-generation search, 2 generations done
+    checkpoint("search-0.7-s0-b", Settings(), 3)  # the same search finished: the run to grow
+    checkpoint("search-0.7-s0-c", Settings(search={"generations": 6, "span": 0.2}), 5)  # another search
+    checkpoint("search-0.7-s1-d", Settings(seed=1), 4)  # another calibration draw
+    checkpoint("search-0.7-s0-e", Settings(search={"generations": 9}), 7)  # past the asked length
+    (tmp_path / "not-a-run").mkdir()
+    assert variants.shorter_run(longer, "full", 0.7, tmp_path) == (tmp_path / "search-0.7-s0-b", 3)
+    assert variants.shorter_run(Settings(search={"generations": 2}), "full", 0.7, tmp_path) == \
+        (tmp_path / "anytime-full-0.7-s0-a", 2)
+    assert variants.shorter_run(Settings(seed=2), "full", 0.7, tmp_path) is None
+
+    calls: list = []
+    fake_search(monkeypatch, calls)
+    asked = []
+    resume = run_module.resume_search
+    monkeypatch.setattr(run_module, "resume_search", lambda *a, **k: asked.append(k["generations"]) or resume(*a, **k))
+    lines: list = []
+    variants.run_variant("full", 0.7, longer, tmp_path, log=lines.append)
+    grown = tmp_path / longer.search_key("full", 0.7)
+    assert calls == [("resume", str(grown))] and asked == [6]
+    assert any("grows search-0.7-s0-b" in line for line in lines)
+    assert (tmp_path / "search-0.7-s0-b" / STATE).is_file() and (grown / "history-000003.parquet").is_file()
