@@ -247,7 +247,7 @@ def shorter_run(settings: Settings, variant: str, target: float, work: Path) -> 
     goes on as an uninterrupted run of the full length would (search/driver.py; the anytime curve's points equal
     the uninterrupted runs' rows), so a longer budget need not search its first generations again."""
     from efficientllava.actors.config import RunConfig
-    from efficientllava.search.checkpoint import STATE, read_saved
+    from efficientllava.search.checkpoint import STATE, RunStore
 
     def comparable(run) -> dict:  # every setting that decides the search, its length and where it runs aside
         sections = run.sections(without=("search.generations",))
@@ -257,10 +257,10 @@ def shorter_run(settings: Settings, variant: str, target: float, work: Path) -> 
     want = settings.run_config(target, SEARCHES[variant])
     mine, found = comparable(want), None
     for run_dir in sorted(p for p in work.iterdir() if (p / STATE).is_file()) if work.is_dir() else []:
-        try:
-            saved, app, _ = read_saved(str(run_dir))
-            same = comparable(RunConfig.from_saved(saved, app=app)) == mine
-            done = json.loads((run_dir / STATE).read_text())["generation"]
+        try:  # the checkpoint read once: its search config, app slot and generation
+            state = RunStore(str(run_dir)).load()[0]
+            same = comparable(RunConfig.from_saved(state["config"], app=state.get("app"))) == mine
+            done = state["generation"]
         except Exception:  # noqa: BLE001 - a directory that is not a readable run is simply not a candidate
             continue
         if same and done <= want.search.generations and (found is None or done > found[1]):
