@@ -79,6 +79,20 @@ def measured_point(settings, target: float, work: Path, generations: int, label:
     return point
 
 
+def measured_curve(settings, target: float, work: Path, generations: list[int], label: str) -> tuple[list[dict], list[str]]:
+    """The points of one search at the asked generations, in order, and the ones it can no longer give: a point
+    neither cached nor reachable because the run is past it (measured later; `AnytimeError`) is left out and
+    said, so the curve's other points are still written."""
+    rows, missing = [], []
+    for g in generations:
+        try:
+            rows.append(measured_point(settings, target, work, g, label))
+        except AnytimeError as e:
+            missing.append(f"{label} at {target:g}, generation {g} ({e})")
+            print(f"  not measured: {missing[-1]}", flush=True)
+    return rows, missing
+
+
 def plot(points: dict, uniform: dict, path: Path) -> None:
     """One panel per target and metric (held-out perplexity; mean VQA accuracy): a line per preset."""
     import matplotlib
@@ -133,6 +147,7 @@ def main(argv=None) -> int:
     targets = [float(t) for t in args.targets.split(",")]
     t_start = time.perf_counter()
     points: dict[tuple[str, float], list[dict]] = {}
+    missing: list[str] = []
     uniform: dict[float, dict] = {}
     for preset in presets:
         args.preset = preset
@@ -142,8 +157,8 @@ def main(argv=None) -> int:
             uniform.setdefault(target, run_variant("uniform", target, settings, args.work))
             last = settings.run_config(target).search.generations  # the preset's own budget: no point past it
             at = {min(int(g), last) for g in args.at.split(",")} if args.at else range(1, last + 1)
-            points[(preset, target)] = [measured_point(settings, target, args.work, g, preset)
-                                        for g in sorted(set(at))]
+            points[(preset, target)], left = measured_curve(settings, target, args.work, sorted(set(at)), preset)
+            missing += left
     headers = ["preset", "target", "generation", "search min", "evaluations", *METRICS, "ppl / uniform"]
     table_rows = [[p, t, r["generation"], round(r["search_s"] / 60, 1), r["evaluations"], *point_cells(r, uniform[t])]
                   for (p, t), rows in sorted(points.items()) for r in rows]
@@ -155,12 +170,13 @@ def main(argv=None) -> int:
              f"{args.eval_vqa} questions per VQA set); seed {args.seed}; one search per preset and target, resumed "
              f"generation by generation; search minutes exclude actor start-up and the level database. Generation 1 "
              f"is the first population alone (the preset's search.init; children are screened from the next "
-             f"generation on). Plot: {args.name}.png.")
+             f"generation on). Plot: {args.name}.png."
+             + (f" Not measured: {'; '.join(missing)}." if missing else ""))
     print("\n" + table + "\n\n" + notes)
     write_results(args.name, "Anytime curves: the best policy so far against search wall time", table,
                   {"seed": args.seed, "settings": {k: str(v) for k, v in vars(args).items()},
                    "points": {f"{p}@{t:g}": rows for (p, t), rows in points.items()},
-                   "uniform": {f"{t:g}": u for t, u in uniform.items()}, "seconds": time.perf_counter() - t_start},
+                   "uniform": {f"{t:g}": u for t, u in uniform.items()}, "not_measured": missing, "seconds": time.perf_counter() - t_start},
                   notes)
     return 0
 

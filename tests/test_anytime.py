@@ -43,3 +43,15 @@ def test_a_run_past_the_asked_generation_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(anytime, "checkpoint_generation", lambda run_dir: 3)
     with pytest.raises(anytime.AnytimeError, match="at generation 3, past 2"):
         anytime.search_point(None, 0.7, tmp_path / "run", 2)
+
+
+def test_a_point_the_run_is_past_is_left_out_and_said(tmp_path, monkeypatch):
+    def point(settings, target, work, g, label):
+        if g == 1:
+            raise anytime.AnytimeError(f"run is at generation 3, past {g}")
+        return {"generation": g}
+
+    monkeypatch.setattr(anytime, "measured_point", point)
+    rows, missing = anytime.measured_curve(None, 0.5, tmp_path, [1, 3, 8], "quality")
+    assert [r["generation"] for r in rows] == [3, 8]
+    assert missing == ["quality at 0.5, generation 1 (run is at generation 3, past 1)"]
