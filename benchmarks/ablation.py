@@ -140,11 +140,11 @@ def paired_table(pairs: dict, other: str = "Full", base: str = "uniform") -> str
             "better; accuracy in points, higher is better):\n\n" + markdown_table(headers, rows))
 
 
-def cross_task_table(cross: dict) -> str:
-    """Uniform and Full searched on one image-text set's proxy, scored on the other set: means over seeds and
-    the paired difference seed by seed."""
-    headers = ["target", "proxy → scored on", "uniform", "Full", "Full − uniform per seed", "mean ± sd",
-               "Full ahead on"]
+def cross_task_table(cross: dict, other: str = "full", label: str = "Full") -> str:
+    """Uniform and `other` (Full; quality.py: a preset) searched on one image-text set's proxy, scored on the
+    other set: means over seeds and the paired difference seed by seed."""
+    headers = ["target", "proxy → scored on", "uniform", label, f"{label} − uniform per seed", "mean ± sd",
+               f"{label} ahead on"]
     rows = []
     for t, by_proxy in cross.items():
         for proxy, c in by_proxy.items():
@@ -152,7 +152,7 @@ def cross_task_table(cross: dict) -> str:
                 if m not in c["paired"]:
                     continue
                 x = c["paired"][m]
-                rows.append([t, f"{proxy} → {HEADS[m]}", fmt(c["uniform"], m), fmt(c["full"], m),
+                rows.append([t, f"{proxy} → {HEADS[m]}", fmt(c["uniform"], m), fmt(c[other], m),
                              ", ".join(f"{v:+.1f}" for v in x["per_seed"]) + " pts",
                              f"{x['mean']:+.1f} ± {x['sd']:.1f} pts", f"{x['wins']} of {x['n']} seeds"])
     return ("Cross-task: the image-text proxy from one set only (`--data '{mm_calib: SET:train}'`), accuracy on "

@@ -13,7 +13,10 @@ means over the seeds (per-seed values in the JSON):
 * at every other target: perplexity at most the default's Full, easy-vqa and Fashion-MNIST at least its less
   the slack;
 * at every target, the shifted columns (Python-docs perplexity, rephrased questions) not worse than uniform's
-  (a harder search must not buy proxy fit with generalisation).
+  (a harder search must not buy proxy fit with generalisation);
+* with --cross-task, cross-task accuracy not worse than uniform's: uniform and the preset again per seed with
+  the image-text proxy of one set only (the ablation's `--cross-task`; uniform's rows are the ablation's), the
+  other set's accuracy as generated and rephrased.
 
 The search's own wall time per run (its generations) and what producing each row took here are reported beside.
 Writes benchmarks/results/<name>.md|json.
@@ -27,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.ablation import HEADS, add_common_args, restore_cache, settings_from_args  # noqa: E402
+from benchmarks.ablation import (CROSS_TASK, HEADS, add_common_args, cross_task_table, restore_cache,  # noqa: E402
+                                 settings_from_args, with_proxy)
 from benchmarks.common import machine_label, markdown_table, write_results  # noqa: E402
 from benchmarks.variants import (METRICS, lower_is_better, over_seeds, paired, provenance, ray_started,  # noqa: E402
                                  run_variant)
@@ -68,6 +72,15 @@ def checks(target: float, first: bool, rows: dict, ppl_ratio: float, slack: floa
     return out
 
 
+def cross_checks(target: float, proxy: str, cell: dict) -> list[dict]:
+    """Cross-task: the preset's accuracy on the set its proxy left out, as generated and rephrased, not worse than
+    uniform's on the same single-set proxy (means over seeds; `cell` as main's cross_task entries)."""
+    return [{"target": target, "check": f"cross-task ({proxy} proxy) {m} not worse than uniform",
+             "value": cell["preset"][m], "bound": cell["uniform"][m],
+             "ok": bool(cell["preset"][m] >= cell["uniform"][m])}
+            for m in cell["evaluated_on"] if m in cell["preset"] and m in cell["uniform"]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="0.7,0.5", help="the first gets the perplexity-ratio check")
@@ -75,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-ratio", type=float, default=0.5, help="at the first target: preset ppl / uniform ppl")
     ap.add_argument("--slack", type=float, default=1.0, help="VQA points the preset may lose to the default's Full")
     ap.add_argument("--name", default="quality", help="results file benchmarks/results/<name>.md|json")
+    ap.add_argument("--cross-task", action="store_true",
+                    help="also run uniform and the preset for every seed with the image-text proxy from one set only "
+                         "(easy-vqa, then Fashion-MNIST) and check the other set's accuracy")
     ap.add_argument("--restore-cache", type=Path, action="append", default=[], metavar="RESULTS_JSON",
                     help="put the rows of an ablation results file written at the same settings (the default "
                          "preset's) into the cache first; may be given several times")
@@ -113,6 +129,18 @@ def main(argv=None) -> int:
                       "default_wall_s": [r["prune_seconds"] for r in runs["default"]],
                       "default_search_s": [r.get("search_seconds") for r in runs["default"]]}
         all_checks += checks(t, i == 0, rows, args.ppl_ratio, args.slack)
+    cross: dict = {}
+    for t in targets if args.cross_task else []:
+        cross[t] = {}
+        for proxy, scored_on in CROSS_TASK.items():
+            runs = {name: [run_variant(variant, t, with_proxy(s, proxy).model_copy(update={"seed": seed}),
+                                       args.work) for seed in seeds]
+                    for name, variant, s in (("uniform", "uniform", default), ("preset", "preset", preset))}
+            p = paired(runs["uniform"], runs["preset"])
+            cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
+                               "preset": over_seeds(runs["preset"]), "paired": {m: p[m] for m in scored_on if m in p},
+                               "seeds": p["seeds"]}
+            all_checks += cross_checks(t, proxy, cross[t][proxy])
     shown = [m for m in METRICS if all(m in results[t]["preset"] for t in targets)]
     headers = ["target", "model", *(HEADS[m] for m in shown), "per-seed ppl", "search min per run",
                "wall min per run here"]
@@ -126,6 +154,8 @@ def main(argv=None) -> int:
             table_rows.append([t, label, *(f"{r[m]:.4g} ± {r[f'{m}_sd']:.2g}" for m in shown),
                                ", ".join(f"{x['ppl']:.1f}" for x in r["per_seed"]), minutes(search), minutes(wall)])
     table = markdown_table(headers, table_rows)
+    if cross:
+        table += "\n\n" + cross_task_table(cross, "preset", f"`{args.preset}`")
     table += "\n\nChecks (means over seeds " + ",".join(map(str, seeds)) + "):\n\n" + markdown_table(
         ["target", "check", "value", "bound", "holds"],
         [[c["target"], c["check"], f"{c['value']:.4g}", f"{c['bound']:.4g}", "yes" if c["ok"] else "**no**"]
@@ -141,14 +171,16 @@ def main(argv=None) -> int:
                "the session that evaluated it (start-up, database, the search when it ran then, export): a search "
                "made for an earlier evaluation (e.g. on validation) is re-exported, not re-run, and one that a shorter "
                "run of the same search had begun is grown from it (only its further generations run then).")
-    elsewhere = provenance([r for t in targets for name in labels for r in results[t][name]["per_seed"]],
-                           machine_label())
+    elsewhere = provenance([r for t in targets for name in labels for r in results[t][name]["per_seed"]]
+                           + [r for cells in cross.values() for c in cells.values() for name in ("uniform", "preset")
+                              for r in c[name]["per_seed"]], machine_label())
     if elsewhere:  # a pairing across machines compares CPUs as much as models (docs/method.md "Another CPU")
         notes += " " + elsewhere
     print("\n" + table + "\n\n" + notes)
     write_results(args.name, f"The `{args.preset}` preset against uniform SparseGPT and the default preset", table,
                   {"seed": seeds[0], "seeds": seeds, "preset": args.preset, "settings": json.loads(preset.model_dump_json()),
-                   "results": {f"{t:g}": r for t, r in results.items()}, "checks": all_checks,
+                   "results": {f"{t:g}": r for t, r in results.items()},
+                   "cross_task": {f"{t:g}": c for t, c in cross.items()}, "checks": all_checks,
                    "seconds": time.perf_counter() - t0}, notes)
     return 0 if not failed else 1
 

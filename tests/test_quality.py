@@ -109,3 +109,38 @@ def test_the_preset_variant_runs_the_preset_as_it_is():
     s = Settings(preset="paper")
     assert s.run_config(0.7, SEARCHES["preset"]) == s.run_config(0.7)
     assert s.key("preset", 0.7) != s.key("full", 0.7)
+
+
+def test_cross_task_runs_uniform_and_the_preset_on_each_single_set_proxy_and_checks_the_other_set(monkeypatch,
+                                                                                                 tmp_path):
+    """--cross-task: per seed, uniform (the ablation's rows: default settings) and the preset with one set's proxy;
+    the preset's accuracy on the other set is checked against uniform's; a loss there fails the run."""
+    written, calls = {}, []
+    monkeypatch.setattr(quality, "ray_started", lambda settings: None)
+    monkeypatch.setattr(quality, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data, notes=notes))
+    good = {0.7: {**ROWS[("default", 0.7)], "ppl": 190.0, "easy_vqa": 0.56}}
+    in_distribution = _fake(good, [])
+
+    def run(variant, target, settings, work, log=print, cached_only=False):
+        proxy = settings.data["mm_calib"]
+        calls.append((variant, settings.preset, settings.seed, proxy))
+        row = in_distribution(variant, target, settings, work)
+        if variant == "preset" and proxy == "fashion-mnist:train":  # cross-task: behind uniform on easy-vqa
+            row["easy_vqa"] = row["easy_vqa_rephrased"] = 0.1
+        return row
+
+    monkeypatch.setattr(quality, "run_variant", run)
+    assert quality.main(["--preset", "paper", "--targets", "0.7", "--seeds", "0,1", "--cross-task",
+                         "--work", str(tmp_path)]) == 1
+    for proxy in ("easy-vqa:train", "fashion-mnist:train"):
+        assert {(v, p, s) for v, p, s, x in calls if x == proxy} == {
+            (v, p, s) for v, p in (("uniform", "default"), ("preset", "paper")) for s in (0, 1)}
+    cross = {c["check"]: c["ok"] for c in written["data"]["checks"] if c["check"].startswith("cross-task")}
+    assert cross == {"cross-task (easy-vqa proxy) fashion_mnist not worse than uniform": True,
+                     "cross-task (easy-vqa proxy) fashion_mnist_rephrased not worse than uniform": True,
+                     "cross-task (fashion-mnist proxy) easy_vqa not worse than uniform": False,
+                     "cross-task (fashion-mnist proxy) easy_vqa_rephrased not worse than uniform": False}
+    cell = written["data"]["cross_task"]["0.7"]["fashion-mnist"]
+    assert cell["paired"]["easy_vqa"]["wins"] == 0 and cell["seeds"] == [0, 1]
+    assert "Cross-task" in written["table"] and "`paper` − uniform per seed" in written["table"]
