@@ -314,8 +314,9 @@ def main(argv=None) -> int:
             for m in ("easy_vqa", "fashion_mnist"):
                 noise = max(u.get(f"{m}_sd", 0.0), f.get(f"{m}_sd", 0.0))
                 diff = f[m] - u[m]
-                parts.append(f"{m} {u[m]:.3f} -> {f[m]:.3f} ({diff:+.3f}; "
-                             f"{'within' if abs(diff) <= noise else 'beyond'} the seeds' sd {noise:.3f})")
+                spread = (f"{'within' if abs(diff) <= noise else 'beyond'} the seeds' sd {noise:.3f}"
+                          if len(u["seeds"]) > 1 else "one seed: no sd to compare with")
+                parts.append(f"{m} {u[m]:.3f} -> {f[m]:.3f} ({diff:+.3f}; {spread})")
             verdict.append(f"At {t}, Full vs Uniform (means over seeds {seeds}): " + ", ".join(parts) + ".")
             first = {v: next((x for x in r["per_seed"] if x["seed"] == settings.seed), None)
                      for v, r in by_variant.items()}  # the single-seed variants' draw, for every variant

@@ -40,24 +40,41 @@ def test_paired_differences_per_seed_mean_sd_and_wins():
     assert out["fashion_mnist"]["wins"] == 0 and "ppl_pydoc" not in out  # a metric the rows lack is left out
 
 
-def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy(monkeypatch, tmp_path):
-    """--cross-task: uniform and Full per seed with the proxy of one set only; the JSON's cross_task key holds,
-    per target and proxy, the other set's accuracy paired seed by seed (and only that set's)."""
-    import benchmarks.ablation as ablation
-
-    calls, written = [], {}
-
+def _stand_in_runs(calls: list):
+    """A run_variant that records its calls and returns stand-in rows: Full ahead on seeds 1, 2, level on seed 0."""
     def fake_run(variant, target, settings, work, log=print, cached_only=False):
         calls.append((variant, target, settings.seed, settings.data["mm_calib"]))
-        bonus = 0.01 * settings.seed if variant == "full" else 0.0  # Full ahead on seeds 1, 2; level on seed 0
+        bonus = 0.01 * settings.seed if variant == "full" else 0.0
         row = {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0, "ppl": 100.0,
                "easy_vqa": 0.5 + bonus, "fashion_mnist": 0.4 + bonus, "easy_vqa_rephrased": 0.45,
                "fashion_mnist_rephrased": 0.35 - bonus}
         if variant == "full":
             row.update(ratios=[target], evaluated=10, screened=0)
         return row
+    return fake_run
 
-    monkeypatch.setattr(ablation, "run_variant", fake_run)
+
+def test_the_verdict_compares_with_the_seeds_sd_only_when_there_are_seeds(monkeypatch, tmp_path):
+    import benchmarks.ablation as ablation
+
+    notes = []
+    monkeypatch.setattr(ablation, "run_variant", _stand_in_runs([]))
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, n: notes.append(n))
+    for seeds in ("1", "0,1,2"):
+        assert ablation.main(["--targets", "0.7", "--variants", "uniform,full", "--seeds", seeds, "--seed", "1",
+                              "--cached-only", "--work", str(tmp_path)]) == 0
+    one, three = notes
+    assert "one seed: no sd to compare with" in one and "the seeds' sd" not in one
+    assert "within the seeds' sd" in three and "one seed" not in three
+
+
+def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy(monkeypatch, tmp_path):
+    """--cross-task: uniform and Full per seed with the proxy of one set only; the JSON's cross_task key holds,
+    per target and proxy, the other set's accuracy paired seed by seed (and only that set's)."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+    monkeypatch.setattr(ablation, "run_variant", _stand_in_runs(calls))
     monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
         name=name, table=table, data=data))
     assert ablation.main(["--targets", "0.7", "--variants", "uniform,full", "--seeds", "0,1,2", "--cross-task",
