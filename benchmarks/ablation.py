@@ -127,7 +127,9 @@ HEADS = {"ppl": "held-out ppl", "easy_vqa": "easy-vqa acc", "fashion_mnist": "Fa
 def paired_table(pairs: dict, other: str = "Full", base: str = "uniform") -> str:
     """`other` against `base` (Full against uniform) on the same calibration draw, seed by seed: the difference
     per seed, its mean ± sd, and on how many seeds `other` is ahead (a user gets one draw, not the mean)."""
-    headers = ["target", "metric", f"{other} − {base} per seed", "mean ± sd", f"{other} ahead on"]
+    noise = any("draw_noise" in x for p in pairs.values() for x in p.values() if isinstance(x, dict))
+    headers = ["target", "metric", f"{other} − {base} per seed", "mean ± sd", f"{other} ahead on",
+               *(["one draw's question noise (95%)"] if noise else [])]
     rows = []
     for t, p in pairs.items():
         for m in METRICS:
@@ -135,16 +137,20 @@ def paired_table(pairs: dict, other: str = "Full", base: str = "uniform") -> str
                 continue
             x, unit = p[m], "%" if lower_is_better(m) else " pts"
             rows.append([t, HEADS[m], ", ".join(f"{v:+.1f}" for v in x["per_seed"]) + unit,
-                         f"{x['mean']:+.1f} ± {x['sd']:.1f}{unit}", f"{x['wins']} of {x['n']} seeds"])
+                         f"{x['mean']:+.1f} ± {x['sd']:.1f}{unit}", f"{x['wins']} of {x['n']} seeds",
+                         *([f"± {x['draw_noise']:.1f}{unit}" if "draw_noise" in x else "-"] if noise else [])])
     return (f"Paired differences, {other} − {base} on the same calibration draw (perplexity in % change, lower is "
-            "better; accuracy in points, higher is better):\n\n" + markdown_table(headers, rows))
+            "better; accuracy in points, higher is better)"
+            + ("; question noise: how far one draw's accuracy difference can move by which held-out questions were "
+               "drawn alone (1.96 standard errors, as if the two models answered independently: an upper bound)"
+               if noise else "") + ":\n\n" + markdown_table(headers, rows))
 
 
 def cross_task_table(cross: dict, other: str = "full", label: str = "Full") -> str:
     """Uniform and `other` (Full; quality.py: a preset) searched on one image-text set's proxy, scored on the
     other set: means over seeds and the paired difference seed by seed."""
     headers = ["target", "proxy → scored on", "uniform", label, f"{label} − uniform per seed", "mean ± sd",
-               f"{label} ahead on"]
+               f"{label} ahead on", "one draw's question noise (95%)"]
     rows = []
     for t, by_proxy in cross.items():
         for proxy, c in by_proxy.items():
@@ -154,7 +160,8 @@ def cross_task_table(cross: dict, other: str = "full", label: str = "Full") -> s
                 x = c["paired"][m]
                 rows.append([t, f"{proxy} → {HEADS[m]}", fmt(c["uniform"], m), fmt(c[other], m),
                              ", ".join(f"{v:+.1f}" for v in x["per_seed"]) + " pts",
-                             f"{x['mean']:+.1f} ± {x['sd']:.1f} pts", f"{x['wins']} of {x['n']} seeds"])
+                             f"{x['mean']:+.1f} ± {x['sd']:.1f} pts", f"{x['wins']} of {x['n']} seeds",
+                             f"± {x['draw_noise']:.1f} pts" if "draw_noise" in x else "-"])
     return ("Cross-task: the image-text proxy from one set only (`--data '{mm_calib: SET:train}'`), accuracy on "
             "the other set, which neither the search nor uniform's calibration saw:\n\n" + markdown_table(headers, rows))
 
@@ -258,7 +265,7 @@ def main(argv=None) -> int:
                 if any(None in r for r in runs.values()):
                     missing.append(f"cross-task ({proxy} proxy) at {t}")
                     continue
-                p = paired(runs["uniform"], runs["full"])
+                p = paired(runs["uniform"], runs["full"], settings.heldout.vqa)
                 cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
                                    "full": over_seeds(runs["full"]), "paired": {m: p[m] for m in scored_on if m in p},
                                    "seeds": p["seeds"]}
@@ -271,7 +278,7 @@ def main(argv=None) -> int:
                          *(fmt(r, m) if m in r else "-" for m in shown),
                          f"{r['evaluated']} ({r['screened']})" if r.get("evaluated") is not None else "-"])
     table = markdown_table(headers, rows)
-    pairs = {t: paired(by_variant["uniform"]["per_seed"], by_variant["full"]["per_seed"])
+    pairs = {t: paired(by_variant["uniform"]["per_seed"], by_variant["full"]["per_seed"], settings.heldout.vqa)
              for t, by_variant in results.items() if "uniform" in by_variant and "full" in by_variant}
     if pairs:
         table += "\n\n" + paired_table(pairs)

@@ -122,8 +122,8 @@ def main(argv=None) -> int:
                 for name, variant, s in (("uniform", "uniform", default), ("default", "full", default),
                                          ("preset", "preset", preset))}
         rows = {name: over_seeds(r) for name, r in runs.items()}
-        results[t] = {**rows, "vs_uniform": paired(runs["uniform"], runs["preset"]),
-                      "vs_default": paired(runs["default"], runs["preset"]),
+        results[t] = {**rows, "vs_uniform": paired(runs["uniform"], runs["preset"], args.eval_vqa),
+                      "vs_default": paired(runs["default"], runs["preset"], args.eval_vqa),
                       "wall_s": [r["prune_seconds"] for r in runs["preset"]],
                       "search_s": [r.get("search_seconds") for r in runs["preset"]],
                       "default_wall_s": [r["prune_seconds"] for r in runs["default"]],
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             runs = {name: [run_variant(variant, t, with_proxy(s, proxy).model_copy(update={"seed": seed}),
                                        args.work) for seed in seeds]
                     for name, variant, s in (("uniform", "uniform", default), ("preset", "preset", preset))}
-            p = paired(runs["uniform"], runs["preset"])
+            p = paired(runs["uniform"], runs["preset"], args.eval_vqa)
             cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
                                "preset": over_seeds(runs["preset"]), "paired": {m: p[m] for m in scored_on if m in p},
                                "seeds": p["seeds"]}

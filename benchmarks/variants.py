@@ -483,10 +483,13 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith("ppl")
 
 
-def paired(base: list[dict], other: list[dict]) -> dict:
+def paired(base: list[dict], other: list[dict], questions: int | None = None) -> dict:
     """Per metric, `other` against `base` seed by seed (the same calibration draw for both): the per-seed
     differences (perplexity as % change, accuracy in points), their mean and sd, and on how many seeds
-    `other` is ahead (lower perplexity, higher accuracy)."""
+    `other` is ahead (lower perplexity, higher accuracy). With `questions` (per VQA set), each accuracy also gets
+    `draw_noise`: how far one draw's difference can move by the questions alone, 1.96 x its standard error in points
+    were the two models' answers independent (mean over the draws); the two answer the same questions, so their
+    errors correlate and the true figure is smaller: a difference inside it is within noise."""
     import numpy as np
 
     by_seed = {r["seed"]: r for r in base}
@@ -500,6 +503,9 @@ def paired(base: list[dict], other: list[dict]) -> dict:
         out[m] = {"per_seed": [float(x) for x in d], "mean": float(d.mean()),
                   "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0, "wins": wins, "n": len(d),
                   "unit": "% change" if lower_is_better(m) else "points"}
+        if questions and not lower_is_better(m):
+            var = [(b[m] * (1 - b[m]) + o[m] * (1 - o[m])) / questions for b, o in pairs]
+            out[m]["draw_noise"] = float(np.mean([196 * np.sqrt(v) for v in var]))
     return out
 
 

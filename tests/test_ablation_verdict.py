@@ -38,6 +38,22 @@ def test_paired_differences_per_seed_mean_sd_and_wins():
     assert ppl["sd"] == pytest.approx(15.811, abs=1e-3)
     assert acc["wins"] == 3 and acc["mean"] == pytest.approx(1.4) and acc["unit"] == "points"
     assert out["fashion_mnist"]["wins"] == 0 and "ppl_pydoc" not in out  # a metric the rows lack is left out
+    assert "draw_noise" not in acc  # without the question count there is none
+
+
+def test_one_draws_question_noise_is_the_binomial_bound_on_accuracies_only():
+    """1.96 x sqrt((p_b (1 - p_b) + p_o (1 - p_o)) / n) in points, averaged over the draws; none for perplexity."""
+    from benchmarks.ablation import paired_table
+    from benchmarks.variants import paired
+
+    base = [{"seed": 0, "ppl": 100.0, "easy_vqa": 0.5}, {"seed": 1, "ppl": 100.0, "easy_vqa": 0.9}]
+    other = [{"seed": 0, "ppl": 90.0, "easy_vqa": 0.5}, {"seed": 1, "ppl": 90.0, "easy_vqa": 0.9}]
+    out = paired(base, other, questions=1000)
+    by_hand = [1.96 * 100 * (2 * p * (1 - p) / 1000) ** 0.5 for p in (0.5, 0.9)]  # 4.38 and 2.63 points
+    assert out["easy_vqa"]["draw_noise"] == pytest.approx(sum(by_hand) / 2)
+    assert "draw_noise" not in out["ppl"]
+    table = paired_table({0.7: out})
+    assert "question noise (95%)" in table and f"± {sum(by_hand) / 2:.1f} pts" in table
 
 
 def _stand_in_runs(calls: list):
