@@ -262,9 +262,14 @@ def main(argv=None) -> int:
             for proxy, scored_on in CROSS_TASK.items():
                 runs = {v: [run_variant(v, t, with_proxy(settings, proxy).model_copy(update={"seed": s}), args.work,
                                         log=print, cached_only=args.cached_only) for s in seeds] for v in PAIRED}
-                if any(None in r for r in runs.values()):
-                    missing.append(f"cross-task ({proxy} proxy) at {t}")
+                # --cached-only: a cell reports the seeds finished for both models and names the others
+                done = [s for i, s in enumerate(seeds) if all(runs[v][i] is not None for v in PAIRED)]
+                if len(done) < len(seeds):
+                    missing.append(f"cross-task ({proxy} proxy) at {t}, seed(s) "
+                                   + ",".join(str(s) for s in seeds if s not in done))
+                if not done:
                     continue
+                runs = {v: [r for r in rs if r is not None and r["seed"] in done] for v, rs in runs.items()}
                 p = paired(runs["uniform"], runs["full"], settings.heldout.vqa)
                 cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
                                    "full": over_seeds(runs["full"]), "paired": {m: p[m] for m in scored_on if m in p},

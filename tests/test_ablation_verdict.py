@@ -107,6 +107,30 @@ def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy
     assert "Cross-task" in written["table"] and "easy-vqa → Fashion-MNIST acc" in written["table"]
 
 
+def test_a_cached_only_cross_task_cell_reports_its_finished_seeds_and_names_the_rest(monkeypatch, tmp_path):
+    import benchmarks.ablation as ablation
+
+    written, notes = {}, []
+    stand_in = _stand_in_runs([])
+
+    def run(variant, target, settings, work, log=print, cached_only=False):
+        single_set = "," not in settings.data["mm_calib"]
+        if single_set and variant == "full" and settings.seed == 2:  # seed 2's cross-task search not run yet
+            return None
+        return stand_in(variant, target, settings, work)
+
+    monkeypatch.setattr(ablation, "run_variant", run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, n: (written.update(data),
+                                                                                        notes.append(n)))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full", "--seeds", "0,1,2", "--cross-task",
+                          "--cached-only", "--work", str(tmp_path)]) == 0
+    cell = written["cross_task"]["0.7"]["easy-vqa"]
+    assert cell["seeds"] == [0, 1] and [r["seed"] for r in cell["uniform"]["per_seed"]] == [0, 1]
+    assert cell["paired"]["fashion_mnist"]["n"] == 2
+    assert "cross-task (easy-vqa proxy) at 0.7, seed(s) 2" in notes[0]
+    assert "cross-task (fashion-mnist proxy) at 0.7, seed(s) 2" in notes[0]
+
+
 def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_are_refused(tmp_path):
     """--restore-cache: a results file's rows go back under the keys `run_variant` reads (a fresh machine has
     no cache); a file written with other settings is refused, never filed under keys it does not belong to."""
