@@ -79,7 +79,8 @@ def measured_point(settings, target: float, work: Path, generations: int, label:
     return point
 
 
-def measured_curve(settings, target: float, work: Path, generations: list[int], label: str) -> tuple[list[dict], list[str]]:
+def measured_curve(settings, target: float, work: Path, generations: list[int],
+                   label: str) -> tuple[list[dict], list[str]]:
     """The points of one search at the asked generations, in order, and the ones it can no longer give: a point
     neither cached nor reachable because the run is past it (measured later; `AnytimeError`) is left out and
     said, so the curve's other points are still written."""
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
     write_results(args.name, "Anytime curves: the best policy so far against search wall time", table,
                   {"seed": args.seed, "settings": {k: str(v) for k, v in vars(args).items()},
                    "points": {f"{p}@{t:g}": rows for (p, t), rows in points.items()},
-                   "uniform": {f"{t:g}": u for t, u in uniform.items()}, "not_measured": missing, "seconds": time.perf_counter() - t_start},
+                   "uniform": {f"{t:g}": u for t, u in uniform.items()}, "not_measured": missing,
+                   "seconds": time.perf_counter() - t_start},
                   notes)
     return 0
 
