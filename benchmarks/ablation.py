@@ -146,6 +146,14 @@ def paired_table(pairs: dict, other: str = "Full", base: str = "uniform") -> str
                if noise else "") + ":\n\n" + markdown_table(headers, rows))
 
 
+def cross_task_cell(runs: dict, other: str, scored_on: tuple, questions: int) -> dict:
+    """One target and single-set proxy: uniform's and `other`'s rows over seeds (`runs`: per model, one row per
+    seed) and their paired difference on the sets the proxy left out (`scored_on`)."""
+    p = paired(runs["uniform"], runs[other], questions)
+    return {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]), other: over_seeds(runs[other]),
+            "paired": {m: p[m] for m in scored_on if m in p}, "seeds": p["seeds"]}
+
+
 def cross_task_table(cross: dict, other: str = "full", label: str = "Full") -> str:
     """Uniform and `other` (Full; quality.py: a preset) searched on one image-text set's proxy, scored on the
     other set: means over seeds and the paired difference seed by seed."""
@@ -270,10 +278,7 @@ def main(argv=None) -> int:
                 if not done:
                     continue
                 runs = {v: [r for r in rs if r is not None and r["seed"] in done] for v, rs in runs.items()}
-                p = paired(runs["uniform"], runs["full"], settings.heldout.vqa)
-                cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
-                                   "full": over_seeds(runs["full"]), "paired": {m: p[m] for m in scored_on if m in p},
-                                   "seeds": p["seeds"]}
+                cross[t][proxy] = cross_task_cell(runs, "full", scored_on, settings.heldout.vqa)
     shown = [m for m in METRICS if m in dense]  # in-distribution, then shifted (rows cached before: fewer)
     headers = ["target", "variant", "seeds", "sparsity", *(HEADS[m] for m in shown), "search evaluations (screened)"]
     rows = [["-", LABELS["dense"], "-", dense["sparsity"], *(dense[m] for m in shown), "-"]]

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.ablation import (CROSS_TASK, HEADS, add_common_args, cross_task_table, restore_cache,  # noqa: E402
-                                 settings_from_args, with_proxy)
+from benchmarks.ablation import (CROSS_TASK, HEADS, add_common_args, cross_task_cell, cross_task_table,  # noqa: E402
+                                 restore_cache, settings_from_args, with_proxy)
 from benchmarks.common import machine_label, markdown_table, write_results  # noqa: E402
 from benchmarks.variants import (METRICS, lower_is_better, over_seeds, paired, provenance, ray_started,  # noqa: E402
                                  run_variant)
@@ -136,10 +136,7 @@ def main(argv=None) -> int:
             runs = {name: [run_variant(variant, t, with_proxy(s, proxy).model_copy(update={"seed": seed}),
                                        args.work) for seed in seeds]
                     for name, variant, s in (("uniform", "uniform", default), ("preset", "preset", preset))}
-            p = paired(runs["uniform"], runs["preset"], args.eval_vqa)
-            cross[t][proxy] = {"evaluated_on": list(scored_on), "uniform": over_seeds(runs["uniform"]),
-                               "preset": over_seeds(runs["preset"]), "paired": {m: p[m] for m in scored_on if m in p},
-                               "seeds": p["seeds"]}
+            cross[t][proxy] = cross_task_cell(runs, "preset", scored_on, args.eval_vqa)
             all_checks += cross_checks(t, proxy, cross[t][proxy])
     shown = [m for m in METRICS if all(m in results[t]["preset"] for t in targets)]
     headers = ["target", "model", *(HEADS[m] for m in shown), "per-seed ppl", "search min per run",
