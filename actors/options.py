@@ -78,6 +78,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("search.projector_mode", str, "Search-space evolution: weighted | uniform | off."),
     Setting("search.projector_steps", int, "Projector mini-batch steps per generation."),
     Setting("search.projector_lr", float, "Projector learning rate."),
+    Setting("search.projector_max_change", float, "Trust region of the projector step: a generation's update is "
+            "scaled down to at most this relative change ||dW_p|| / ||W_p|| (default: unbounded)."),
     Setting("engine.mode", str, "sequential (prune every candidate) | database (prune every block at every "
             "level once, stitch candidates)."),
     Setting("engine.loss", str, "Token loss of the fitness: kl (to the dense model) | ce (to the labels)."),

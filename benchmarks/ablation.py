@@ -39,7 +39,7 @@ from benchmarks.variants import (DATABASE_EXPORTS, EVO_BASE, EVO_PARTS, LABELS, 
 
 #: the order they run in (full_database and EVO_PARTS reuse Full's run)
 VARIANTS = ["uniform", "owl", *SEARCHES, *DATABASE_EXPORTS, *EVO_PARTS]
-PAIRED = ("uniform", "full")  # compared seed by seed (and cross-task)
+PAIRED = ("uniform", "full")  # compared seed by seed
 SEEDED = (*PAIRED, *EVO_PARTS)  # run for every calibration seed
 #: cross-task: the image-text proxy from one set only, accuracy on the other set (as generated and rephrased)
 CROSS_TASK = {"easy-vqa": ("fashion_mnist", "fashion_mnist_rephrased"),
@@ -64,9 +64,11 @@ def restore_cache(doc: dict, settings: Settings, work: Path) -> int:
     rows = [("dense", None, settings, doc["dense"])]
     for t, variants in doc.get("results", {}).items():
         rows += [(v, float(t), settings, r) for v, agg in variants.items() for r in agg["per_seed"]]
-    for t, proxies in doc.get("cross_task", {}).items():
-        rows += [(v, float(t), with_proxy(settings, proxy), r)
-                 for proxy, cell in proxies.items() for v in PAIRED for r in cell[v]["per_seed"]]
+    crossed = {"full": doc.get("cross_task", {}), **doc.get("cross_task_variants", {})}
+    for other, by_target in crossed.items():
+        for t, proxies in by_target.items():
+            rows += [(v, float(t), with_proxy(settings, proxy), r)
+                     for proxy, cell in proxies.items() for v in ("uniform", other) for r in cell[v]["per_seed"]]
     work.mkdir(parents=True, exist_ok=True)
     m = doc.get("machine") or {}
     # a row cached before rows recorded their machine keeps what the file knows: where the file was written
@@ -263,22 +265,25 @@ def main(argv=None) -> int:
                 missing.append(f"{LABELS[v]} at {t}")
                 continue
             results[t][v] = over_seeds(runs)
-    cross: dict = {}
-    if args.cross_task:
+    # cross-task: Full (always) and every other calibrated variant asked for, each paired with uniform per seed;
+    # cross[v][t][proxy] is one cell (Full's is the JSON's `cross_task`, the others' `cross_task_variants`)
+    crossed = ["full", *(v for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS))]
+    cross: dict = {v: {} for v in crossed} if args.cross_task else {}
+    for v in cross:
         for t in targets:
-            cross[t] = {}
+            cross[v][t] = {}
             for proxy, scored_on in CROSS_TASK.items():
-                runs = {v: [run_variant(v, t, with_proxy(settings, proxy).model_copy(update={"seed": s}), args.work,
-                                        log=print, cached_only=args.cached_only) for s in seeds] for v in PAIRED}
+                runs = {m: [run_variant(m, t, with_proxy(settings, proxy).model_copy(update={"seed": s}), args.work,
+                                        log=print, cached_only=args.cached_only) for s in seeds] for m in ("uniform", v)}
                 # --cached-only: a cell reports the seeds finished for both models and names the others
-                done = [s for i, s in enumerate(seeds) if all(runs[v][i] is not None for v in PAIRED)]
+                done = [s for i, s in enumerate(seeds) if all(runs[m][i] is not None for m in runs)]
                 if len(done) < len(seeds):
-                    missing.append(f"cross-task ({proxy} proxy) at {t}, seed(s) "
+                    missing.append(f"cross-task ({proxy} proxy, {LABELS[v]}) at {t}, seed(s) "
                                    + ",".join(str(s) for s in seeds if s not in done))
                 if not done:
                     continue
-                runs = {v: [r for r in rs if r is not None and r["seed"] in done] for v, rs in runs.items()}
-                cross[t][proxy] = cross_task_cell(runs, "full", scored_on, settings.heldout.vqa)
+                runs = {m: [r for r in rs if r is not None and r["seed"] in done] for m, rs in runs.items()}
+                cross[v][t][proxy] = cross_task_cell(runs, v, scored_on, settings.heldout.vqa)
     shown = [m for m in METRICS if m in dense]  # in-distribution, then shifted (rows cached before: fewer)
     headers = ["target", "variant", "seeds", "sparsity", *(HEADS[m] for m in shown), "search evaluations (screened)"]
     rows = [["-", LABELS["dense"], "-", dense["sparsity"], *(dense[m] for m in shown), "-"]]
@@ -320,8 +325,9 @@ def main(argv=None) -> int:
     for v, p in evo_parts.items():
         if p:
             table += "\n\n" + paired_table(p, EVO_BASE, v)
-    if any(cross.values()):
-        table += "\n\n" + cross_task_table(cross)
+    for v, by_target in cross.items():
+        if any(by_target.values()):
+            table += "\n\n" + cross_task_table(by_target, v, "Full" if v == "full" else LABELS[v])
     print("\n" + table)
     verdict = []
     for t, by_variant in results.items():
@@ -354,7 +360,8 @@ def main(argv=None) -> int:
              f"{settings.heldout.text_spec} ({settings.heldout.split} split), {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
     made = [dense, *(r for by_variant in results.values() for agg in by_variant.values() for r in agg["per_seed"])]
-    made += [r for proxies in cross.values() for cell in proxies.values() for v in PAIRED for r in cell[v]["per_seed"]]
+    made += [r for v, by_target in cross.items() for proxies in by_target.values() for cell in proxies.values()
+             for m in ("uniform", v) for r in cell[m]["per_seed"]]
     elsewhere = provenance(made, machine_label())
     if elsewhere:
         notes += "\n\n" + elsewhere
@@ -374,7 +381,11 @@ def main(argv=None) -> int:
                    # vs_sequential: the sequential prune − its database (stitched) model, per seed
                    **({"vs_sequential": {v: {str(t): x for t, x in p.items()} for v, p in vs_sequential.items()}}
                       if vs_sequential else {}),
-                   "cross_task": {str(t): c for t, c in cross.items()}, "seconds": time.perf_counter() - t0},
+                   "cross_task": {str(t): c for t, c in cross.get("full", {}).items()},
+                   **({"cross_task_variants": {v: {str(t): c for t, c in by_target.items()}
+                                               for v, by_target in cross.items() if v != "full"}}
+                      if len(cross) > 1 else {}),
+                   "seconds": time.perf_counter() - t0},
                   notes)
     return 0
 

@@ -102,6 +102,10 @@ SEARCHES = {
     "matrix_wide_eta0": {"search.eta": 0.0, "search.granularity": "matrix", "search.span": 0.2},
     # Full, its best 3 policies and uniform re-pruned as the export prunes and re-scored: the best exported (issue 25)
     "full_rerank": {"search.eta": 0.5, "search.rerank": 3},
+    # Full with the projector's trust region (issue 25: what a one-task proxy's projector step costs the other task):
+    # a generation's relative change bounded at 0.03 / 0.01 (unbounded Full's were 0.07-0.10 on smol-llava at 0.7)
+    "full_tr03": {"search.eta": 0.5, "search.projector_max_change": 0.03},
+    "full_tr01": {"search.eta": 0.5, "search.projector_max_change": 0.01},
 }
 #: the evolved projector's two effects on Full's model apart, a 2 x 2 design: Full's policy re-pruned from the
 #: dense model with (the projector the masks are computed under, the projector the saved model answers with),
@@ -126,7 +130,7 @@ SPACE_VARIANTS = ("matrix", "wide", "matrix_wide", "full_long", "matrix_wide_lon
                   "auto_text_long", "full_long_srm_sample", "full_long_rescale", "wide_eta0", "matrix_wide_eta0",
                   "full_heldout", "auto_heldout_long", "full_heldout_36")
 #: the variants an ablation runs only when asked for (`preset` is Full itself under the default preset)
-ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", *DATABASE_EXPORTS)
+ON_REQUEST = (*SPACE_VARIANTS, "preset", "full_rephrase", "full_rerank", "full_tr03", "full_tr01", *DATABASE_EXPORTS)
 
 
 def search_overrides(variant: str) -> dict | None:
@@ -152,6 +156,7 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
           "full_long_rescale": "Full, 8 generations, s measured every generation",
           "wide_eta0": "levels p0 +- 0.2, eta = 0", "matrix_wide_eta0": "per matrix, p0 +- 0.2, eta = 0",
           "full_rerank": "Full, best 3 re-pruned and re-ranked",
+          "full_tr03": "Full, projector trust region 0.03", "full_tr01": "Full, projector trust region 0.01",
           "uniform_database": "Uniform, stitched from the level database",
           "full_database": "Full's policy stitched from the level database",
           "evo_masks_only": "Full, evolved projector for the masks only",
@@ -163,7 +168,8 @@ LABELS = {"dense": "Dense", "uniform": "Uniform SparseGPT", "owl": "OWL ratios +
 #: settings added after results were cached: at their default they change no result, so they enter a
 #: cache key only when set (the finished runs of earlier commits stay valid)
 ADDED_SETTINGS = (("data", "mm_balance", False), ("data", "mm_rephrase", 0.0), ("search", "rerank", 0),
-                  ("search", "srm_rescale", False), ("engine", "fitness_held_aside", False))
+                  ("search", "srm_rescale", False), ("engine", "fitness_held_aside", False),
+                  ("search", "projector_max_change", None))
 
 
 def drop_added_settings(resolved: dict) -> dict:

@@ -109,6 +109,10 @@ class SearchConfig(BaseModel):
                                   "(projector_backtrack times) and, if none helps, drop it")
     projector_backtrack: int = Field(2, ge=0, description="halvings of a rejected projector update tried before "
                                      "it is dropped")
+    projector_max_change: Optional[float] = Field(None, gt=0.0, description="trust region: a generation's projector "
+                                                  "update is scaled down to at most this relative change "
+                                                  "||W_p,new - W_p,old|| / ||W_p,old|| before the guard sees it (None: "
+                                                  "unbounded, the paper)")
     # settings owned by other components; never read by search/
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -208,6 +208,8 @@ class SearchDriver:
             draws = [self.rng.choice(len(pop), size=cfg.projector_candidates, p=w).tolist()
                      for _ in range(cfg.projector_steps)]
             update = self.evaluator.projector_step([self.space.ratios(p) for p in pop], draws, cfg.projector_lr)
+            if cfg.projector_max_change is not None and update.change > cfg.projector_max_change:  # trust region
+                update = self.evaluator.rescale_projector_update(cfg.projector_max_change / update.change)
             if cfg.projector_guard:
                 update = self._guard(update)
             self.projector_version = int(update.version)
@@ -298,7 +300,7 @@ class SearchDriver:
             return update
         if not math.isfinite(update.loss_before):
             return self.evaluator.rescale_projector_update(0.0)
-        scale = 1.0
+        scale = update.scale  # 1, or what the trust region kept: the halvings are of that
         for _ in range(self.config.projector_backtrack):
             if self._lowers(update):
                 return update

@@ -64,7 +64,7 @@ def _stand_in_runs(calls: list):
         row = {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0, "ppl": 100.0,
                "easy_vqa": 0.5 + bonus, "fashion_mnist": 0.4 + bonus, "easy_vqa_rephrased": 0.45,
                "fashion_mnist_rephrased": 0.35 - bonus}
-        if variant == "full":
+        if variant not in ("dense", "uniform"):  # a search: its policy and evaluations
             row.update(ratios=[target], evaluated=10, screened=0)
         return row
     return fake_run
@@ -107,6 +107,27 @@ def test_cross_task_runs_each_single_set_proxy_and_pairs_the_other_sets_accuracy
     assert "Cross-task" in written["table"] and "easy-vqa → Fashion-MNIST acc" in written["table"]
 
 
+def test_cross_task_pairs_every_other_search_variant_asked_for_with_uniform(monkeypatch, tmp_path):
+    """An ablated variant asked for beside Full gets its own cross-task cells (`cross_task_variants`), each paired
+    with uniform on the same seeds; Full's stay under `cross_task`."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+    monkeypatch.setattr(ablation, "run_variant", _stand_in_runs(calls))
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full,no_evo", "--seeds", "0,1", "--cross-task",
+                          "--cached-only", "--work", str(tmp_path)]) == 0
+    single = [c for c in calls if "," not in c[3]]
+    assert sorted((c[0], c[2]) for c in single if c[3] == "easy-vqa:train") == sorted(
+        [(v, s) for v in ("uniform", "full", "no_evo") for s in (0, 1)] + [("uniform", 0), ("uniform", 1)])
+    cell = written["data"]["cross_task_variants"]["no_evo"]["0.7"]["fashion-mnist"]
+    assert cell["paired"]["easy_vqa"]["per_seed"] == pytest.approx([0.0, 0.0])  # the stand-in no_evo = uniform
+    assert written["data"]["cross_task"]["0.7"]["easy-vqa"]["paired"]["fashion_mnist"]["per_seed"] == pytest.approx(
+        [0.0, 1.0])
+    assert "No Evo − uniform per seed" in written["table"]
+
+
 def test_a_cached_only_cross_task_cell_reports_its_finished_seeds_and_names_the_rest(monkeypatch, tmp_path):
     import benchmarks.ablation as ablation
 
@@ -127,8 +148,8 @@ def test_a_cached_only_cross_task_cell_reports_its_finished_seeds_and_names_the_
     cell = written["cross_task"]["0.7"]["easy-vqa"]
     assert cell["seeds"] == [0, 1] and [r["seed"] for r in cell["uniform"]["per_seed"]] == [0, 1]
     assert cell["paired"]["fashion_mnist"]["n"] == 2
-    assert "cross-task (easy-vqa proxy) at 0.7, seed(s) 2" in notes[0]
-    assert "cross-task (fashion-mnist proxy) at 0.7, seed(s) 2" in notes[0]
+    assert "cross-task (easy-vqa proxy, Full (eta = 0.5)) at 0.7, seed(s) 2" in notes[0]
+    assert "cross-task (fashion-mnist proxy, Full (eta = 0.5)) at 0.7, seed(s) 2" in notes[0]
 
 
 def test_restored_rows_are_found_where_a_run_looks_for_them_and_other_settings_are_refused(tmp_path):

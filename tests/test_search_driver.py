@@ -173,6 +173,20 @@ def test_the_guard_can_be_turned_off_or_given_no_halvings(tmp_path):
     assert ev.rescales == [0.0] and ev.x == 0.0 and set(h["projector_scale"]) == {0.0}
 
 
+@pytest.mark.parametrize("jump, best, bound, scales, kept", [
+    (0.1, 10.0, 0.25, [], 1.0),  # inside the trust region: untouched
+    (1.0, 10.0, 0.25, [0.25], 0.25),  # outside: scaled to the bound, and the guard keeps what helps
+    (1.0, 0.1, 0.5, [0.5, 0.25, 0.125], 0.125),  # the guard's halvings are of what the trust region kept
+])
+def test_the_trust_region_bounds_a_generations_projector_change(tmp_path, jump, best, bound, scales, kept):
+    ev = QuadraticProjector(jump, best)
+    _, ev, events, h = _run(tmp_path, ev=ev, generations=1, projector_steps=3, projector_max_change=bound)
+    step = [e for e in events if isinstance(e, ProjectorStepped)][0]
+    assert ev.rescales == scales and step.scale == kept and set(h["projector_scale"]) == {kept}
+    assert ev.x == pytest.approx(kept * jump) and step.change <= bound
+    assert step.loss_after <= step.loss_before
+
+
 def test_neighbour_weights_spread_over_several_candidates(tmp_path):
     _, _, _, h = _run(tmp_path, population=16, elites=4)
     eff = sorted({(g, e) for g, e in zip(h["generation"], h["effective_candidates"])})
