@@ -18,8 +18,8 @@ cross-entropy). Metrics on held-out data of --eval-split (val to choose,
 test to report): achieved mean sparsity, Wikipedia perplexity (64x256 tokens of articles never
 used for calibration), easy-vqa and Fashion-MNIST accuracy (constrained choice, the same seeded
 1,000 questions per set for every model), and shifted: perplexity on the Python docs, the same
-images asked in wordings the proxy never uses. --cross-task adds uniform and Full with the
-image-text proxy from one set only, scored on the other set. Finished variants are cached under
+images asked in wordings the proxy never uses. --cross-task adds uniform, Full and the other
+calibrated variants asked for with the image-text proxy from one set only, scored on the other set. Finished variants are cached under
 --work, so an interrupted run continues where it stopped; --restore-cache puts the rows of a results
 file written at the same settings back into that cache (a fresh machine has no runs/), so a run with
 more seeds only computes the new ones. Writes benchmarks/results/<name>.md|json.
@@ -213,9 +213,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of uniform and Full")
     ap.add_argument("--name", default="ablation",
                     help="results file benchmarks/results/<name>.md|json (another name for an experiment beside the table)")
-    ap.add_argument("--cross-task", action="store_true",
-                    help="also run uniform and Full for every seed with the image-text proxy from one set only "
-                         "(easy-vqa, then Fashion-MNIST) and report the other set's accuracy (cross-task)")
+    ap.add_argument("--cross-task", nargs="?", const=",".join(CROSS_TASK), default=None, metavar="PROXIES",
+                    help="also run uniform, Full and every other calibrated variant asked for, on every seed, with the "
+                         "image-text proxy from one set only and report the other set's accuracy (cross-task); "
+                         f"PROXIES: comma-separated sets whose proxy to use (default: {','.join(CROSS_TASK)})")
     ap.add_argument("--every-seed", action="store_true",
                     help="run every asked variant on every seed of --seeds (not only uniform, Full and the Evo parts) "
                          "and pair each search variant with Full seed by seed (JSON key vs_full)")
@@ -232,6 +233,10 @@ def main(argv=None) -> int:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    proxies = args.cross_task.split(",") if args.cross_task else []
+    if set(proxies) - set(CROSS_TASK):
+        ap.error(f"--cross-task: unknown proxies {sorted(set(proxies) - set(CROSS_TASK))}; choose from "
+                 f"{', '.join(CROSS_TASK)}")
     if args.every_seed:  # the search variants are paired with Full
         variants = list(dict.fromkeys([*variants, "full"]))
     if set(variants) & set(EVO_PARTS):  # the parts re-prune Full's run and are compared with evo_both
@@ -272,7 +277,8 @@ def main(argv=None) -> int:
     for v in cross:
         for t in targets:
             cross[v][t] = {}
-            for proxy, scored_on in CROSS_TASK.items():
+            for proxy in proxies:
+                scored_on = CROSS_TASK[proxy]
                 runs = {m: [run_variant(m, t, with_proxy(settings, proxy).model_copy(update={"seed": s}), args.work,
                                         log=print, cached_only=args.cached_only) for s in seeds] for m in ("uniform", v)}
                 # --cached-only: a cell reports the seeds finished for both models and names the others

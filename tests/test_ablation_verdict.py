@@ -118,7 +118,17 @@ def test_cross_task_pairs_every_other_search_variant_asked_for_with_uniform(monk
         table=table, data=data))
     assert ablation.main(["--targets", "0.7", "--variants", "uniform,full,no_evo", "--seeds", "0,1", "--cross-task",
                           "--cached-only", "--work", str(tmp_path)]) == 0
-    single = [c for c in calls if "," not in c[3]]
+    both, calls_both = dict(written), list(calls)
+    calls.clear()  # one proxy only: the other set's proxy is never run
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full,no_evo", "--seeds", "0,1", "--cross-task",
+                          "fashion-mnist", "--cached-only", "--work", str(tmp_path)]) == 0
+    assert "easy-vqa:train" not in {c[3] for c in calls} and "fashion-mnist:train" in {c[3] for c in calls}
+    assert set(written["data"]["cross_task_variants"]["no_evo"]["0.7"]) == {"fashion-mnist"}
+    with pytest.raises(SystemExit):
+        ablation.main(["--targets", "0.7", "--cross-task", "mnist", "--cached-only", "--work", str(tmp_path)])
+    written.clear()
+    written.update(both)
+    single = [c for c in calls_both if "," not in c[3]]
     assert sorted((c[0], c[2]) for c in single if c[3] == "easy-vqa:train") == sorted(
         [(v, s) for v in ("uniform", "full", "no_evo") for s in (0, 1)] + [("uniform", 0), ("uniform", 1)])
     cell = written["data"]["cross_task_variants"]["no_evo"]["0.7"]["fashion-mnist"]
