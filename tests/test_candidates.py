@@ -145,6 +145,11 @@ def test_rescale_keeps_a_fraction_of_the_update_since_the_mark(evaluator):
         assert torch.allclose(learner.state_dict()[n], start[n].float() + 0.25 * (end[n] - start[n].float()), atol=1e-6)
     assert learner.rescale(0.0) == 5 and learner.change_since_mark() == 0.0  # dropped: the marked weights exactly
     assert learner.rescale(1.0) == 6 and all(torch.equal(learner.state_dict()[n], end[n]) for n in learner.names)
+    # the trust region's premise: the relative change is linear in s, so s = tau / change lands on tau
+    full_change = learner.change_since_mark()
+    learner.rescale(0.03 / full_change)
+    assert learner.change_since_mark() == pytest.approx(0.03, rel=1e-4)
+    learner.rescale(1.0)
     learner.step(grads, np.array([1.0]))  # a new step ends the update somewhere else
     moved = learner.state_dict()
     learner.rescale(1.0)
