@@ -303,6 +303,15 @@ def main(argv=None) -> int:
              for t, by_variant in results.items() if "uniform" in by_variant and "full" in by_variant}
     if pairs:
         table += "\n\n" + paired_table(pairs)
+    # every other calibrated variant against uniform on the seeds both ran (the acceptance's comparison: a user
+    # gets one draw of whichever recipe they run)
+    vs_uniform = {v: {t: paired(by_variant["uniform"]["per_seed"], by_variant[v]["per_seed"], settings.heldout.vqa)
+                      for t, by_variant in results.items() if v in by_variant and "uniform" in by_variant}
+                  for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS)}
+    vs_uniform = {v: {t: x for t, x in p.items() if x["seeds"]} for v, p in vs_uniform.items()}
+    vs_uniform = {v: p for v, p in vs_uniform.items() if p}
+    for v, p in vs_uniform.items():
+        table += "\n\n" + paired_table(p, LABELS[v], "uniform")
     # the evolved projector's two effects: Full's recipe re-run (evo_both) against its policy re-pruned with the
     # evolved projector in one role or none; and Full against evo_both, the rounding noise of a re-prune
     evo_parts = {v: {t: paired(by_variant[v]["per_seed"], by_variant[EVO_BASE]["per_seed"])
@@ -383,6 +392,9 @@ def main(argv=None) -> int:
                       if any(evo_parts.values()) else {}),
                    **({"vs_full": {v: {str(t): x for t, x in p.items()} for v, p in vs_full.items()}}
                       if vs_full else {}),
+                   # vs_uniform: each other calibrated variant − uniform per seed (Full's is `paired`)
+                   **({"vs_uniform": {v: {str(t): x for t, x in p.items()} for v, p in vs_uniform.items()}}
+                      if vs_uniform else {}),
                    **({"evo_rounding": {str(t): x for t, x in evo_rounding.items()}} if evo_rounding else {}),
                    # vs_sequential: the sequential prune − its database (stitched) model, per seed
                    **({"vs_sequential": {v: {str(t): x for t, x in p.items()} for v, p in vs_sequential.items()}}

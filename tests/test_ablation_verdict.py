@@ -275,3 +275,32 @@ def test_every_seed_runs_each_variant_on_each_seed_and_pairs_the_searches_with_f
     assert vs_full["full_ce_fitness"]["0.7"]["easy_vqa"]["per_seed"] == pytest.approx([10.0, 9.0, 8.0])
     assert vs_full["no_evo"]["0.7"]["easy_vqa"]["wins"] == 0  # Full behind on every seed: said so
     assert "Full − full_ce_fitness" in written["table"]
+
+
+def test_each_calibrated_variant_is_paired_with_uniform_per_seed(monkeypatch, tmp_path):
+    """vs_uniform: every calibrated variant other than Full (whose pairing is `paired`) − uniform on the seeds both
+    ran, with the question noise; a variant run on one seed is paired on that seed only."""
+    import benchmarks.ablation as ablation
+
+    written = {}
+    acc = {"uniform": 0.40, "full": 0.60, "full_tr03": 0.45, "owl": 0.38}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        a = acc.get(variant, 0.9) + 0.01 * settings.seed
+        return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
+                "ppl": 100.0 if variant != "full_tr03" else 90.0, "easy_vqa": a, "fashion_mnist": a,
+                "ratios": [target]}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full,full_tr03,owl", "--seeds", "0,1",
+                          "--seed", "1", "--cached-only", "--work", str(tmp_path)]) == 0
+    vs = written["data"]["vs_uniform"]
+    assert set(vs) == {"full_tr03", "owl"}  # Full's own pairing stays under `paired`
+    tr = vs["full_tr03"]["0.7"]
+    assert tr["seeds"] == [1]  # run on --seed only (not a SEEDED variant): paired on that draw
+    assert tr["easy_vqa"]["per_seed"] == pytest.approx([5.0]) and tr["ppl"]["per_seed"] == pytest.approx([-10.0])
+    assert tr["easy_vqa"]["wins"] == 1 and "draw_noise" in tr["easy_vqa"]
+    assert vs["owl"]["0.7"]["fashion_mnist"]["wins"] == 0
+    assert "Full, projector trust region 0.03 − uniform" in written["table"]
