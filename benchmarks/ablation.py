@@ -266,10 +266,14 @@ def main(argv=None) -> int:
             runs = [run_variant(v, t, settings.model_copy(update={"seed": s}), args.work, log=print,
                                 cached_only=args.cached_only)
                     for s in (seeds if v in SEEDED or args.every_seed else [settings.seed])]
-            if None in runs:
-                missing.append(f"{LABELS[v]} at {t}")
+            # --cached-only: a variant reports the seeds it finished and names the others (as a cross-task cell does)
+            done = [r for r in runs if r is not None]
+            if len(done) < len(runs):
+                missing.append(f"{LABELS[v]} at {t}" + (", seed(s) " + ",".join(
+                    str(s) for s, r in zip(seeds, runs) if r is None) if len(runs) > 1 else ""))
+            if not done:
                 continue
-            results[t][v] = over_seeds(runs)
+            results[t][v] = over_seeds(done)
     # cross-task: Full (always) and every other calibrated variant asked for, each paired with uniform per seed;
     # cross[v][t][proxy] is one cell (Full's is the JSON's `cross_task`, the others' `cross_task_variants`)
     crossed = ["full", *(v for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS))]

@@ -304,3 +304,29 @@ def test_each_calibrated_variant_is_paired_with_uniform_per_seed(monkeypatch, tm
     assert tr["easy_vqa"]["wins"] == 1 and "draw_noise" in tr["easy_vqa"]
     assert vs["owl"]["0.7"]["fashion_mnist"]["wins"] == 0
     assert "Full, projector trust region 0.03 − uniform" in written["table"]
+
+
+def test_cached_only_reports_the_seeds_a_variant_finished_and_names_the_rest(monkeypatch, tmp_path):
+    """--cached-only with a variant finished on some seeds: its row and pairing use those seeds; the others are
+    listed as not run (a variant with no finished seed is listed whole)."""
+    import benchmarks.ablation as ablation
+
+    written = {}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        if variant == "full_tr03" and settings.seed == 2 or variant == "owl":
+            return None
+        return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
+                "ppl": 100.0, "easy_vqa": 0.5 + (0.1 if variant == "full_tr03" else 0.0), "fashion_mnist": 0.4,
+                "ratios": [target]}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        table=table, data=data, notes=notes))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full,full_tr03,owl", "--seeds", "0,1,2",
+                          "--every-seed", "--cached-only", "--work", str(tmp_path)]) == 0
+    tr = written["data"]["results"]["0.7"]["full_tr03"]
+    assert tr["seeds"] == [0, 1] and written["data"]["vs_uniform"]["full_tr03"]["0.7"]["easy_vqa"]["n"] == 2
+    assert "owl" not in written["data"]["results"]["0.7"]
+    assert "Full, projector trust region 0.03 at 0.7, seed(s) 2" in written["notes"]
+    assert "OWL ratios + SparseGPT at 0.7, seed(s) 0,1,2" in written["notes"]
