@@ -359,7 +359,9 @@ def main(argv=None) -> int:
                 spread = (f"{'within' if abs(diff) <= noise else 'beyond'} the seeds' sd {noise:.3f}"
                           if len(u["seeds"]) > 1 else "one seed: no sd to compare with")
                 parts.append(f"{m} {u[m]:.3f} -> {f[m]:.3f} ({diff:+.3f}; {spread})")
-            verdict.append(f"At {t}, Full vs Uniform (means over seeds {seeds}): " + ", ".join(parts) + ".")
+            over = (f"seeds {u['seeds']}" if u["seeds"] == f["seeds"]  # --cached-only: each over the seeds it finished
+                    else f"uniform's seeds {u['seeds']}, Full's {f['seeds']}")
+            verdict.append(f"At {t}, Full vs Uniform (means over {over}): " + ", ".join(parts) + ".")
             first = {v: next((x for x in r["per_seed"] if x["seed"] == settings.seed), None)
                      for v, r in by_variant.items()}  # the single-seed variants' draw, for every variant
             verdict.append(f"At {t}, calibration seed {settings.seed} (the draw of the single-seed rows): " + "; ".join(

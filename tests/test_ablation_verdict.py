@@ -330,3 +330,24 @@ def test_cached_only_reports_the_seeds_a_variant_finished_and_names_the_rest(mon
     assert "owl" not in written["data"]["results"]["0.7"]
     assert "Full, projector trust region 0.03 at 0.7, seed(s) 2" in written["notes"]
     assert "OWL ratios + SparseGPT at 0.7, seed(s) 0,1,2" in written["notes"]
+    assert "Full vs Uniform (means over seeds [0, 1, 2])" in written["notes"]  # both finished every seed
+
+
+def test_cached_only_verdict_names_each_models_seeds_when_they_differ(monkeypatch, tmp_path):
+    import benchmarks.ablation as ablation
+
+    written = {}
+
+    def fake_run(variant, target, settings, work, log=print, cached_only=False):
+        if variant == "full" and settings.seed == 1:
+            return None
+        return {"variant": variant, "target": target, "seed": settings.seed, "sparsity": target or 0.0,
+                "ppl": 100.0, "easy_vqa": 0.5, "fashion_mnist": 0.4, "ratios": [target]}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        data=data, notes=notes))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,full", "--seeds", "0,1", "--cached-only",
+                          "--work", str(tmp_path)]) == 0
+    assert "(means over uniform's seeds [0, 1], Full's [0])" in written["notes"]
+    assert written["data"]["paired"]["0.7"]["seeds"] == [0]  # the pairing keeps the draws both finished
