@@ -276,7 +276,9 @@ def main(argv=None) -> int:
             results[t][v] = over_seeds(done)
     # cross-task: Full (always) and every other calibrated variant asked for, each paired with uniform per seed;
     # cross[v][t][proxy] is one cell (Full's is the JSON's `cross_task`, the others' `cross_task_variants`)
-    crossed = ["full", *(v for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS))]
+    # the calibrated variants besides uniform and Full (the Evo parts and database exports have their own pairings)
+    others = [v for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS)]
+    crossed = ["full", *others]
     cross: dict = {v: {} for v in crossed} if args.cross_task else {}
     for v in cross:
         for t in targets:
@@ -309,13 +311,14 @@ def main(argv=None) -> int:
         table += "\n\n" + paired_table(pairs)
     # every other calibrated variant against uniform on the seeds both ran (the acceptance's comparison: a user
     # gets one draw of whichever recipe they run)
-    vs_uniform = {v: {t: paired(by_variant["uniform"]["per_seed"], by_variant[v]["per_seed"], settings.heldout.vqa)
-                      for t, by_variant in results.items() if v in by_variant and "uniform" in by_variant}
-                  for v in variants if v not in ("dense", "uniform", "full", *EVO_PARTS, *DATABASE_EXPORTS)}
-    vs_uniform = {v: {t: x for t, x in p.items() if x["seeds"]} for v, p in vs_uniform.items()}
-    vs_uniform = {v: p for v, p in vs_uniform.items() if p}
-    for v, p in vs_uniform.items():
-        table += "\n\n" + paired_table(p, LABELS[v], "uniform")
+    vs_uniform: dict = {}
+    for v in others:
+        p = {t: paired(by_variant["uniform"]["per_seed"], by_variant[v]["per_seed"], settings.heldout.vqa)
+             for t, by_variant in results.items() if v in by_variant and "uniform" in by_variant}
+        p = {t: x for t, x in p.items() if x["seeds"]}
+        if p:
+            vs_uniform[v] = p
+            table += "\n\n" + paired_table(p, LABELS[v], "uniform")
     # the evolved projector's two effects: Full's recipe re-run (evo_both) against its policy re-pruned with the
     # evolved projector in one role or none; and Full against evo_both, the rounding noise of a re-prune
     evo_parts = {v: {t: paired(by_variant[v]["per_seed"], by_variant[EVO_BASE]["per_seed"])
