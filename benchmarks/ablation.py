@@ -384,7 +384,8 @@ def main(argv=None) -> int:
              f"{settings.heldout.text_spec} ({settings.heldout.split} split), {settings.heldout.vqa} questions per VQA set (the same for every model). "
              "'mean ± sd' over calibration seeds.\n\n" + "\n".join(verdict))
     made = [dense, *(r for by_variant in results.values() for agg in by_variant.values() for r in agg["per_seed"])]
-    made += [r for v, by_target in cross.items() for proxies in by_target.values() for cell in proxies.values()
+    made += [{**r, "variant": f"{m} with the {proxy} proxy"} for v, by_target in cross.items()
+             for by_proxy in by_target.values() for proxy, cell in by_proxy.items()
              for m in ("uniform", v) for r in cell[m]["per_seed"]]
     elsewhere = provenance(made, machine_label())
     if elsewhere:

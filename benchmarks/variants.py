@@ -306,12 +306,15 @@ def provenance(rows, here: str) -> str:
             unknown.append(name(r))
         elif r["computed_on"] != here:
             elsewhere.setdefault(r["computed_on"], []).append(name(r))
-    parts = [f"Rows computed on another machine ({where}): {', '.join(names)}." for where, names in elsewhere.items()]
+    def listed(names: list[str]) -> str:  # a row reported in several cells (a cross-task uniform) named once
+        return ", ".join(dict.fromkeys(names))
+
+    parts = [f"Rows computed on another machine ({where}): {listed(names)}." for where, names in elsewhere.items()]
     parts += [f"Rows that do not record their machine, restored from a results file written on {where} (the "
-              f"file's machine, possibly not the row's): {', '.join(names)}." for where, names in restored.items()]
+              f"file's machine, possibly not the row's): {listed(names)}." for where, names in restored.items()]
     if unknown:
         parts.append("Rows that do not record their machine (cached before rows did; possibly another machine's): "
-                     + ", ".join(unknown) + ".")
+                     + listed(unknown) + ".")
     return " ".join(parts)
 
 

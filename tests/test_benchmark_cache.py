@@ -229,6 +229,8 @@ def test_provenance_names_the_rows_another_machine_made():
     assert "do not record their machine" in note and "full at 0.7 (seed 0)" in note
     assert "dense" not in note
     assert provenance(rows[:1], here) == ""
+    twice = [rows[1], dict(rows[1])]  # one row reported in two cells (a cross-task uniform beside each variant)
+    assert provenance(twice, here) == "Rows computed on another machine (AMD EPYC, AVX2 only): uniform at 0.7 (seed 0)."
     restored = [{"variant": "uniform", "target": 0.5, "seed": 2, "restored_from": "Intel Xeon, AMX (commit abc1234)"}]
     assert provenance(restored, here) == (
         "Rows that do not record their machine, restored from a results file written on Intel Xeon, AMX "
