@@ -127,24 +127,25 @@ def main(argv=None) -> int:
     t = args.target
 
     records, skipped, seen = [], [], set()
+
+    def take(got: list[dict], left: list[str]) -> None:  # a draw from the first --val file that has it
+        nonlocal skipped, seen
+        records.extend(r for r in got if (r["setting"], r["seed"]) not in seen)
+        skipped += left
+        seen |= {(r["setting"], r["seed"]) for r in got}
+
     for val in vals:
         for proxy, visible_task in PROXY_COLUMNS.items():  # cross-task: the judge sees the proxy's task and text
             vcell = val.get("cross_task", {}).get(t, {}).get(proxy)
             tcell = test.get("cross_task", {}).get(t, {}).get(proxy)
             if vcell and tcell:
-                got, left = judged_draws(f"{proxy} proxy", (vcell["uniform"], vcell["full"]),
-                                         (tcell["uniform"], tcell["full"]), TEXT_COLUMNS + visible_task,
-                                         tuple(tcell["evaluated_on"]), questions)
-                records += [r for r in got if (r["setting"], r["seed"]) not in seen]
-                skipped += left
-                seen |= {(r["setting"], r["seed"]) for r in got}
+                take(*judged_draws(f"{proxy} proxy", (vcell["uniform"], vcell["full"]),
+                                   (tcell["uniform"], tcell["full"]), TEXT_COLUMNS + visible_task,
+                                   tuple(tcell["evaluated_on"]), questions))
         vres, tres = val.get("results", {}).get(t, {}), test.get("results", {}).get(t, {})
         if all(v in vres and v in tres for v in ("uniform", "full")):  # in distribution: every column is visible
-            got, left = judged_draws("mixed proxy", (vres["uniform"], vres["full"]), (tres["uniform"], tres["full"]),
-                                     METRICS, METRICS, questions)
-            records += [r for r in got if (r["setting"], r["seed"]) not in seen]
-            skipped += left
-            seen |= {(r["setting"], r["seed"]) for r in got}
+            take(*judged_draws("mixed proxy", (vres["uniform"], vres["full"]), (tres["uniform"], tres["full"]),
+                               METRICS, METRICS, questions))
     skipped = [s for s in dict.fromkeys(skipped)
                if not any(s.startswith(f"{setting} seed {seed}:") for setting, seed in seen)]
     order = list(dict.fromkeys(r["setting"] for r in records))
@@ -154,9 +155,9 @@ def main(argv=None) -> int:
 
     rows = []
     for r in records:
-        seen = ", ".join(f"{m} {x:+.1f}" for m, x in r["val"].items())
+        judged_on = ", ".join(f"{m} {x:+.1f}" for m, x in r["val"].items())
         full = ", ".join(f"{m} {x:+.1f}" for m, x in r["test_full"].items())
-        rows.append([r["setting"], r["seed"], seen, r["strict"], r["noise_aware"], full])
+        rows.append([r["setting"], r["seed"], judged_on, r["strict"], r["noise_aware"], full])
     table = markdown_table(["setting", "seed", "validation, Full - uniform (what the judge sees)", "strict keeps",
                             "noise-aware keeps", "test, Full - uniform"], rows)
     totals = {}
