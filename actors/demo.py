@@ -121,7 +121,20 @@ def run_demo(job: DemoJob, log=print) -> dict:
     log("\n" + table)
     log(f"\nsearch {search_s:.0f} s ({stats.get('candidates')} candidate evaluations, {stats.get('screened')} of "
         f"them screened on the slice), total {result['total_seconds']:.0f} s; outputs in {out}")
+    note = cut_short(result["stopped_by"], result["generations"], run.search.generations)
+    if note:
+        log(note)
     return result
+
+
+def cut_short(stopped_by: str | None, generations: int | None, planned: int) -> str | None:
+    """The line under the demo's table when its time budget ended the search before the preset's generations: on a
+    slow CPU the fixed work can leave the search its first population alone, and the table should not read as a
+    finished search's."""
+    if stopped_by != "time_budget" or generations is None or generations >= planned:
+        return None
+    return (f"the time budget stopped the search after {generations} of {planned} generation(s): on this machine the "
+            "searched model is an early one, not a finished search's (`--time-budget 0` runs them all)")
 
 
 #: the held-out columns (heldout_metrics' keys) as the demo table heads them; shifted ones marked

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from efficientllava.actors.demo import DemoJob, demo_run_config, run_demo
+from efficientllava.actors.demo import DemoJob, cut_short, demo_run_config, run_demo
 from efficientllava.prune_engine.config import HeldoutConfig
 
 
@@ -65,3 +65,11 @@ def test_demo_sizes_its_screening_to_its_time_budget_and_says_how(tiny_llava_dir
     assert sum(1 for r in history if r["fidelity"] == "screen") == 12
     left = float(re.search(r"search time budget: (\d+) s", budget).group(1))
     assert 0 < left < 600
+
+
+def test_the_demo_says_when_its_time_budget_cut_the_search():
+    note = cut_short("time_budget", 1, 3)
+    assert note.startswith("the time budget stopped the search after 1 of 3 generation(s)") and "--time-budget 0" in note
+    assert cut_short("generations", 3, 3) is None  # a finished search
+    assert cut_short("time_budget", 3, 3) is None  # the budget ran out with the last generation
+    assert cut_short(None, None, 3) is None  # no policy record of why it stopped
