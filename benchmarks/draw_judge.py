@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.variants import METRICS, lower_is_better  # noqa: E402
+from benchmarks.variants import METRICS, difference, lower_is_better, question_noise  # noqa: E402
 
 #: the proxy's image-text task -> the columns that task's validation data gives the judge (cross-task)
 PROXY_COLUMNS = {"easy-vqa": ("easy_vqa", "easy_vqa_rephrased"),
@@ -43,19 +42,6 @@ TEXT_COLUMNS = ("ppl", "ppl_pydoc")
 
 def per_seed(row: dict) -> dict[int, dict]:
     return {r["seed"]: r for r in row.get("per_seed", [row])}
-
-
-def difference(base: dict, other: dict, metric: str) -> float:
-    """`other` against `base`: perplexity as % change, accuracy in points (benchmarks/variants.py `paired`)."""
-    if lower_is_better(metric):
-        return 100 * (other[metric] - base[metric]) / base[metric]
-    return 100 * (other[metric] - base[metric])
-
-
-def question_noise(base: dict, other: dict, metric: str, questions: int) -> float:
-    """How far the questions alone can move one draw's accuracy difference, in points (1.96 standard errors)."""
-    p, q = base[metric], other[metric]
-    return 196 * math.sqrt((p * (1 - p) + q * (1 - q)) / questions)
 
 
 def behind(base: dict, other: dict, metric: str, questions: int, noise_aware: bool) -> bool:
@@ -129,10 +115,9 @@ def main(argv=None) -> int:
     records, skipped, seen = [], [], set()
 
     def take(got: list[dict], left: list[str]) -> None:  # a draw from the first --val file that has it
-        nonlocal skipped, seen
         records.extend(r for r in got if (r["setting"], r["seed"]) not in seen)
-        skipped += left
-        seen |= {(r["setting"], r["seed"]) for r in got}
+        skipped.extend(left)
+        seen.update((r["setting"], r["seed"]) for r in got)
 
     for val in vals:
         for proxy, visible_task in PROXY_COLUMNS.items():  # cross-task: the judge sees the proxy's task and text

@@ -492,6 +492,20 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith("ppl")
 
 
+def difference(base: dict, other: dict, metric: str) -> float:
+    """`other` against `base` on one metric: perplexity as % change, accuracy in points."""
+    if lower_is_better(metric):
+        return 100 * (other[metric] - base[metric]) / base[metric]
+    return 100 * (other[metric] - base[metric])
+
+
+def question_noise(base: dict, other: dict, metric: str, questions: int) -> float:
+    """How far the held-out questions alone can move one draw's accuracy difference, in points: 1.96 x its standard
+    error were the two models' answers independent (an upper bound: they answer the same questions)."""
+    p, q = base[metric], other[metric]
+    return 196 * ((p * (1 - p) + q * (1 - q)) / questions) ** 0.5
+
+
 def paired(base: list[dict], other: list[dict], questions: int | None = None) -> dict:
     """Per metric, `other` against `base` seed by seed (the same calibration draw for both): the per-seed
     differences (perplexity as % change, accuracy in points), their mean and sd, and on how many seeds
@@ -507,14 +521,13 @@ def paired(base: list[dict], other: list[dict], questions: int | None = None) ->
     for m in METRICS:
         if not pairs or any(m not in b or m not in o for b, o in pairs):
             continue
-        d = np.array([100 * (o[m] - b[m]) / b[m] if lower_is_better(m) else 100 * (o[m] - b[m]) for b, o in pairs])
+        d = np.array([difference(b, o, m) for b, o in pairs])
         wins = int(sum((x < 0) if lower_is_better(m) else (x > 0) for x in d))
         out[m] = {"per_seed": [float(x) for x in d], "mean": float(d.mean()),
                   "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0, "wins": wins, "n": len(d),
                   "unit": "% change" if lower_is_better(m) else "points"}
         if questions and not lower_is_better(m):
-            var = [(b[m] * (1 - b[m]) + o[m] * (1 - o[m])) / questions for b, o in pairs]
-            out[m]["draw_noise"] = float(np.mean([196 * np.sqrt(v) for v in var]))
+            out[m]["draw_noise"] = float(np.mean([question_noise(b, o, m, questions) for b, o in pairs]))
     return out
 
 
