@@ -4,13 +4,15 @@ For every sample, each of ``sample.choices`` is scored by the summed log-likelih
 tokens (exactly the answer tokens ``collate_vqa`` trains on, without the end-of-turn token)
 following the sample's prompt; the prediction is the argmax (first choice on ties). A batch
 of prompts is run once, left-padded, with the KV cache (logits only at the last position);
-the cache is then repeated once per multi-token choice and the remaining tokens of all
-choices of all samples are scored in one padded continuation forward. Families whose positions
-the model derives from the images (M-RoPE: Qwen2-VL, Qwen2.5-VL) score every (prompt + choice)
-sequence whole instead, so that the model computes its own positions.
+the cache is then repeated once per multi-token choice and the remaining tokens of the
+choices are scored in one continuation forward per remaining length (no row padded: a
+padded row costs as much as a real one). Families whose positions the model derives from
+the images (M-RoPE: Qwen2-VL, Qwen2.5-VL) score every (prompt + choice) sequence whole
+instead, so that the model computes its own positions.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import defaultdict
 
@@ -68,30 +70,22 @@ def choice_logliks(model, processor, samples: list[VQASample]) -> list[list[floa
     rows = [ids for cs in choice_ids for ids in cs]
     owner = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts))
     scores = first[owner.to(device), torch.tensor([ids[0] for ids in rows], device=device)].clone()
-    multi = [i for i, ids in enumerate(rows) if len(ids) > 1]
-    if multi:  # the remaining tokens of multi-token choices, in one forward over the cached prompts
-        width = max(len(rows[i]) for i in multi) - 1
-        cont = torch.zeros((len(multi), width), dtype=torch.long)
-        cont_mask = torch.zeros((len(multi), width), dtype=torch.long)
-        for r, i in enumerate(multi):
-            cont[r, : len(rows[i]) - 1] = torch.tensor(rows[i][:-1])
-            cont_mask[r, : len(rows[i]) - 1] = 1
-        cont, cont_mask = cont.to(device), cont_mask.to(device)
+    by_width = defaultdict(list)  # multi-token choices by their number of remaining tokens
+    for i, ids in enumerate(rows):
+        if len(ids) > 1:
+            by_width[len(ids) - 1].append(i)
+    prompt_cache = output_cache(out)
+    for width, multi in sorted(by_width.items()):  # the remaining tokens, one forward per width: no padding
+        cont = torch.tensor([rows[i][:-1] for i in multi], device=device)
+        targets = torch.tensor([rows[i][1:] for i in multi], device=device)
         src = owner[multi].to(device)
-        cache = output_cache(out)
-        cache.reorder_cache(src)  # one cache row per multi-token (sample, choice)
-        step = body(input_ids=cont, attention_mask=torch.cat([mask[src], cont_mask], dim=1),
+        cache = copy.deepcopy(prompt_cache) if len(by_width) > 1 else prompt_cache  # the forward extends it
+        cache.reorder_cache(src)  # one cache row per (sample, choice) of this width
+        step = body(input_ids=cont, attention_mask=torch.cat([mask[src], torch.ones_like(cont)], dim=1),
                     position_ids=prompt_len[src].unsqueeze(1) + torch.arange(width, device=device),
                     use_cache=False, **{cache_kwarg(body): cache})
-        keep = cont_mask.bool()  # position j predicts token j+1 of the choice
-        targets = torch.zeros_like(cont)
-        for r, i in enumerate(multi):
-            targets[r, : len(rows[i]) - 1] = torch.tensor(rows[i][1:])
-        logp = torch.log_softmax(head(step.last_hidden_state[keep]).float(), dim=-1)
-        token_scores = logp.gather(1, targets[keep].unsqueeze(1)).squeeze(1)
-        per_row = torch.zeros((len(multi), width), dtype=token_scores.dtype, device=device)
-        per_row[keep] = token_scores
-        scores[torch.tensor(multi, device=device)] += per_row.sum(1)
+        logp = torch.log_softmax(head(step.last_hidden_state).float(), dim=-1)  # position j predicts token j+1
+        scores[torch.tensor(multi, device=device)] += logp.gather(2, targets.unsqueeze(2)).squeeze(2).sum(1)
     scores = scores.cpu().tolist()
     result, start = [], 0
     for n in counts:
