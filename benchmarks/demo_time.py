@@ -1,6 +1,6 @@
 """How long `make demo` takes on this machine, with each screening precision, and what it did in that time.
 
-    .venv/bin/python benchmarks/demo_time.py [--precisions auto,fp32 --time-budget 560]
+    .venv/bin/python benchmarks/demo_time.py [--precisions auto,fp32 --time-budget 575]
 
 Runs `efficientllava demo` as `make demo` does (venv present, output piped to a file), once per screening
 precision (`auto`: bfloat16 where the CPU multiplies it fast, else fp32; `fp32`: forced, as on a CPU
