@@ -117,14 +117,28 @@ def run_demo(job: DemoJob, log=print) -> dict:
               "screening_sized": [dataclasses.asdict(e) for e in sized]}
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     table = format_table(rows)
-    (out / "demo.md").write_text(table + "\n")
+    (out / "demo.md").write_text("\n\n".join(filter(None, (table, vqa_noise(rows, h.vqa)))) + "\n")
     log("\n" + table)
     log(f"\nsearch {search_s:.0f} s ({stats.get('candidates')} candidate evaluations, {stats.get('screened')} of "
         f"them screened on the slice), total {result['total_seconds']:.0f} s; outputs in {out}")
-    note = cut_short(result["stopped_by"], result["generations"], run.search.generations)
-    if note:
-        log(note)
+    for note in (vqa_noise(rows, h.vqa), cut_short(result["stopped_by"], result["generations"], run.search.generations)):
+        if note:
+            log(note)
     return result
+
+
+def vqa_noise(rows: dict[str, dict], questions: int) -> str | None:
+    """The line under the demo's table that says which VQA differences between searched and uniform the held-out
+    questions alone could make (prune_engine.evaluation.vqa.difference_noise); None without both rows' accuracies."""
+    from efficientllava.prune_engine.evaluation.vqa import difference_noise
+
+    u, s = rows.get("uniform", {}), rows.get("searched", {})
+    keys = [k for k in COLUMNS if not k.startswith("ppl") and k in u and k in s and u[k] == u[k] and s[k] == s[k]]
+    if not keys:
+        return None
+    cells = [f"{COLUMNS[k]} {100 * (s[k] - u[k]):+.1f} ± {difference_noise(u[k], s[k], questions):.1f}" for k in keys]
+    return (f"searched - uniform in VQA points, ± what {questions} questions alone can move it (95%; a difference "
+            "inside it is within noise): " + ", ".join(cells))
 
 
 def cut_short(stopped_by: str | None, generations: int | None, planned: int) -> str | None:

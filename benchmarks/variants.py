@@ -502,8 +502,9 @@ def difference(base: dict, other: dict, metric: str) -> float:
 def question_noise(base: dict, other: dict, metric: str, questions: int) -> float:
     """How far the held-out questions alone can move one draw's accuracy difference, in points: 1.96 x its standard
     error were the two models' answers independent (an upper bound: they answer the same questions)."""
-    p, q = base[metric], other[metric]
-    return 196 * ((p * (1 - p) + q * (1 - q)) / questions) ** 0.5
+    from efficientllava.prune_engine.evaluation.vqa import difference_noise
+
+    return difference_noise(base[metric], other[metric], questions)
 
 
 def paired(base: list[dict], other: list[dict], questions: int | None = None) -> dict:

@@ -31,7 +31,8 @@ def test_demo_job_on_tiny_llava(tiny_llava_dir, tmp_path):
         assert math.isfinite(rows[name]["ppl"]) and math.isfinite(rows[name]["ppl_pydoc"])
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert saved["rows"] == rows
-    assert "| searched |" in (tmp_path / "demo" / "demo.md").read_text()
+    table = (tmp_path / "demo" / "demo.md").read_text()
+    assert "| searched |" in table and "questions alone can move it" in table  # with the VQA noise line under it
     assert (tmp_path / "demo" / "search" / "model" / "config.json").exists()
 
 
@@ -73,3 +74,18 @@ def test_the_demo_says_when_its_time_budget_cut_the_search():
     assert cut_short("generations", 3, 3) is None  # a finished search
     assert cut_short("time_budget", 3, 3) is None  # the budget ran out with the last generation
     assert cut_short(None, None, 3) is None  # no policy record of why it stopped
+
+
+def test_the_demo_says_which_vqa_differences_the_questions_alone_could_make():
+    from efficientllava.actors.demo import vqa_noise
+
+    rows = {"dense": {"ppl": 17.5, "easy_vqa": 0.96},
+            "uniform": {"ppl": 38.0, "easy_vqa": 0.9, "fashion_mnist": 0.7, "easy_vqa_rephrased": float("nan")},
+            "searched": {"ppl": 37.0, "easy_vqa": 0.84, "fashion_mnist": 0.7, "easy_vqa_rephrased": float("nan")}}
+    line = vqa_noise(rows, 150)
+    # 1.96 x sqrt((0.9 * 0.1 + 0.84 * 0.16) / 150) = 0.0756: 7.6 points; 1.96 x sqrt(2 * 0.21 / 150) = 10.4 points
+    assert "easy-vqa acc -6.0 ± 7.6" in line and "Fashion-MNIST acc +0.0 ± 10.4" in line
+    assert "150 questions" in line and "rephrased" not in line and "ppl" not in line  # NaN (text-only) and perplexity left out
+    assert "± 5.4" in vqa_noise(rows, 300).split("Fashion")[0]  # more questions, less noise: 7.56 / sqrt(2)
+    assert vqa_noise({"uniform": rows["uniform"]}, 150) is None  # no searched row
+    assert vqa_noise({k: {"ppl": 1.0} for k in ("uniform", "searched")}, 150) is None  # a text-only model

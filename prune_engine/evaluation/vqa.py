@@ -165,3 +165,10 @@ def vqa_accuracy(model, processor, samples: list[VQASample], batch_size: int = 3
     if return_predictions:
         result["predictions"] = predictions
     return result
+
+
+def difference_noise(p: float, q: float, questions: int) -> float:
+    """How far the questions alone can move the difference of two accuracies p and q, each measured on
+    `questions` questions, in points: 1.96 x its standard error were the two models' answers independent (an
+    upper bound: two models that answer the same questions err together, so the true figure is smaller)."""
+    return 196 * ((p * (1 - p) + q * (1 - q)) / questions) ** 0.5
