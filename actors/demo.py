@@ -116,12 +116,12 @@ def run_demo(job: DemoJob, log=print) -> dict:
               "generations": summary["policy"].get("generations"), "stopped_by": summary["policy"].get("stopped_by"),
               "screening_sized": [dataclasses.asdict(e) for e in sized]}
     (out / "demo.json").write_text(json.dumps(result, indent=2))
-    table = format_table(rows)
-    (out / "demo.md").write_text("\n\n".join(filter(None, (table, vqa_noise(rows, h.vqa)))) + "\n")
+    table, noise = format_table(rows), vqa_noise(rows, h.vqa)
+    (out / "demo.md").write_text("\n\n".join(filter(None, (table, noise))) + "\n")
     log("\n" + table)
     log(f"\nsearch {search_s:.0f} s ({stats.get('candidates')} candidate evaluations, {stats.get('screened')} of "
         f"them screened on the slice), total {result['total_seconds']:.0f} s; outputs in {out}")
-    for note in (vqa_noise(rows, h.vqa), cut_short(result["stopped_by"], result["generations"], run.search.generations)):
+    for note in (noise, cut_short(result["stopped_by"], result["generations"], run.search.generations)):
         if note:
             log(note)
     return result
