@@ -19,7 +19,8 @@ test to report): achieved mean sparsity, Wikipedia perplexity (64x256 tokens of 
 used for calibration), easy-vqa and Fashion-MNIST accuracy (constrained choice, the same seeded
 1,000 questions per set for every model), and shifted: perplexity on the Python docs, the same
 images asked in wordings the proxy never uses. --cross-task adds uniform, Full and the other
-calibrated variants asked for with the image-text proxy from one set only, scored on the other set. Finished variants are cached under
+calibrated variants asked for with the image-text proxy from one set only, scored on the other set
+(--cross-task-only: those cells alone, the in-distribution rows as far as cached). Finished variants are cached under
 --work, so an interrupted run continues where it stopped; --restore-cache puts the rows of a results
 file written at the same settings back into that cache (a fresh machine has no runs/), so a run with
 more seeds only computes the new ones. Writes benchmarks/results/<name>.md|json.
@@ -217,6 +218,9 @@ def main(argv=None) -> int:
                     help="also run uniform, Full and every other calibrated variant asked for, on every seed, with the "
                          "image-text proxy from one set only and report the other set's accuracy (cross-task); "
                          f"PROXIES: comma-separated sets whose proxy to use (default: {','.join(CROSS_TASK)})")
+    ap.add_argument("--cross-task-only", action="store_true",
+                    help="with --cross-task: run the cross-task cells only; the in-distribution rows are reported as "
+                         "far as they are cached (the others are listed as missing)")
     ap.add_argument("--every-seed", action="store_true",
                     help="run every asked variant on every seed of --seeds (not only uniform, Full and the Evo parts) "
                          "and pair each search variant with Full seed by seed (JSON key vs_full)")
@@ -237,6 +241,8 @@ def main(argv=None) -> int:
     if set(proxies) - set(CROSS_TASK):
         ap.error(f"--cross-task: unknown proxies {sorted(set(proxies) - set(CROSS_TASK))}; choose from "
                  f"{', '.join(CROSS_TASK)}")
+    if args.cross_task_only and not args.cross_task:
+        ap.error("--cross-task-only needs --cross-task")
     if args.every_seed:  # the search variants are paired with Full
         variants = list(dict.fromkeys([*variants, "full"]))
     if set(variants) & set(EVO_PARTS):  # the parts re-prune Full's run and are compared with evo_both
@@ -264,7 +270,7 @@ def main(argv=None) -> int:
         results[t] = {}
         for v in variants:
             runs = [run_variant(v, t, settings.model_copy(update={"seed": s}), args.work, log=print,
-                                cached_only=args.cached_only)
+                                cached_only=args.cached_only or args.cross_task_only)
                     for s in (seeds if v in SEEDED or args.every_seed else [settings.seed])]
             # --cached-only: a variant reports the seeds it finished and names the others (as a cross-task cell does)
             done = [r for r in runs if r is not None]
@@ -377,7 +383,8 @@ def main(argv=None) -> int:
             if first.get("full") is not None:
                 verdict.append(ordering(t, first, f))
     if missing:
-        verdict.append("Not run yet (the same command without --cached-only runs them): " + ", ".join(missing) + ".")
+        flag = "--cross-task-only" if args.cross_task_only and not args.cached_only else "--cached-only"
+        verdict.append(f"Not run yet (the same command without {flag} runs them): " + ", ".join(missing) + ".")
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
              f"(actors.config.PRESETS) with the overrides shown; uniform and OWL calibrate on the searches' "
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "

@@ -351,3 +351,34 @@ def test_cached_only_verdict_names_each_models_seeds_when_they_differ(monkeypatc
                           "--work", str(tmp_path)]) == 0
     assert "(means over uniform's seeds [0, 1], Full's [0])" in written["notes"]
     assert written["data"]["paired"]["0.7"]["seeds"] == [0]  # the pairing keeps the draws both finished
+
+
+def test_cross_task_only_runs_the_cross_task_cells_and_reads_the_in_distribution_rows_from_the_cache(monkeypatch,
+                                                                                                      tmp_path):
+    """--cross-task-only: every in-distribution row is asked of the cache only (listed as missing when absent);
+    the cross-task cells run; without --cross-task the flag is refused."""
+    import benchmarks.ablation as ablation
+
+    calls, written = [], {}
+    stand_in = _stand_in_runs([])
+
+    def run(variant, target, settings, work, log=print, cached_only=False):
+        calls.append((variant, settings.data["mm_calib"], cached_only))
+        mixed = "," in settings.data["mm_calib"]
+        return None if mixed and variant == "no_evo" else stand_in(variant, target, settings, work, log)
+
+    monkeypatch.setattr(ablation, "ray_started", lambda settings: None)
+    monkeypatch.setattr(ablation, "run_variant", run)
+    monkeypatch.setattr(ablation, "write_results", lambda name, title, table, data, notes: written.update(
+        data=data, notes=notes))
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,no_evo", "--seeds", "0", "--cross-task",
+                          "easy-vqa", "--cross-task-only", "--work", str(tmp_path)]) == 0
+    in_dist = [c for c in calls if c[0] != "dense" and "," in c[1]]
+    crossed = [c for c in calls if "," not in c[1]]
+    assert in_dist and all(cached for _, _, cached in in_dist)
+    assert crossed and not any(cached for _, _, cached in crossed)
+    assert {v for v, _, _ in crossed} == {"uniform", "full", "no_evo"}
+    assert "no_evo" in written["data"]["cross_task_variants"]
+    assert "No Evo at 0.7" in written["notes"] and "without --cross-task-only" in written["notes"]  # not cached
+    with pytest.raises(SystemExit):
+        ablation.main(["--targets", "0.7", "--cross-task-only", "--work", str(tmp_path)])
