@@ -383,8 +383,9 @@ def main(argv=None) -> int:
             if first.get("full") is not None:
                 verdict.append(ordering(t, first, f))
     if missing:
-        flag = "--cross-task-only" if args.cross_task_only and not args.cached_only else "--cached-only"
-        verdict.append(f"Not run yet (the same command without {flag} runs them): " + ", ".join(missing) + ".")
+        flags = " and ".join(f for f, on in (("--cross-task-only", args.cross_task_only),
+                                             ("--cached-only", args.cached_only)) if on)
+        verdict.append(f"Not run yet (the same command without {flags} runs them): " + ", ".join(missing) + ".")
     notes = (f"Settings: {settings.model_dump_json()}. Searches: preset {settings.preset} "
              f"(actors.config.PRESETS) with the overrides shown; uniform and OWL calibrate on the searches' "
              f"calibration data. Held-out: {settings.heldout.segments}x{settings.heldout.seqlen} tokens of "

@@ -380,5 +380,9 @@ def test_cross_task_only_runs_the_cross_task_cells_and_reads_the_in_distribution
     assert {v for v, _, _ in crossed} == {"uniform", "full", "no_evo"}
     assert "no_evo" in written["data"]["cross_task_variants"]
     assert "No Evo at 0.7" in written["notes"] and "without --cross-task-only" in written["notes"]  # not cached
+    # asked of the cache alone as well, the note names both flags: dropping --cached-only alone runs nothing more
+    assert ablation.main(["--targets", "0.7", "--variants", "uniform,no_evo", "--seeds", "0", "--cross-task",
+                          "easy-vqa", "--cross-task-only", "--cached-only", "--work", str(tmp_path)]) == 0
+    assert "without --cross-task-only and --cached-only runs them" in written["notes"]
     with pytest.raises(SystemExit):
         ablation.main(["--targets", "0.7", "--cross-task-only", "--work", str(tmp_path)])
